@@ -1,0 +1,249 @@
+"""The distilled student: a small inverted-residual CNN mapping a face image to the fused code.
+
+Owns StudentConfig, the one builder shared by Keras 3 and its tf_keras twin (for QAT), weight transfer and cost counts.
+"""
+import dataclasses
+import math
+
+import keras
+
+# Rows are (expansion, out_channels, repeats, stride) or (..., kernel_size).
+# Sized for 64x64 faces: ~236k parameters and ~11M multiply-adds at width 1.0 (v3-small: ~207k, ~3.4M).
+ARCH_BLOCKS = {
+    "mobilenet_v2": (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 2, 2),
+        (6, 96, 1, 1),
+    ),
+    # MobileNetV3-Small's table (5x5 kernels, odd expansions), with ReLU instead of hard-swish and
+    # without squeeze-excite so that every op stays an int8 TFLite builtin that tfmot can quantize.
+    "mobilenet_v3_small": (
+        (1, 16, 1, 2, 3),
+        (4.5, 24, 1, 2, 3),
+        (3.67, 24, 1, 1, 3),
+        (4, 40, 1, 2, 5),
+        (6, 40, 2, 1, 5),
+        (3, 48, 2, 1, 5),
+        (6, 96, 1, 2, 5),
+    ),
+}
+ARCH_STEM = {"mobilenet_v2": (16, 2), "mobilenet_v3_small": (16, 2)}
+ARCH_HEAD = {"mobilenet_v2": 192, "mobilenet_v3_small": 288}
+BACKENDS = ("keras", "tf_keras")
+_BN_EPSILON = 1e-3
+_BN_MOMENTUM = 0.99
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+    """Student architecture. `blocks=None` takes the arch's default table (ARCH_BLOCKS)."""
+
+    input_size: int = 64
+    width: float = 1.0
+    embedding_dim: int = 64
+    arch: str = "mobilenet_v2"
+    blocks: tuple | None = None
+    stem_channels: int | None = None  # None: the arch's default (ARCH_STEM)
+    head_channels: int | None = None  # None: the arch's default (ARCH_HEAD); 0 drops the head conv
+
+    def __post_init__(self):
+        if self.arch not in ARCH_BLOCKS:
+            raise ValueError(f"StudentConfig.arch={self.arch!r}: expected one of {sorted(ARCH_BLOCKS)}")
+        if not isinstance(self.input_size, int) or self.input_size < 8:
+            raise ValueError(f"StudentConfig.input_size={self.input_size!r}: expected an int >= 8")
+        if not self.width > 0:
+            raise ValueError(f"StudentConfig.width={self.width!r}: expected a positive multiplier")
+        if not isinstance(self.embedding_dim, int) or self.embedding_dim < 1:
+            raise ValueError(f"StudentConfig.embedding_dim={self.embedding_dim!r}: expected a positive int")
+        if self.blocks is not None:
+            # Lists (e.g. from JSON) become tuples so the config stays hashable and frozen.
+            object.__setattr__(self, "blocks", tuple(tuple(row) for row in self.blocks))
+            for row in self.blocks:
+                if len(row) not in (4, 5) or row[0] <= 0 or row[1] < 1 or row[2] < 1 or row[3] not in (1, 2):
+                    raise ValueError(
+                        f"StudentConfig.blocks row {row!r}: expected (expansion>0, out_channels>=1, "
+                        "repeats>=1, stride in {1,2}[, kernel_size])"
+                    )
+                if len(row) == 5 and (row[4] < 1 or row[4] % 2 == 0):
+                    raise ValueError(f"StudentConfig.blocks row {row!r}: kernel_size must be odd and positive")
+        if self.stem_channels is not None and self.stem_channels < 1:
+            raise ValueError(f"StudentConfig.stem_channels={self.stem_channels!r}: expected >= 1 or None")
+        if self.head_channels is not None and self.head_channels < 0:
+            raise ValueError(f"StudentConfig.head_channels={self.head_channels!r}: expected >= 0 or None")
+
+    def block_rows(self):
+        return self.blocks if self.blocks is not None else ARCH_BLOCKS[self.arch]
+
+
+def _divisible(value, divisor=8):
+    """MobileNet channel rounding: multiple of 8, never more than 10% below the request."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def _backend_module(backend):
+    if backend == "keras":
+        return keras
+    if backend == "tf_keras":
+        import tf_keras  # only when asked: it is heavy and the Keras 3 path does not need it
+
+        return tf_keras
+    raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
+
+
+def _conv_bn_relu(K, x, filters, kernel, stride, name, relu6, activation=True):
+    x = K.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=name)(x)
+    x = K.layers.BatchNormalization(epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, name=f"{name}_bn")(x)
+    if activation:
+        x = K.layers.ReLU(max_value=6.0 if relu6 else None, name=f"{name}_relu")(x)
+    return x
+
+
+def _build(K, cfg, name):
+    """One graph for both backends: K is the `keras` or `tf_keras` module."""
+    relu6 = cfg.arch == "mobilenet_v2"
+    size = cfg.input_size
+    inputs = K.Input(shape=(size, size, 3), name="image")
+    # Rescaling(1/127.5, offset=-1) written as a frozen 1x1 depthwise conv: tfmot's quantize_model
+    # rejects Rescaling, while this is a quantizable builtin with exactly the same arithmetic.
+    x = K.layers.DepthwiseConv2D(
+        1,
+        use_bias=True,
+        depthwise_initializer=K.initializers.Constant(1.0 / 127.5),
+        bias_initializer=K.initializers.Constant(-1.0),
+        trainable=False,
+        name="preprocess",
+    )(inputs)
+    stem = cfg.stem_channels or ARCH_STEM[cfg.arch][0]
+    x = _conv_bn_relu(K, x, _divisible(stem * cfg.width), 3, ARCH_STEM[cfg.arch][1], "stem_conv", relu6)
+    channels = _divisible(stem * cfg.width)
+    index = 0
+    for row in cfg.block_rows():
+        expansion, out, repeats, stride = row[:4]
+        kernel = row[4] if len(row) == 5 else 3
+        out = _divisible(out * cfg.width)
+        for r in range(repeats):
+            prefix = f"block{index}"
+            block_in = x
+            hidden = _divisible(channels * expansion)
+            if expansion != 1:
+                x = _conv_bn_relu(K, x, hidden, 1, 1, f"{prefix}_expand", relu6)
+            else:
+                hidden = channels
+            x = K.layers.DepthwiseConv2D(
+                kernel, strides=stride if r == 0 else 1, padding="same", use_bias=False, name=f"{prefix}_dw"
+            )(x)
+            x = K.layers.BatchNormalization(epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, name=f"{prefix}_dw_bn")(x)
+            x = K.layers.ReLU(max_value=6.0 if relu6 else None, name=f"{prefix}_dw_relu")(x)
+            # Linear bottleneck: no activation after the projection (MobileNetV2).
+            x = _conv_bn_relu(K, x, out, 1, 1, f"{prefix}_project", relu6, activation=False)
+            if (stride if r == 0 else 1) == 1 and channels == out:
+                x = K.layers.Add(name=f"{prefix}_add")([block_in, x])
+            channels = out
+            index += 1
+    head = ARCH_HEAD[cfg.arch] if cfg.head_channels is None else cfg.head_channels
+    if head:
+        x = _conv_bn_relu(K, x, _divisible(head * max(1.0, cfg.width)), 1, 1, "head_conv", relu6)
+    x = K.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = K.layers.Dense(cfg.embedding_dim, name="embedding")(x)
+    return K.Model(inputs, outputs, name=name)
+
+
+def build_student(cfg: StudentConfig, backend: str = "keras", name: str = "student"):
+    """Student model: float or uint8 images [N,S,S,3] in 0..255 -> code [N, embedding_dim] (linear).
+
+    backend "keras" gives a Keras 3 model, "tf_keras" the twin for tensorflow-model-optimization;
+    both have the same layer names and weight shapes in the same order.
+    """
+    if not isinstance(cfg, StudentConfig):
+        raise TypeError(f"build_student(cfg=...): expected a StudentConfig, got {type(cfg).__name__}")
+    return _build(_backend_module(backend), cfg, name)
+
+
+def infer_config(model) -> StudentConfig:
+    """The StudentConfig (width 1.0, explicit blocks) that rebuilds `model`'s exact graph and shapes."""
+    names = {layer.name: layer for layer in model.layers}
+    for required in ("preprocess", "stem_conv", "stem_conv_relu", "embedding"):
+        if required not in names:
+            raise ValueError(
+                f"infer_config: model {model.name!r} has no layer {required!r}; expected a build_student model"
+            )
+    arch = "mobilenet_v2" if names["stem_conv_relu"].max_value is not None else "mobilenet_v3_small"
+    stem = names["stem_conv"].filters
+    channels, rows, index = stem, [], 0
+    while f"block{index}_dw" in names:
+        dw = names[f"block{index}_dw"]
+        out = names[f"block{index}_project"].filters
+        expand = names.get(f"block{index}_expand")
+        if expand is None:
+            expansion = 1
+        else:
+            # An expand layer whose width equals its input still has to be rebuilt: nudge above 1.
+            expansion = expand.filters / channels if expand.filters != channels else 1.0 + 1e-6
+        rows.append((expansion, out, 1, dw.strides[0], dw.kernel_size[0]))
+        channels, index = out, index + 1
+    head = names["head_conv"].filters if "head_conv" in names else 0
+    return StudentConfig(
+        input_size=int(model.inputs[0].shape[1]),
+        width=1.0,
+        embedding_dim=int(names["embedding"].units),
+        arch=arch,
+        blocks=tuple(rows),
+        stem_channels=stem,
+        head_channels=head,
+    )
+
+
+def student_from_weights(model, backend: str = "tf_keras", cfg: StudentConfig | None = None, name: str | None = None):
+    """Rebuild a build_student `model` on `backend` and copy every weight by layer name.
+
+    Without `cfg` the architecture is read back from the model's layers (infer_config).
+    """
+    cfg = cfg if cfg is not None else infer_config(model)
+    twin = build_student(cfg, backend=backend, name=name or model.name)
+    source = {layer.name: layer for layer in model.layers}
+    for layer in twin.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        if layer.name not in source:
+            raise ValueError(
+                f"student_from_weights: layer {layer.name!r} of the {backend} twin is missing from the source "
+                f"model {model.name!r}; was it built by build_student with the same StudentConfig?"
+            )
+        values = source[layer.name].get_weights()
+        if [w.shape for w in values] != [w.shape for w in weights]:
+            raise ValueError(
+                f"student_from_weights: layer {layer.name!r} has weight shapes {[w.shape for w in values]} in "
+                f"the source but {[w.shape for w in weights]} for the given StudentConfig"
+            )
+        layer.set_weights(values)
+    return twin
+
+
+def count_params(model) -> int:
+    """All weights, trainable or not (BN moving statistics and the frozen preprocessing included)."""
+    return int(sum(math.prod(w.shape) for w in model.weights))
+
+
+def count_flops(model_or_cfg) -> int:
+    """Multiply-adds of one forward pass on one image (conv, depthwise, dense; BN folds into convs)."""
+    model = build_student(model_or_cfg) if isinstance(model_or_cfg, StudentConfig) else model_or_cfg
+    total = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind not in ("Conv2D", "DepthwiseConv2D", "Dense"):
+            continue
+        kernel_shape = tuple(layer.get_weights()[0].shape)
+        out_shape = tuple(layer.output.shape)
+        if kind == "Dense":
+            # Dense on [N, C]: one MAC per kernel entry.
+            total += math.prod(kernel_shape) * math.prod(out_shape[1:-1] or (1,))
+        else:
+            # Conv2D kernel (kh, kw, cin, cout); depthwise (kh, kw, cin, multiplier): per output pixel.
+            total += out_shape[1] * out_shape[2] * math.prod(kernel_shape)
+    return int(total)

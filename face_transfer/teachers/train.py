@@ -1,0 +1,150 @@
+"""Training the zoo teachers on their source tasks (model.fit under a tf.distribute strategy).
+
+Resumable: a checkpoint (model + optimizer) every `checkpoint_every` steps; restarting the same
+call continues from the last one, on the same stream of faces. `teacher.json` is written last.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from face_transfer import distribute
+from face_transfer.data import synth
+from face_transfer.data.pipelines import make_stream_dataset
+from face_transfer.teachers import zoo
+from face_transfer.teachers.adapters import InputSpec, keras_model_teacher, preprocess
+
+TEACHER_JSON = "teacher.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherTrainConfig:
+    steps: int = 600
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    checkpoint_every: int = 100
+    cosface_scale: float = 30.0
+    cosface_margin: float = 0.2
+    eval_images: int = 1000
+    domain: str = "photo"  # teachers see photos only; other domains are novel for them
+    verbose: int = 1
+
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    """Saves model+optimizer and the epoch reached, atomically, at the end of every epoch."""
+
+    def __init__(self, ckpt_dir, write):
+        super().__init__()
+        self.ckpt_dir, self.write = ckpt_dir, write
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.write:
+            return
+        tmp = os.path.join(self.ckpt_dir, "last.tmp.keras")
+        self.model.save(tmp)
+        os.replace(tmp, os.path.join(self.ckpt_dir, "last.keras"))
+        with open(os.path.join(self.ckpt_dir, "state.json.tmp"), "w") as f:
+            json.dump({"epochs_done": epoch + 1, "time": time.time()}, f)
+        os.replace(os.path.join(self.ckpt_dir, "state.json.tmp"), os.path.join(self.ckpt_dir, "state.json"))
+
+
+def _dataset(spec, synth_cfg, cfg, start_index, stream):
+    keys = zoo.SOURCE_TASKS[spec.source_task]
+
+    def prep(images, labels):
+        return preprocess(images, spec.input_spec), zoo.targets_from_labels(spec, labels)
+
+    ds = make_stream_dataset(synth_cfg, cfg.batch_size, stream=stream, pool="train",
+                             domain=cfg.domain, label_keys=keys, start_index=start_index)
+    return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _compile(model, spec, cfg, total_steps):
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, max(1, total_steps), alpha=0.02,
+                                                      warmup_target=None)
+    opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+    model.compile(optimizer=opt, loss=zoo.losses_for(spec, cfg.cosface_scale, cfg.cosface_margin),
+                  jit_compile=False)
+
+
+def train_teacher(spec: zoo.TeacherSpec, synth_cfg: synth.SynthConfig, cfg: TeacherTrainConfig,
+                  out_dir: str, strategy: tf.distribute.Strategy | None = None) -> dict:
+    """Train one teacher into `out_dir` (resuming if a checkpoint is there); return its record."""
+    strategy = strategy or tf.distribute.get_strategy()
+    done = os.path.join(out_dir, TEACHER_JSON)
+    if os.path.exists(done):
+        with open(done) as f:
+            return json.load(f)
+    write = distribute.is_chief(strategy)
+    ckpt_dir = os.path.join(out_dir, "ckpt")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    spe = max(1, min(cfg.checkpoint_every, cfg.steps))
+    epochs = (cfg.steps + spe - 1) // spe
+    initial_epoch = 0
+    with strategy.scope():
+        state = os.path.join(ckpt_dir, "state.json")
+        if os.path.exists(state) and os.path.exists(os.path.join(ckpt_dir, "last.keras")):
+            with open(state) as f:
+                initial_epoch = json.load(f)["epochs_done"]
+            # Compiled reload: the optimizer's moments and iteration count come back too.
+            model = keras.models.load_model(os.path.join(ckpt_dir, "last.keras"))
+        else:
+            model = zoo.build_teacher(spec, synth_cfg.n_train_identities)
+            _compile(model, spec, cfg, epochs * spe)
+    start = initial_epoch * spe * cfg.batch_size
+    ds = _dataset(spec, synth_cfg, cfg, start, stream=f"teacher:{spec.name}")
+    t0 = time.time()
+    if initial_epoch < epochs:
+        callbacks = [_EpochCheckpoint(ckpt_dir, write)]
+        if write:
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tb"), update_freq=50))
+        model.fit(ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=spe,
+                  callbacks=callbacks, verbose=cfg.verbose)
+    train_s = time.time() - t0
+    metrics = evaluate_teacher(model, spec, synth_cfg, cfg)
+    record = {
+        "name": spec.name, "arch": spec.arch, "source_task": spec.source_task,
+        "spec": dataclasses.asdict(spec), "input_spec": dataclasses.asdict(spec.input_spec),
+        "embedding_layer": "embedding", "embedding_dim": spec.embedding_dim,
+        "params_total": int(model.count_params()),
+        "params_embedding": int(zoo.embedding_model(model).count_params()),
+        "steps": cfg.steps, "batch_size": cfg.batch_size, "train_seconds_this_run": round(train_s, 1),
+        "metrics": metrics, "main_score": zoo.main_score(metrics),
+    }
+    if write:
+        model.save(os.path.join(out_dir, "model.keras"))
+        with open(done + ".tmp", "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(done + ".tmp", done)
+    return record
+
+
+def evaluate_teacher(model, spec, synth_cfg, cfg) -> dict:
+    """Source-task metrics on fresh faces of the training identities (a held-out image stream)."""
+    keys = zoo.SOURCE_TASKS[spec.source_task]
+    images, labels = synth.render_faces(synth_cfg, np.arange(cfg.eval_images), stream=f"teacher_val:{spec.name}",
+                                        pool="train", domain=cfg.domain)
+    x = preprocess(images, spec.input_spec)
+    out = model.predict(x, batch_size=256, verbose=0)
+    return zoo.source_metrics(spec, out, {k: labels[k] for k in keys})
+
+
+def load_zoo_teacher(teacher_dir: str):
+    """A trained zoo teacher as a frozen `Teacher` (embedding layer, its own input spec inside)."""
+    path = os.path.join(teacher_dir, TEACHER_JSON)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{teacher_dir}: no {TEACHER_JSON}; the teacher is not trained (yet)")
+    with open(path) as f:
+        record = json.load(f)
+    model = keras.models.load_model(os.path.join(teacher_dir, "model.keras"), compile=False)
+    spec = InputSpec(**record["input_spec"])
+    teacher = keras_model_teacher(zoo.embedding_model(model), None, record["name"], spec)
+    teacher.metadata.update({"source": teacher_dir, "record": record})
+    return teacher
