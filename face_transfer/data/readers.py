@@ -107,7 +107,7 @@ class _Errors:
         # Errors from image decoding already start with the file name.
         message = expected if expected.startswith(where) else f"{where}: {expected}"
         if self.on_error == "raise":
-            raise DataError(message)
+            raise (NoFaceError if kind == "no_face" else DataError)(message)
         self.report.skipped.append(SkippedItem(where=where, kind=kind, message=message))
 
     def finish(self) -> None:

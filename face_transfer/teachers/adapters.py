@@ -143,7 +143,7 @@ class Teacher:
         self.metadata.setdefault("input_spec", json.loads(spec.to_json()))
         self._feature_model = feature_model
         self._fn = fn
-        self._compiled = None
+        self._compiled = {}
         if feature_model is not None:
             feature_model.trainable = False
 
@@ -168,12 +168,15 @@ class Teacher:
             x = np.asarray(preprocess(batch, self.spec))
             y = np.asarray(self._fn(x), dtype=np.float32)
         else:
-            if self._compiled is None:
+            # One trace per (dtype, channels): any batch size and image size reuse it.
+            key = (batch.dtype.str, batch.shape[-1])
+            if key not in self._compiled:
                 model, spec = self._feature_model, self.spec
-                self._compiled = tf.function(
-                    lambda x: model(preprocess(x, spec), training=False), reduce_retracing=True
+                signature = [tf.TensorSpec([None, None, None, batch.shape[-1]], tf.as_dtype(batch.dtype))]
+                self._compiled[key] = tf.function(
+                    lambda x: model(preprocess(x, spec), training=False), input_signature=signature
                 )
-            y = np.asarray(self._compiled(tf.convert_to_tensor(batch)), dtype=np.float32)
+            y = np.asarray(self._compiled[key](batch), dtype=np.float32)
         if y.shape != (len(batch), self.dim):
             raise ValueError(
                 f"teacher {self.name!r}: produced shape {y.shape} for {len(batch)} images; expected [{len(batch)}, {self.dim}]"

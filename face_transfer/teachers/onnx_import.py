@@ -670,8 +670,8 @@ def _fold_constant(node, consts):
     """Evaluate a node whose inputs are all constants (Constant, Shape-free arithmetic on weights)."""
     from onnx.reference import ReferenceEvaluator
 
-    if node.op_type == "Constant":
-        return [numpy_helper.to_array(node.attribute[0].t)] if node.attribute[0].name == "value" else None
+    if node.op_type == "Constant" and node.attribute[0].name == "value":
+        return [numpy_helper.to_array(node.attribute[0].t)]
     inputs = [n for n in node.input if n]
     graph = onnx.helper.make_graph(
         [node], "fold",

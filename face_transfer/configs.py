@@ -1,0 +1,142 @@
+"""The experiment configuration: frozen dataclasses per stage, presets, and a JSON round trip.
+
+Each library function takes only its own slice (e.g. `distill_student(cfg.student, cfg.distill, ...)`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from face_transfer.data.synth import SynthConfig
+from face_transfer.evaluation.probes import ProbeConfig
+from face_transfer.fusion.autoencoder import FusionConfig
+from face_transfer.student.distill import DistillConfig
+from face_transfer.student.model import StudentConfig
+from face_transfer.teachers.train import TeacherTrainConfig
+from face_transfer.teachers.zoo import ZOO_PRESETS, TeacherSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    synth: SynthConfig = SynthConfig()
+    eval_set_size: int = 2000  # images per pre-rendered eval set (5 sets)
+    cache_size: int = 20000  # unlabelled faces embedded by the teachers to train the fusion
+    cache_domain: str = "photo"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    calibration_images: int = 200
+    parity_images: int = 256
+    min_cosine_int8: float = 0.95
+    qat_steps: int = 100
+    qat_learning_rate: float = 1e-4
+    latency_runs: int = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    preset: str = "demo"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    teachers: tuple[TeacherSpec, ...] = ZOO_PRESETS["demo"]
+    teacher_train: TeacherTrainConfig = TeacherTrainConfig()
+    fusion: FusionConfig = FusionConfig()
+    compression_dims: tuple[int, ...] = (16, 32, 64, 128, 256)
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = DistillConfig()
+    loss_comparison: tuple[str, ...] = ()  # extra distillation losses trained and evaluated side by side
+    supervised_control: bool = True
+    probe: ProbeConfig = ProbeConfig()
+    export: ExportConfig = ExportConfig()
+    strategy: str = "default"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExperimentConfig":
+        def tup(x):
+            return tuple(tup(v) for v in x) if isinstance(x, list) else x
+
+        def build(klass, values):
+            return klass(**{k: tup(v) for k, v in values.items()})
+
+        d = dict(d)
+        data = dict(d.pop("data"))
+        data["synth"] = build(SynthConfig, data["synth"])
+        return cls(
+            data=DataConfig(**data),
+            teachers=tuple(build(TeacherSpec, t) for t in d.pop("teachers")),
+            teacher_train=build(TeacherTrainConfig, d.pop("teacher_train")),
+            fusion=build(FusionConfig, d.pop("fusion")),
+            student=build(StudentConfig, d.pop("student")),
+            distill=build(DistillConfig, d.pop("distill")),
+            probe=build(ProbeConfig, d.pop("probe")),
+            export=build(ExportConfig, d.pop("export")),
+            **{k: tup(v) for k, v in d.items()},
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "ExperimentConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def _preset(name: str) -> ExperimentConfig:
+    if name == "smoke":
+        return ExperimentConfig(
+            preset="smoke",
+            data=DataConfig(SynthConfig(n_train_identities=100, n_heldout_identities=40), eval_set_size=400,
+                            cache_size=1200),
+            teachers=ZOO_PRESETS["smoke"],
+            teacher_train=TeacherTrainConfig(steps=30, batch_size=32, checkpoint_every=15, eval_images=200,
+                                             verbose=0),
+            fusion=FusionConfig(code_dim=16, hidden=64, epochs=10, patience=3),
+            compression_dims=(8, 16),
+            student=StudentConfig(width=0.35, embedding_dim=16),
+            distill=DistillConfig(steps=30, batch_size=32, checkpoint_every=15, log_every=10),
+            supervised_control=True,
+            probe=ProbeConfig(seeds=(0, 1), c_grid=(0.1, 1.0), alpha_grid=(1.0, 10.0), verification_pairs=400),
+            export=ExportConfig(calibration_images=32, parity_images=64, qat_steps=5, latency_runs=5,
+                                min_cosine_int8=0.8),
+        )
+    if name == "demo":
+        return ExperimentConfig(
+            preset="demo",
+            data=DataConfig(SynthConfig(n_train_identities=500, n_heldout_identities=200), eval_set_size=2000,
+                            cache_size=12000),
+            teachers=ZOO_PRESETS["demo"],
+            teacher_train=TeacherTrainConfig(steps=500, batch_size=64, checkpoint_every=100, eval_images=1000),
+            fusion=FusionConfig(code_dim=64, hidden=512, epochs=60),
+            compression_dims=(16, 32, 64, 128, 256),
+            student=StudentConfig(width=1.0, embedding_dim=64),
+            distill=DistillConfig(steps=1500, batch_size=64, checkpoint_every=250),
+            supervised_control=True,
+            probe=ProbeConfig(seeds=(0, 1, 2)),
+            export=ExportConfig(qat_steps=100),
+        )
+    if name == "paper":
+        return ExperimentConfig(
+            preset="paper",
+            data=DataConfig(SynthConfig(n_train_identities=1000, n_heldout_identities=300), eval_set_size=3000,
+                            cache_size=40000),
+            teachers=ZOO_PRESETS["paper"],
+            teacher_train=TeacherTrainConfig(steps=1500, batch_size=64, checkpoint_every=250, eval_images=2000),
+            fusion=FusionConfig(code_dim=64, hidden=1024, epochs=80),
+            compression_dims=(16, 32, 64, 128, 256),
+            student=StudentConfig(width=1.0, embedding_dim=64),
+            distill=DistillConfig(steps=4000, batch_size=64, checkpoint_every=500),
+            loss_comparison=("cosine", "teacher_space"),
+            supervised_control=True,
+            probe=ProbeConfig(seeds=(0, 1, 2)),
+            export=ExportConfig(qat_steps=300, calibration_images=300, parity_images=512),
+        )
+    raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
+
+
+PRESETS = ("smoke", "demo", "paper")
+
+
+def preset_config(name: str) -> ExperimentConfig:
+    """The named preset's full configuration."""
+    return _preset(name)

@@ -1,0 +1,301 @@
+"""TFLite conversion (float32, float16, dynamic range, full-integer int8 PTQ) and its validation against the float model.
+
+Owns QuantizationConfig, convert_to_tflite, tflite_op_set, validate_tflite, TFLiteValidationError and the parity report.
+
+Every file takes uint8 images [N,S,S,3] (0..255). The int8 file is full integer (TFLITE_BUILTINS_INT8
+only) with uint8 input and float32 outputs: the final DEQUANTIZE costs one op and spares every caller
+from reading output scales and zero points (and keeps softmax probabilities summing to 1 exactly).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from face_transfer.deploy import savedmodel as _sm
+
+MODES = ("float32", "float16", "dynamic", "int8")
+# Ops that only move values across the integer/float boundary at the model's edges.
+_BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
+_FLOAT_DTYPES = (np.float32, np.float16, np.float64)
+
+
+class TFLiteValidationError(RuntimeError):
+    """A converted file that does not match its float model (or is not integer-only); `.report` has the figures."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizationConfig:
+    """How to quantize: kept apart from the conversion itself (MediaPipe Model Maker style)."""
+
+    mode: str
+    representative_images: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
+    calibration_steps: int = 100
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"QuantizationConfig.mode={self.mode!r}: expected one of {MODES}")
+        if self.mode == "int8":
+            images = self.representative_images
+            if images is None:
+                raise ValueError("QuantizationConfig(mode='int8') needs representative_images (uint8 [N,S,S,3])")
+            images = np.asarray(images)
+            if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] < 1:
+                raise ValueError(
+                    f"QuantizationConfig.representative_images has shape {images.shape}; expected uint8 [N,S,S,3]"
+                )
+            if images.dtype != np.uint8:
+                raise ValueError(
+                    f"QuantizationConfig.representative_images has dtype {images.dtype}; expected uint8 0..255 images"
+                )
+            if not isinstance(self.calibration_steps, int) or self.calibration_steps < 1:
+                raise ValueError(f"QuantizationConfig.calibration_steps={self.calibration_steps!r}: expected an int >= 1")
+
+    @classmethod
+    def for_float32(cls):
+        return cls("float32")
+
+    @classmethod
+    def for_float16(cls):
+        return cls("float16")
+
+    @classmethod
+    def for_dynamic(cls):
+        return cls("dynamic")
+
+    @classmethod
+    def for_int8(cls, images, steps: int = 100):
+        return cls("int8", representative_images=np.asarray(images), calibration_steps=steps)
+
+
+def _range_anchor(size: int) -> np.ndarray:
+    """A 0..255 ramp image: calibrating on it pins the input scale to exactly 1, zero point 0,
+    so the uint8 input is the raw pixel value whatever the calibration photos' extremes."""
+    ramp = np.linspace(0, 255, size * size * 3).round().astype(np.float32)
+    return ramp.reshape(1, size, size, 3)
+
+
+def _signatures(saved_model_dir: str) -> dict:
+    """{signature key: (input name, dtype, shape)} read from saved_model.pb without loading the graph."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    found = {}
+    for key, sig in proto.meta_graphs[0].signature_def.items():
+        if len(sig.inputs) != 1:
+            continue
+        (name, info), = sig.inputs.items()
+        shape = [d.size if d.size >= 0 else None for d in info.tensor_shape.dim]
+        found[key] = (name, tf.dtypes.as_dtype(info.dtype).as_numpy_dtype, shape)
+    return found
+
+
+def _converter_from_dir(saved_model_dir: str, mode: str):
+    signatures = _signatures(saved_model_dir)
+    # int8 quantizes from the float32 endpoint (see savedmodel.FLOAT_SERVING_KEY); float modes keep
+    # the uint8 endpoint so every file takes the same uint8 images.
+    if mode == "int8" and _sm.FLOAT_SERVING_KEY in signatures:
+        key = _sm.FLOAT_SERVING_KEY
+    elif _sm.SERVING_KEY in signatures:
+        key = _sm.SERVING_KEY
+    else:
+        raise ValueError(
+            f"{saved_model_dir}: no single-input {_sm.SERVING_KEY!r} signature (has {sorted(signatures)})"
+        )
+    return tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[key]), key, signatures[key]
+
+
+def convert_to_tflite(model_or_savedmodel_dir, qcfg: QuantizationConfig) -> bytes:
+    """Converts a Keras 3 model or an export_savedmodel directory to a .tflite flatbuffer.
+
+    A Keras model is first exported with export_savedmodel (never tf.saved_model.save: that leaves
+    variable-handle ops that make int8 conversion fail and float conversion output NaN).
+    int8 is full integer: TFLITE_BUILTINS_INT8 only, uint8 input (scale 1, zero point 0), float32 outputs.
+    """
+    if not isinstance(qcfg, QuantizationConfig):
+        raise TypeError(f"convert_to_tflite(qcfg=...): expected a QuantizationConfig, got {type(qcfg).__name__}")
+    if isinstance(model_or_savedmodel_dir, keras.Model):
+        with tempfile.TemporaryDirectory(prefix="ft_export_") as tmp:
+            path = _sm.export_savedmodel(model_or_savedmodel_dir, os.path.join(tmp, "saved_model"))
+            return convert_to_tflite(path, qcfg)
+    path = os.fspath(model_or_savedmodel_dir)
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise ValueError(f"convert_to_tflite: {path} is not a SavedModel directory (no saved_model.pb) nor a Keras model")
+    converter, key, spec = _converter_from_dir(path, qcfg.mode)
+    if qcfg.mode == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif qcfg.mode == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif qcfg.mode == "int8":
+        images = np.asarray(qcfg.representative_images)
+        name, dtype, shape = spec
+        size = int(shape[1])
+        if tuple(images.shape[1:]) != (size, size, 3):
+            raise ValueError(
+                f"QuantizationConfig.representative_images are {images.shape[1:]}; the model at {path} takes {(size, size, 3)}"
+            )
+        steps = min(qcfg.calibration_steps, len(images))
+
+        def representative():
+            yield {name: _range_anchor(size).astype(dtype)}
+            for i in range(steps):
+                yield {name: images[i : i + 1].astype(dtype)}
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.float32
+    return converter.convert()
+
+
+def _interpreter(tflite_bytes, default_delegates=True):
+    from face_transfer.deploy.infer import load_interpreter
+
+    return load_interpreter(tflite_bytes, default_delegates=default_delegates)
+
+
+def tflite_op_set(tflite_bytes) -> dict:
+    """What the file computes with: op names, tensor dtypes, input/output dtypes and whether any op
+    other than the edge QUANTIZE/DEQUANTIZE reads or writes a float tensor (`has_float_ops`)."""
+    interpreter = _interpreter(tflite_bytes, default_delegates=False)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops, float_ops, tensor_dtypes = set(), set(), set()
+    for op in interpreter._get_ops_details():
+        ops.add(op["op_name"])
+        indices = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0 and i in tensors]
+        dtypes = {np.dtype(tensors[i]["dtype"]) for i in indices}
+        tensor_dtypes |= {d.name for d in dtypes}
+        if op["op_name"] not in _BOUNDARY_OPS and any(d in map(np.dtype, _FLOAT_DTYPES) for d in dtypes):
+            float_ops.add(op["op_name"])
+    inputs = interpreter.get_input_details()
+    outputs = interpreter.get_output_details()
+    return {
+        "ops": sorted(ops),
+        "float_ops": sorted(float_ops),
+        "has_float_ops": bool(float_ops),
+        "tensor_dtypes": sorted(tensor_dtypes),
+        "input_dtypes": [np.dtype(d["dtype"]).name for d in inputs],
+        "input_quantization": [list(map(float, d["quantization"])) for d in inputs],
+        "output_dtypes": [np.dtype(d["dtype"]).name for d in outputs],
+        "is_integer": bool(inputs and inputs[0]["quantization"][0] != 0.0),
+    }
+
+
+def _as_dict(outputs, names=None):
+    if isinstance(outputs, dict):
+        return {k: np.asarray(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        names = names or [f"output_{i}" for i in range(len(outputs))]
+        return {n: np.asarray(v) for n, v in zip(names, outputs)}
+    return {(names or ["output_0"])[0]: np.asarray(outputs)}
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image cosine for vector outputs; one cosine over the batch for scalar-per-image outputs
+    (per-image cosine of two scalars would only compare signs)."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    if a.shape[1] == 1:
+        a, b = a.T, b.T
+    num = np.sum(a * b, axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    # Two zero vectors agree; one zero vector against a non-zero one does not.
+    return np.where(den > 0, num / np.maximum(den, 1e-30), np.where(np.linalg.norm(a - b, axis=1) == 0, 1.0, 0.0))
+
+
+def validate_tflite(tflite_bytes, reference_fn, images, min_cosine: float, expect_int8: bool | None = None) -> dict:
+    """Runs the file on `images` (uint8 [N,S,S,3]) and compares every named output with reference_fn(images).
+
+    reference_fn returns a dict of named float outputs (or one array for a single-output file).
+    Returns {size_bytes, ops, float_ops, int8_only, input_dtype, outputs: {name: {cosine_mean, cosine_min,
+    max_abs_diff}}, cosine_mean, cosine_min, max_abs_diff}. Raises TFLiteValidationError (with .report)
+    when an int8 file (`expect_int8`, default: detected from a quantized input) computes in float,
+    or when the worst output's mean cosine is below `min_cosine`.
+    """
+    from face_transfer.deploy.infer import run_tflite
+
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"validate_tflite: images must be uint8 [N,S,S,3], got {images.dtype} {images.shape}")
+    ops = tflite_op_set(tflite_bytes)
+    is_int8 = ops["is_integer"] if expect_int8 is None else bool(expect_int8)
+    got = run_tflite(_interpreter(tflite_bytes), images)
+    want = _as_dict(reference_fn(images), names=list(got) if len(got) == 1 else None)
+    missing = sorted(set(want) - set(got))
+    if missing:
+        raise TFLiteValidationError(f"TFLite file lacks outputs {missing} (has {sorted(got)})", {"outputs": sorted(got)})
+    per_output = {}
+    for name, ref in want.items():
+        out = got[name]
+        if out.shape != ref.shape:
+            raise TFLiteValidationError(
+                f"output {name!r}: TFLite shape {out.shape} vs reference {ref.shape}", {"output": name}
+            )
+        cos = _cosines(out, ref)
+        per_output[name] = {
+            "cosine_mean": float(cos.mean()),
+            "cosine_min": float(cos.min()),
+            "max_abs_diff": float(np.max(np.abs(out.astype(np.float64) - ref))),
+        }
+    report = {
+        "size_bytes": len(tflite_bytes),
+        "ops": ops["ops"],
+        "float_ops": ops["float_ops"],
+        "input_dtype": ops["input_dtypes"][0],
+        "output_dtypes": ops["output_dtypes"],
+        "int8": is_int8,
+        "int8_only": (not ops["has_float_ops"]) if is_int8 else None,
+        "n_images": int(len(images)),
+        "min_cosine": float(min_cosine),
+        "outputs": per_output,
+        "cosine_mean": min(v["cosine_mean"] for v in per_output.values()),
+        "cosine_min": min(v["cosine_min"] for v in per_output.values()),
+        "max_abs_diff": max(v["max_abs_diff"] for v in per_output.values()),
+    }
+    if is_int8 and ops["has_float_ops"]:
+        raise TFLiteValidationError(f"int8 TFLite file computes in float: ops {ops['float_ops']} touch float tensors", report)
+    if report["cosine_mean"] < min_cosine:
+        worst = min(per_output, key=lambda k: per_output[k]["cosine_mean"])
+        raise TFLiteValidationError(
+            f"TFLite output {worst!r} has mean cosine {report['cosine_mean']:.4f} vs the float model; "
+            f"expected >= {min_cosine}",
+            report,
+        )
+    return report
+
+
+def write_validation_report(reports: dict[str, dict], out_dir) -> tuple[str, str]:
+    """Writes parity.json and parity.md (one table row per file and output) into out_dir."""
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, "parity.json")
+    md_path = os.path.join(out_dir, "parity.md")
+    with open(json_path, "w") as f:
+        json.dump(reports, f, indent=2, sort_keys=True)
+    lines = [
+        "| file | size (KB) | input | int8 only | output | cosine mean | cosine min | max abs diff |",
+        "|---|---:|---|---|---|---:|---:|---:|",
+    ]
+    for name, rep in reports.items():
+        int8_only = {True: "yes", False: "NO", None: "n/a"}[rep.get("int8_only")]
+        for out_name, o in rep.get("outputs", {}).items():
+            lines.append(
+                f"| {name} | {rep['size_bytes'] / 1024:.1f} | {rep.get('input_dtype', '?')} | {int8_only} | {out_name} "
+                f"| {o['cosine_mean']:.5f} | {o['cosine_min']:.5f} | {o['max_abs_diff']:.4g} |"
+            )
+    with open(md_path, "w") as f:
+        f.write("# TFLite parity vs the float Keras model\n\n" + "\n".join(lines) + "\n")
+    return json_path, md_path

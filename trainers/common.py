@@ -1,0 +1,84 @@
+"""Flags shared by the trainers, and the one place flags become an ExperimentConfig."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+
+def define_run_flags():
+    from face_transfer.configs import PRESETS
+    from face_transfer.distribute import STRATEGIES
+    flags.DEFINE_enum("preset", "demo", list(PRESETS), "Configuration preset.")
+    flags.DEFINE_string("run_dir", None, "Run directory (created; resumed if it holds the same config).")
+    flags.DEFINE_boolean("overwrite", False, "Replace an existing run directory with a different config.")
+    flags.DEFINE_string("config_json", None, "A config.json to use instead of the preset (e.g. from a run dir).")
+    flags.DEFINE_integer("seed", None, "Override the preset's seed.")
+    flags.DEFINE_enum("strategy", None, list(STRATEGIES), "tf.distribute strategy (default: the preset's).")
+    flags.DEFINE_integer("num_cpu_replicas", None, "With --strategy=mirrored and no GPU: split the CPU into N "
+                         "logical devices (testing multi-replica code on a laptop).")
+    flags.DEFINE_integer("code_dim", None, "Fusion code dimension d (= student embedding size).")
+    flags.DEFINE_enum("distill_loss", None, ["l2", "cosine", "teacher_space"], "Distillation loss.")
+    flags.DEFINE_integer("distill_steps", None, "Student distillation steps.")
+    flags.DEFINE_integer("teacher_steps", None, "Training steps per zoo teacher.")
+    flags.DEFINE_integer("batch_size", None, "Global batch size for teachers and student.")
+    flags.DEFINE_float("student_width", None, "Student width multiplier.")
+    flags.mark_flag_as_required("run_dir")
+
+
+def config_from_flags():
+    """The preset (or --config_json) with the flag overrides applied; validated before any work."""
+    from face_transfer.configs import ExperimentConfig, preset_config
+    if FLAGS.config_json:
+        if not os.path.exists(FLAGS.config_json):
+            raise flags.ValidationError(f"--config_json={FLAGS.config_json}: no such file")
+        cfg = ExperimentConfig.from_json(open(FLAGS.config_json).read())
+    else:
+        cfg = preset_config(FLAGS.preset)
+    r = dataclasses.replace
+    if FLAGS.seed is not None:
+        cfg = r(cfg, seed=FLAGS.seed)
+    if FLAGS.strategy:
+        cfg = r(cfg, strategy=FLAGS.strategy)
+    if FLAGS.code_dim is not None:
+        concat = sum(t.embedding_dim for t in cfg.teachers)
+        if not 1 <= FLAGS.code_dim < concat:
+            raise flags.ValidationError(f"--code_dim={FLAGS.code_dim}: expected 1 <= d < {concat} (the "
+                                        f"concatenated teacher dimension of preset {cfg.preset})")
+        cfg = r(cfg, fusion=r(cfg.fusion, code_dim=FLAGS.code_dim), student=r(cfg.student, embedding_dim=FLAGS.code_dim))
+    if FLAGS.distill_loss:
+        cfg = r(cfg, distill=r(cfg.distill, loss=FLAGS.distill_loss))
+    if FLAGS.distill_steps is not None:
+        if FLAGS.distill_steps < 1:
+            raise flags.ValidationError(f"--distill_steps={FLAGS.distill_steps}: expected >= 1")
+        cfg = r(cfg, distill=r(cfg.distill, steps=FLAGS.distill_steps))
+    if FLAGS.teacher_steps is not None:
+        if FLAGS.teacher_steps < 1:
+            raise flags.ValidationError(f"--teacher_steps={FLAGS.teacher_steps}: expected >= 1")
+        cfg = r(cfg, teacher_train=r(cfg.teacher_train, steps=FLAGS.teacher_steps))
+    if FLAGS.batch_size is not None:
+        if FLAGS.batch_size < 1:
+            raise flags.ValidationError(f"--batch_size={FLAGS.batch_size}: expected >= 1")
+        cfg = r(cfg, distill=r(cfg.distill, batch_size=FLAGS.batch_size),
+                teacher_train=r(cfg.teacher_train, batch_size=FLAGS.batch_size))
+    if FLAGS.student_width is not None:
+        if FLAGS.student_width <= 0:
+            raise flags.ValidationError(f"--student_width={FLAGS.student_width}: expected > 0")
+        cfg = r(cfg, student=r(cfg.student, width=FLAGS.student_width))
+    run_dir = os.path.abspath(FLAGS.run_dir)
+    parent = os.path.dirname(run_dir)
+    probe = parent
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.access(probe, os.W_OK) or (os.path.exists(run_dir) and not os.access(run_dir, os.W_OK)):
+        raise flags.ValidationError(f"--run_dir={FLAGS.run_dir}: not writable")
+    return cfg
+
+
+def strategy_from_flags():
+    from face_transfer.distribute import make_strategy
+    name = FLAGS.strategy or "default"
+    return make_strategy(name, num_cpu_replicas=FLAGS.num_cpu_replicas)
