@@ -3,6 +3,7 @@ Owns identity/image factor sampling, the vectorised 3-D-posed renderer, the four
 from __future__ import annotations
 
 import dataclasses
+import math
 import zlib
 
 import numpy as np
@@ -146,7 +147,7 @@ def identity_factors(cfg: SynthConfig, identity_ids) -> dict[str, np.ndarray]:
     age = d.uniform(18, 80)
     skin = np.clip(d.u() ** 0.9, 0, 1).astype(_F32)
     old = np.clip((age - 38) / 40, 0, 1)
-    p_hair = np.stack([0.35 + 0.4 * skin, 0.35 + 0.0 * skin, 0.2 * (1 - skin), 0.1 * (1 - skin),
+    p_hair = np.stack([0.35 + 0.4 * skin, np.full(n, 0.35, _F32), 0.2 * (1 - skin), 0.1 * (1 - skin),
                        np.zeros(n, _F32)], 1) * (1 - 0.85 * old[:, None])
     p_hair[:, 4] = 0.02 + 0.9 * old
     hair_color = d.choice(p_hair)
@@ -230,8 +231,11 @@ def _image_factors(cfg: SynthConfig, keys: np.ndarray) -> dict[str, np.ndarray]:
     occluded = (d.u() < 0.15 * min(float(k), 1.0)).astype(np.int64)
     az = d.uniform(-90, 90)
     el = d.uniform(-10, 45)
-    tint = d.u(3)
-    light_color = 1 - (0.35 * min(float(k), 1.0) + 0.05) * tint
+    # colour temperature (warm tungsten .. cool daylight) plus a small random cast
+    temp = (2 * d.u() - 1) * (0.2 + 0.8 * min(float(k), 1.0))
+    warm, cool = np.array([1.0, 0.86, 0.68], _F32), np.array([0.80, 0.88, 1.0], _F32)
+    light_color = np.where(temp[:, None] > 0, 1 + temp[:, None] * (warm - 1), 1 - temp[:, None] * (cool - 1))
+    light_color = light_color * (1 - 0.12 * min(float(k), 1.0) * d.u(3))
     light_color = (light_color / light_color.max(1, keepdims=True)).astype(_F32)
     return {
         "expression": expr, "expression_intensity": inten, "smile": smile, "mouth_open": mouth_open,
@@ -242,10 +246,10 @@ def _image_factors(cfg: SynthConfig, keys: np.ndarray) -> dict[str, np.ndarray]:
         "scale": (0.56 * (1 + 0.12 * k * (2 * d.u() - 1))).astype(_F32),
         "shift_x": (0.10 * k * (2 * d.u() - 1)).astype(_F32),
         "shift_y": (0.08 * k * (2 * d.u() - 1) + 0.02).astype(_F32),
-        "blur": (k * np.clip(1.6 * d.u() - 0.6, 0, 1)).astype(_F32),
+        "blur": (k * np.clip(2 * d.u() - 1, 0, 1)).astype(_F32),
         "noise": (0.004 + 0.035 * k * d.u() ** 2).astype(_F32),
-        "jpeg": (0.5 * k * np.clip(1.6 * d.u() - 0.6, 0, 1) ** 1.5).astype(_F32),
-        "clutter": (0.3 + 0.7 * min(float(k), 1.0) * d.u()).astype(_F32),
+        "jpeg": (0.5 * k * np.clip((d.u() - 0.55) / 0.45, 0, 1) ** 1.5).astype(_F32),
+        "clutter": (min(float(k), 1.0) * (0.3 + 0.7 * d.u())).astype(_F32),
         "ambient": d.uniform(0.35, 0.6),
         # nuisance seeds for appearance-only per-image variation
         "_bg": d.u(24).reshape(n, 24),
@@ -288,10 +292,16 @@ class _Geo:
         self.gu = g[None, None, :]           # [1,1,S] normalised x
         self.gv = -g[None, :, None]          # [1,S,1] normalised y (up)
 
+    def _rot(self, p):
+        R = self.R
+        x, y, z = p[:, 0], p[:, 1], p[:, 2]
+        return (R[:, 0, 0] * x + R[:, 0, 1] * y + R[:, 0, 2] * z, R[:, 1, 0] * x + R[:, 1, 1] * y + R[:, 1, 2] * z,
+                R[:, 2, 0] * x + R[:, 2, 1] * y + R[:, 2, 2] * z)
+
     def project(self, p):
         """p [N,3] head-frame -> (u, v) normalised image coords [N], camera z [N]."""
-        q = np.einsum("nij,nj->ni", self.R, p)
-        return self.cx + self.s * q[:, 0], self.cy + self.s * q[:, 1], q[:, 2]
+        qx, qy, qz = self._rot(p)
+        return self.cx + self.s * qx, self.cy + self.s * qy, qz
 
     def surface_point(self, x, y):
         zz = 1 - (x / self.ax) ** 2 - (y / self.ay) ** 2
@@ -299,65 +309,87 @@ class _Geo:
 
     def frame(self, p):
         """Tangent frame at a surface point: centre (u,v), inverse projected Jacobian [N,2,2], visibility,
-        and the projected normal (for protruding features)."""
-        nrm = p / np.stack([self.ax ** 2, self.ay ** 2, self.az ** 2], 1)
-        nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
-        tu = np.stack([nrm[:, 2], np.zeros_like(nrm[:, 0]), -nrm[:, 0]], 1)
-        tu /= np.linalg.norm(tu, axis=1, keepdims=True)
-        tv = np.cross(nrm, tu)
-        rtu = np.einsum("nij,nj->ni", self.R, tu)
-        rtv = np.einsum("nij,nj->ni", self.R, tv)
-        rn = np.einsum("nij,nj->ni", self.R, nrm)
-        J = self.s[:, None, None] * np.stack([rtu[:, :2], rtv[:, :2]], 2)  # columns: tangent images
-        det = J[:, 0, 0] * J[:, 1, 1] - J[:, 0, 1] * J[:, 1, 0]
+        and the projected normal (for protruding features). Written column-wise: these are [N]-sized
+        arrays, where per-call overhead (einsum, cross, norm) would dominate."""
+        nx, ny, nz = p[:, 0] / self.ax ** 2, p[:, 1] / self.ay ** 2, p[:, 2] / self.az ** 2
+        inv = 1 / np.sqrt(nx * nx + ny * ny + nz * nz)
+        nx, ny, nz = nx * inv, ny * inv, nz * inv
+        inv = 1 / np.sqrt(nz * nz + nx * nx)
+        tux, tuz = nz * inv, -nx * inv          # horizontal tangent (tu_y = 0)
+        tvx, tvy, tvz = ny * tuz, nz * tux - nx * tuz, -ny * tux  # n x tu
+        R, s = self.R, self.s
+        j00 = s * (R[:, 0, 0] * tux + R[:, 0, 2] * tuz)
+        j10 = s * (R[:, 1, 0] * tux + R[:, 1, 2] * tuz)
+        j01 = s * (R[:, 0, 0] * tvx + R[:, 0, 1] * tvy + R[:, 0, 2] * tvz)
+        j11 = s * (R[:, 1, 0] * tvx + R[:, 1, 1] * tvy + R[:, 1, 2] * tvz)
+        det = j00 * j11 - j01 * j10
         det = np.where(np.abs(det) < 1e-4, np.where(det < 0, -1e-4, 1e-4), det)
-        Ji = np.stack([np.stack([J[:, 1, 1], -J[:, 0, 1]], 1), np.stack([-J[:, 1, 0], J[:, 0, 0]], 1)], 1)
-        Ji = Ji / det[:, None, None]
+        Ji = np.empty((len(s), 2, 2), _F32)
+        Ji[:, 0, 0], Ji[:, 0, 1], Ji[:, 1, 0], Ji[:, 1, 1] = j11 / det, -j01 / det, -j10 / det, j00 / det
+        rnx, rny, rnz = self._rot(np.stack([nx, ny, nz], 1))
         u, v, _ = self.project(p)
-        return u, v, Ji.astype(_F32), rn[:, 2].astype(_F32), (self.s[:, None] * rn[:, :2]).astype(_F32)
+        return u, v, Ji, rnz.astype(_F32), np.stack([s * rnx, s * rny], 1).astype(_F32)
 
 
 class _Patch:
     """A square pixel window around a point, inside the image or inside a parent window, with normalised
-    image coordinates (gu, gv) and, given the inverse projected Jacobian Ji, local tangent coordinates (a, b)."""
+    image coordinates (gu, gv) and, given the inverse projected Jacobian Ji, local tangent coordinates (a, b).
+    Window maps are flattened to [n, P*P]."""
 
     def __init__(self, geo: _Geo, u, v, Ji, half_extent, parent: "_Patch | None" = None):
         S = geo.S
         C = S if parent is None else parent.P
         P = int(np.ceil(2 * half_extent * float(geo.s.max()) * S / 2)) + 3
         self.P = P = min(P, C)
+        self.C = C
         oc = 0 if parent is None else parent.c0
         orr = 0 if parent is None else parent.r0
         col = (u + 1) / 2 * S - 0.5
         row = (1 - v) / 2 * S - 0.5
-        lc0 = np.clip(np.round(col).astype(np.int64) - oc - P // 2, 0, C - P)
-        lr0 = np.clip(np.round(row).astype(np.int64) - orr - P // 2, 0, C - P)
-        self.c0, self.r0 = lc0 + oc, lr0 + orr
-        j = np.arange(P)
-        self.gu = ((self.c0[:, None] + j[None, :] + 0.5) * (2.0 / S) - 1).astype(_F32)[:, None, :]
-        self.gv = (1 - (self.r0[:, None] + j[None, :] + 0.5) * (2.0 / S)).astype(_F32)[:, :, None]
+        self.lc0 = np.clip(np.round(col).astype(np.intp) - oc - P // 2, 0, C - P)
+        self.lr0 = np.clip(np.round(row).astype(np.intp) - orr - P // 2, 0, C - P)
+        self.c0, self.r0 = self.lc0 + oc, self.lr0 + orr
+        j = np.arange(P, dtype=_F32)
+        self.gu = ((self.c0[:, None] + j[None, :] + 0.5) * _F32(2.0 / S) - 1).astype(_F32)[:, None, :]
+        self.gv = (1 - (self.r0[:, None] + j[None, :] + 0.5) * _F32(2.0 / S)).astype(_F32)[:, :, None]
+        self.n = n = len(u)
+        self.pix = 2.0 / (S * geo.s[:, None])  # one pixel in head units
+        self._flat = {}
         if Ji is not None:
             du = self.gu - u[:, None, None]
             dv = self.gv - v[:, None, None]
-            J = Ji[:, :, :, None, None]
-            self.a = J[:, 0, 0] * du + J[:, 0, 1] * dv
-            self.b = J[:, 1, 0] * du + J[:, 1, 1] * dv
-        n = len(u)
-        self.idx_hw = (lr0[:, None, None] + j[None, :, None]) * C + lc0[:, None, None] + j[None, None, :]
-        self.idx = np.arange(n)[:, None, None] * (C * C) + self.idx_hw
-        self._nidx = np.arange(n)[:, None, None]
-        self.pix = 2.0 / (S * geo.s[:, None, None])  # one pixel in head units
+            self.a = (Ji[:, 0, 0, None, None] * du + Ji[:, 0, 1, None, None] * dv).reshape(n, -1)
+            self.b = (Ji[:, 1, 0, None, None] * du + Ji[:, 1, 1, None, None] * dv).reshape(n, -1)
+
+    @property
+    def guf(self):
+        return np.broadcast_to(self.gu, (self.n, self.P, self.P)).reshape(self.n, -1)
+
+    @property
+    def gvf(self):
+        return np.broadcast_to(self.gv, (self.n, self.P, self.P)).reshape(self.n, -1)
+
+    def _index(self, channels):
+        """Flat indices into a contiguous parent [n, channels, C*C] (or [n, C*C] for channels=0)."""
+        if channels not in self._flat:
+            P, C = self.P, self.C
+            j = np.arange(P)
+            hw = ((self.lr0[:, None, None] + j[None, :, None]) * C + self.lc0[:, None, None]
+                  + j[None, None, :]).reshape(self.n, 1, -1)
+            k = max(channels, 1)
+            base = (np.arange(self.n)[:, None, None] * k + np.arange(k)[None, :, None]) * (C * C)
+            idx = base + hw
+            self._flat[channels] = idx[:, 0] if channels == 0 else idx
+        return self._flat[channels]
 
     def gather(self, canvas):
-        """canvas [n,C,H,W] -> [n,C,P,P]; canvas [n,H,W] -> [n,P,P]."""
-        if canvas.ndim == 3:
-            return canvas.reshape(-1)[self.idx]
-        n, C = canvas.shape[:2]
-        return canvas.reshape(n, C, -1)[self._nidx, :, self.idx_hw].transpose(0, 3, 1, 2)
+        """Parent map [n,ch,C*C] (or [n,ch,C,C]) -> [n,ch,P*P]; scalar map [n,C*C] -> [n,P*P]."""
+        if canvas.ndim == 2:
+            return np.take(canvas, self._index(0))
+        return np.take(canvas, self._index(canvas.shape[1]))
 
     def scatter(self, canvas, region):
-        n, C = canvas.shape[:2]
-        canvas.reshape(n, C, -1)[self._nidx, :, self.idx_hw] = region.transpose(0, 2, 3, 1)
+        np.put(canvas, self._index(canvas.shape[1] if canvas.ndim > 2 else 0), region)
 
     def gather_slices(self, canvas):
         """Same as gather for a large window: per-image slicing is cheaper than fancy indexing."""
@@ -382,15 +414,24 @@ def _blend(dst, alpha, color):
     color: [C'] constant, [n,C'] per image or [n,C',H,W]; extra channels are ignored."""
     color = np.asarray(color, _F32)
     C = dst.shape[1]
+    tail = (1,) * (dst.ndim - 2)
     if color.ndim == 1:
-        color = color[:C, None, None]
+        color = color[:C].reshape((C,) + tail)
     elif color.ndim == 2:
-        color = color[:, :C, None, None]
+        color = color[:, :C].reshape((len(color), C) + tail)
     else:
         color = color[:, :C]
-    t = color - dst
-    t *= alpha[:, None]
-    dst += t
+    if math.prod(dst.shape[2:]) < 1024:
+        t = color - dst
+        t *= alpha[:, None]
+        dst += t
+        return
+    # large windows: per-channel passes avoid numpy's slow broadcast of alpha over a middle axis (~1.6x)
+    for c in range(C):
+        d = dst[:, c]
+        t = color[:, c] - d if color.ndim == dst.ndim else color[c] - d
+        t *= alpha
+        d += t
 
 
 def _col4(rgb, heat):
@@ -401,39 +442,59 @@ def _col4(rgb, heat):
 # ----------------------------------------------------------------------------------------------------------
 # Renderer
 
-def _backdrop(geo, idf, imf, h):
+def _upsample_matrix(h, S):
+    """[h, S] bilinear interpolation weights (edge-clamped) from h to S samples."""
+    pos = np.clip((np.arange(S) + 0.5) * h / S - 0.5, 0, h - 1)
+    i0 = np.floor(pos).astype(int)
+    i1 = np.minimum(i0 + 1, h - 1)
+    w = pos - i0
+    U = np.zeros((h, S), _F32)
+    U[i0, np.arange(S)] += 1 - w
+    U[i1, np.arange(S)] += w
+    return U
+
+
+def _bump(d2):
+    """Cheap smooth bump of a squared distance: (1 - d2)^2 inside the unit ball (exp is ~5x slower)."""
+    t = np.clip(1 - d2, 0, 1)
+    return t * t
+
+
+def _backdrop(geo, idf, imf, h, C=4):
     """Everything behind the head at reduced resolution h: gradient, clutter, torso, neck, long hair, bun."""
     n = geo.n
     r = imf["_bg"]
     g = ((np.arange(h, dtype=_F32) + 0.5) / h * 2 - 1)
-    gu, gv = g[None, None, :], -g[None, :, None]
+    # flattened [1, h*h] grids: long inner loops for numpy
+    gu, gv = np.tile(g, h)[None, :], np.repeat(-g, h)[None, :]
     c1 = 0.15 + 0.75 * r[:, 0:3]
     c2 = np.clip(c1 * (0.5 + 0.8 * r[:, 3:4]) + 0.2 * (r[:, 4:7] - 0.5), 0, 1)
     ang = r[:, 7] * 2 * np.pi
-    t = (np.cos(ang)[:, None, None] * gu + np.sin(ang)[:, None, None] * gv) * 0.5 + 0.5
-    bg = np.empty((n, 4, h, h), _F32)
-    bg[:, :3] = c1[:, :, None, None] + t[:, None] * (c2 - c1)[:, :, None, None]
-    bg[:, 3] = 0.08 + 0.1 * t
+    t = (np.cos(ang)[:, None] * gu + np.sin(ang)[:, None] * gv) * 0.5 + 0.5
+    bg = np.empty((n, C, h * h), _F32)
+    bg[:, :3] = c1[:, :, None] + t[:, None] * (c2 - c1)[:, :, None]
+    if C == 4:
+        bg[:, 3] = 0.08 + 0.1 * t
     clutter = imf["clutter"]
     px_ = 2.0 / h
     for k in range(3):
         q = r[:, 20 + k]
         on = (q < clutter).astype(_F32) * clutter
-        px, py = (2 * r[:, 8 + k] - 1)[:, None, None], (2 * r[:, 11 + k] - 1)[:, None, None]
-        rad = (0.12 + 0.35 * r[:, 14 + k])[:, None, None]
+        px, py = (2 * r[:, 8 + k] - 1)[:, None], (2 * r[:, 11 + k] - 1)[:, None]
+        rad = (0.12 + 0.35 * r[:, 14 + k])[:, None]
         col = np.clip(np.stack([r[:, 17 + k], r[:, (3 * k + 5) % 24], r[:, (7 * k + 2) % 24]], 1) * 1.1, 0, 1)
         dx, dy = np.abs(gu - px), np.abs(gv - py)
         dist = np.maximum(dx, dy) if k % 2 else np.sqrt(dx * dx + dy * dy)
-        a = _ramp(rad - dist, 2 * px_) * on[:, None, None]
+        a = _ramp(rad - dist, 2 * px_) * on[:, None]
         _blend(bg, a, _col4(col, 0.1 + 0.2 * r[:, 23 - k]))
     # body, in roll-free head units
-    X0 = (gu - geo.cx[:, None, None]) / geo.s[:, None, None]
-    Y0 = (gv - geo.cy[:, None, None]) / geo.s[:, None, None]
-    cr, sr = geo.cr[:, None, None], geo.sr[:, None, None]
+    X0 = (gu - geo.cx[:, None]) / geo.s[:, None]
+    Y0 = (gv - geo.cy[:, None]) / geo.s[:, None]
+    cr, sr = geo.cr[:, None], geo.sr[:, None]
     X = cr * X0 + sr * Y0
     Y = -sr * X0 + cr * Y0
-    pixb = (px_ / geo.s)[:, None, None]
-    ax = geo.ax[:, None, None]
+    pixb = (px_ / geo.s)[:, None]
+    ax = geo.ax[:, None]
     lc = imf["light_color"]
     amb = imf["ambient"]
     style = idf["hair_style"]
@@ -442,7 +503,7 @@ def _backdrop(geo, idf, imf, h):
     lsel = np.nonzero(style == 2)[0]
     if lsel.size:
         Xl, Yl, axl = X[lsel], Y[lsel], ax[lsel]
-        hl = idf["hair_len"][lsel][:, None, None]
+        hl = idf["hair_len"][lsel][:, None]
         w = axl * (1.16 + 0.08 * np.clip(-Yl, 0, 2))
         top = np.sqrt(np.maximum(1 - (Xl / (axl * 1.18)) ** 2, 0)) * 1.12
         a = _ramp(w - np.abs(Xl), pixb[lsel]) * _ramp(top - Yl, pixb[lsel]) \
@@ -459,9 +520,9 @@ def _backdrop(geo, idf, imf, h):
     if bun.any():
         pb = np.stack([np.zeros(n, _F32), np.full(n, 0.95, _F32), -0.35 * geo.az], 1)
         bu, bv, _ = geo.project(pb)
-        dd = np.sqrt((gu - bu[:, None, None]) ** 2 + (gv - bv[:, None, None]) ** 2) / geo.s[:, None, None]
-        _blend(bg, _ramp(0.36 - dd, pixb) * bun.astype(_F32)[:, None, None], hair4)
-    return bg
+        dd = np.sqrt((gu - bu[:, None]) ** 2 + (gv - bv[:, None]) ** 2) / geo.s[:, None]
+        _blend(bg, _ramp(0.36 - dd, pixb) * bun.astype(_F32)[:, None], hair4)
+    return bg.reshape(n, C, h, h)
 
 
 def _render_chunk(cfg, idf, imf, domains):
@@ -471,9 +532,12 @@ def _render_chunk(cfg, idf, imf, domains):
     h = S // 2 if S % 2 == 0 and S >= 48 else S
     # the heat channel (for the infrared domain) is carried only when some image needs it
     C = 4 if (domains == 1).any() else 3
-    canvas = _backdrop(geo, idf, imf, h)[:, :C]
-    if h != S:
-        canvas = np.repeat(np.repeat(canvas, S // h, axis=2), S // h, axis=3)
+    bg = _backdrop(geo, idf, imf, h, C)
+    if h != S:  # bilinear upsampling as two small matmuls
+        U = _upsample_matrix(h, S)
+        canvas = np.matmul(U.T, (bg.reshape(-1, h) @ U).reshape(n, C, h, S))
+    else:
+        canvas = bg
     skin = idf["skin_rgb"]
     lc = imf["light_color"]
     # light direction in camera frame, then in the roll-free frame the head solve uses
@@ -482,32 +546,35 @@ def _render_chunk(cfg, idf, imf, domains):
     Lr = np.stack([geo.cr * L[:, 0] + geo.sr * L[:, 1], -geo.sr * L[:, 0] + geo.cr * L[:, 1], L[:, 2]], 1)
     amb = imf["ambient"]
 
-    def bc(x):  # per-image scalar -> broadcastable to [N,B,B]
-        return x[:, None, None]
+    bc = _bc
 
     # the head box: everything of the head lives within 1.25 head units of its centre
     box = _Patch(geo, geo.cx, geo.cy, None, 1.25)
     B = box.P
-    X0 = (box.gu - bc(geo.cx)) / bc(geo.s)
-    Y0 = (box.gv - bc(geo.cy)) / bc(geo.s)
-    cr, sr = bc(geo.cr), bc(geo.sr)
-    X = cr * X0 + sr * Y0
-    Y = -sr * X0 + cr * Y0
+    # box maps are flattened to [n, B*B]: long inner loops, per-image scalars broadcast as [n, 1]
+    X0 = (box.gu - geo.cx[:, None, None]) / geo.s[:, None, None]
+    Y0 = (box.gv - geo.cy[:, None, None]) / geo.s[:, None, None]
+    cr, sr = geo.cr[:, None, None], geo.sr[:, None, None]
+    X = (cr * X0 + sr * Y0).reshape(n, -1)
+    Y = (-sr * X0 + cr * Y0).reshape(n, -1)
     pix = 2.0 / (S * geo.s)  # head units per pixel
     pixb = bc(pix)
     ax = bc(geo.ax)
-    region = box.gather_slices(canvas)
+    region = box.gather_slices(canvas).reshape(n, C, -1)
 
     # neck at full resolution near the head
     neck = _ramp(0.45 * ax - np.abs(X), pixb) * _ramp(-0.3 - Y, pixb)
     _blend(region, neck, _col4(skin * 0.62 * lc, 0.8))
-    # ears, behind the head silhouette
+    # ears, behind the head silhouette (small windows inside the head box)
     for side in (-1.0, 1.0):
         pe = np.stack([side * geo.ax * 0.97, np.full(n, 0.02, _F32), -0.05 * geo.az], 1)
         eu, ev, _ = geo.project(pe)
+        ep = _Patch(geo, eu, ev, None, 0.2 * float(idf["ear_size"].max()), box)
         rx_ = 0.09 * idf["ear_size"] * np.clip(np.abs(geo.R[:, 0, 0]), 0.3, 1)
-        er = ((box.gu - bc(eu)) / bc(geo.s * rx_)) ** 2 + ((box.gv - bc(ev)) / bc(geo.s * 0.17 * idf["ear_size"])) ** 2
-        _blend(region, _ramp(1 - er, 0.3), _col4(skin * lc * (amb + 0.25)[:, None], 0.8))
+        er = ((ep.guf - bc(eu)) / bc(geo.s * rx_)) ** 2 + ((ep.gvf - bc(ev)) / bc(geo.s * 0.17 * idf["ear_size"])) ** 2
+        reg = ep.gather(region)
+        _blend(reg, _ramp(1 - er, 0.3), _col4(skin * lc * (amb + 0.25)[:, None], 0.8))
+        ep.scatter(region, reg)
 
     # ---- head ellipsoid: silhouette, depth, normals (orthographic, roll-free frame) ----
     taper = bc(idf["jaw_taper"])
@@ -524,16 +591,16 @@ def _render_chunk(cfg, idf, imf, domains):
     xh, yh, zh = head.xh, head.yh, head.zh
 
     # albedo (rgb + heat) of the head surface
-    alb = np.empty((n, C, B, B), _F32)
-    alb[:, :3] = skin[:, :, None, None]
+    alb = np.empty((n, C, B * B), _F32)
+    alb[:, :3] = skin[:, :, None]
     if C == 4:
-        alb[:, 3] = 0.95
+        alb[:, 3] = 0.82
     # beard (subset)
     bsel = np.nonzero(idf["beard"])[0]
     if bsel.size:
         my = bc(idf["mouth_y"][bsel])
         xb, yb, zb = xh[bsel], yh[bsel], zh[bsel]
-        dens = 0.75 + 0.25 * np.sin(xb * 90 + yb * 37) * np.sin(yb * 80 - xb * 30)
+        dens = 0.8 + 0.2 * np.sin(xb * 90 + yb * 37)
         area = _ramp(my + 0.16 - yb, 0.05) * _ramp(zb + 0.05, 0.1)
         mous = _ramp(0.05 - np.abs(yb - my - 0.1), 0.03) * _ramp(0.2 - np.abs(xb), 0.05)
         ba = np.maximum(area, mous) * dens * bc(idf["beard_density"][bsel])
@@ -551,30 +618,30 @@ def _render_chunk(cfg, idf, imf, domains):
     # mask (subset): covers nose and mouth on the head surface
     msel = np.nonzero(imf["mask"])[0]
     if msel.size:
-        xm, ym, zm = xh[msel], yh[msel], zh[msel]
+        ym, zm = yh[msel], zh[msel]
         ny_ = bc(-idf["nose_len"][msel] + 0.08)
         area = _ramp(ny_ - ym, 0.03) * _ramp(ym + 0.9, 0.05) * _ramp(zm - 0.1, 0.1)
         pleat = 1 - 0.12 * (np.sin(ym * 60) > 0.6)
         mc = np.where(imf["_acc"][msel, 0:1] < 0.6, np.array([[0.62, 0.78, 0.9]], _F32),
                       np.array([[0.93, 0.93, 0.92]], _F32))
         sub = alb[msel]
-        mcol = _col4(mc, 0.55)[:, :C, None, None] * pleat[:, None]
+        mcol = _col4(mc, 0.55)[:, :C, None] * pleat[:, None]
         if C == 4:
             mcol[:, 3] = 0.55
         _blend(sub, area, mcol)
         alb[msel] = sub
 
     # shade the head and composite
-    alb[:, :3] *= shade[:, None] * lc[:, :, None, None]
+    alb[:, :3] *= shade[:, None] * lc[:, :, None]
     _blend(region, head_a, alb)
 
     # ---- hair shell: a slightly larger ellipsoid, cut by the hairline in head coordinates ----
-    _hair_shell(geo, idf, imf, head, Lr, amb, region)
+    _hair_shell(geo, idf, imf, head, shade, region)
     # ---- hat (subset): beanie on a larger shell over the top of the head ----
     tsel = np.nonzero(imf["hat"])[0]
     if tsel.size:
-        _hat(geo, idf, imf, tsel, head, Lr, amb, region)
-    box.scatter_slices(canvas, region)
+        _hat(geo, idf, imf, tsel, head, shade, region)
+    box.scatter_slices(canvas, region.reshape(n, C, B, B))
 
     # ---- occluders (subset): hand, bar or blob over part of the face ----
     osel = np.nonzero(imf["occluded"])[0]
@@ -591,11 +658,10 @@ def _expression_params(imf):
 
 
 def _draw_eyes_brows(geo, box, idf, imf, ex, alb, head_a, landmarks):
-    n = geo.n
     open_ = np.where(imf["eyes_closed"] == 1, _F32(0.06), 1 + ex["eye_open"]).astype(_F32)
     sun, gl = imf["sunglasses"].astype(_F32), imf["glasses"].astype(_F32)
-    frame_rgb = np.where(imf["_acc"][:, 1:2] < 0.5, np.array([[0.08, 0.07, 0.07]], _F32),
-                         np.array([[0.45, 0.30, 0.15]], _F32))
+    frame_rgb = np.array([[0.08, 0.07, 0.07], [0.45, 0.30, 0.15], [0.78, 0.78, 0.80], [0.80, 0.65, 0.30]],
+                         _F32)[np.minimum((imf["_acc"][:, 1] * 4).astype(np.int64), 3)]
     brow_rgb = idf["hair_rgb"] * 0.55 + 0.04
     ew, eh = idf["eye_w"], idf["eye_h"]
     for li, side in ((0, -1.0), (1, 1.0)):
@@ -607,70 +673,78 @@ def _draw_eyes_brows(geo, box, idf, imf, ex, alb, head_a, landmarks):
         a, b = pt.a * side, pt.b  # a > 0 points outwards for both eyes
         pix = pt.pix
         reg = pt.gather(alb)
-        hm = pt.gather(head_a) * np.clip(vis * 4, 0, 1)[:, None, None]
+        hm = pt.gather(head_a) * np.clip(vis * 4, 0, 1)[:, None]
         # eye socket shading
-        sock = np.exp(-((a / (ew[:, None, None] * 1.5)) ** 2 + ((b + 0.01) / 0.09) ** 2)) * 0.14
+        sock = _bump(((a / (ew[:, None] * 2.0)) ** 2 + ((b + 0.01) / 0.13) ** 2)) * 0.14
         reg[:, :3] *= (1 - sock)[:, None]
-        W = ew[:, None, None]
-        H = (eh * open_)[:, None, None]
-        tilt = (idf["eye_tilt"])[:, None, None] * a
+        W = ew[:, None]
+        H = (eh * open_)[:, None]
+        tilt = (idf["eye_tilt"])[:, None] * a
         q = np.clip(1 - (a / W) ** 2, 0, 1)
-        upper = H * q ** 0.6 + tilt
-        lower = -0.7 * H * q ** 0.8 + tilt + 0.004
+        rq = np.sqrt(q)  # fractional powers are ~50x slower than sqrt in numpy
+        upper = H * rq + tilt
+        lower = -0.7 * H * rq * np.sqrt(rq) + tilt + 0.004
         inside = _ramp(upper - b, pix) * _ramp(b - lower, pix) * _ramp(W - np.abs(a), pix)
-        _blend(reg, inside * hm, np.array([0.92, 0.90, 0.88, 0.9], _F32))
-        gx = (imf["gaze_x"] * side)[:, None, None] * W * 0.45  # gaze_x > 0 looks to image right
-        gy = imf["gaze_y"][:, None, None] * eh[:, None, None] * 0.35
-        rr = np.sqrt((a - gx) ** 2 + (b - gy - tilt * 0) ** 2)
-        ir = eh[:, None, None] * 1.05
+        _blend(reg, inside * hm, np.array([0.92, 0.90, 0.88, 1.0], _F32))
+        gx = (imf["gaze_x"] * side)[:, None] * W * 0.45  # gaze_x > 0 looks to image right
+        gy = imf["gaze_y"][:, None] * eh[:, None] * 0.35
+        rr = np.sqrt((a - gx) ** 2 + (b - gy) ** 2)
+        ir = eh[:, None] * 1.05
         iris = _ramp(ir - rr, pix) * inside
-        _blend(reg, iris * hm, _col4(idf["eye_rgb"], 0.9))
+        _blend(reg, iris * hm, _col4(idf["eye_rgb"], 1.0))
         pupil = _ramp(ir * 0.45 - rr, pix) * inside
-        _blend(reg, pupil * hm, np.array([0.03, 0.03, 0.03, 0.9], _F32))
-        spec = _ramp(ir * 0.22 - np.sqrt((a - gx + side * ir * 0.35 * 0 - ir * 0.3) ** 2 + (b - gy - ir * 0.35) ** 2),
-                     pix) * inside
+        _blend(reg, pupil * hm, np.array([0.03, 0.03, 0.03, 1.0], _F32))
+        spec = _ramp(ir * 0.22 - np.sqrt((a - gx - ir * 0.3) ** 2 + (b - gy - ir * 0.35) ** 2), pix) * inside
         _blend(reg, spec * hm * 0.8, np.array([1, 1, 1, 0.9], _F32))
         # lash line (thicker at the outer corner) and lid crease
         lash_t = (0.010 + 0.008 * np.clip(a / W, 0, 1)) + pix * 0.3
         lash = _ramp(lash_t - np.abs(b - upper - 0.004), pix) * _ramp(W * 1.08 - np.abs(a), pix)
         _blend(reg, lash * hm * 0.9, np.array([0.08, 0.05, 0.04, 0.9], _F32))
-        crease = _ramp(0.006 - np.abs(b - (H * 0.6 + eh[:, None, None] * 0.9) * q ** 0.5 - tilt), pix)
+        crease = _ramp(0.006 - np.abs(b - (H * 0.6 + eh[:, None] * 0.9) * rq - tilt), pix)
         _blend(reg, crease * hm * 0.25 * _ramp(W - np.abs(a), pix), np.array([0.3, 0.18, 0.12, 0.9], _F32))
         # brows
-        by = (idf["brow_gap"] + 0.06 * ex["brow_raise"])[:, None, None] + tilt * 0.5
-        bw = (ew * 1.35)[:, None, None]
+        by = (idf["brow_gap"] + 0.06 * ex["brow_raise"])[:, None] + tilt * 0.5
+        bw = (ew * 1.35)[:, None]
         ac = a + 0.02
-        arch = idf["brow_arch"][:, None, None] * (1 - (ac / bw) ** 2)
-        inner = (0.045 * ex["brow_inner"])[:, None, None] * np.clip(-ac / bw, 0, 1) \
-            - (0.03 * ex["brow_inner"] * (ex["brow_inner"] > 0))[:, None, None] * np.clip(ac / bw, 0, 1)
+        arch = idf["brow_arch"][:, None] * (1 - (ac / bw) ** 2)
+        inner = (0.045 * ex["brow_inner"])[:, None] * np.clip(-ac / bw, 0, 1) \
+            - (0.03 * ex["brow_inner"] * (ex["brow_inner"] > 0))[:, None] * np.clip(ac / bw, 0, 1)
         curve = by + arch + inner
-        bt = idf["brow_thick"][:, None, None] * (1.2 - 0.5 * np.clip((ac / bw + 1) / 2, 0, 1))
+        bt = idf["brow_thick"][:, None] * (1.2 - 0.5 * np.clip((ac / bw + 1) / 2, 0, 1))
         brow = _ramp(bt - np.abs(b - curve), pix) * _ramp(bw - np.abs(ac), pix * 2)
-        _blend(reg, brow * hm * 0.9, _col4(brow_rgb, 0.85))
+        _blend(reg, brow * hm * 0.9, _col4(brow_rgb, 0.6))
         # crow's feet with age and smiling
-        cf = (idf["wrinkle"] + 0.5 * ex["cheek"])[:, None, None]
+        cf = (idf["wrinkle"] + 0.5 * ex["cheek"])[:, None]
         crow = _ramp(0.004 - np.abs(np.abs(b + 0.25 * (a - W)) - 0.02), pix) * _ramp(0.07 - np.abs(a - W - 0.05), pix)
         _blend(reg, crow * hm * np.clip(cf, 0, 1) * 0.3, np.array([0.25, 0.15, 0.1, 0.9], _F32))
-        # glasses and sunglasses: lens outline around the eye
-        if (sun + gl).any():
-            la = (a - 0.01) / (W * 1.45)
-            lb = (b - 0.0) / (W * 1.1)
-            lr = np.sqrt(la ** 2 + lb ** 2 * 1.0) if False else np.maximum(np.abs(la), np.abs(lb)) * 0.55 \
-                + np.sqrt(la * la + lb * lb) * 0.45
-            lens = _ramp(1 - lr, 2 * pix / W)
-            rim = _ramp(0.012 + pix * 0.4 - np.abs(lr - 1) * W * 1.2, pix)
-            # bridge towards the nose
-            bridge = _ramp(0.01 + pix * 0.3 - np.abs(b - 0.02 - 0.02 * (a + idf["eye_sep"][:, None, None]) ** 2),
-                           pix) * _ramp(-a - W * 1.35, pix) * _ramp(idf["eye_sep"][:, None, None] + a + 0.01, pix)
-            temple = _ramp(0.008 + pix * 0.3 - np.abs(b - 0.03), pix) * _ramp(a - W * 1.4, pix)
-            sg = sun[:, None, None]
-            _blend(reg, lens * sg * 0.88 * hm, np.array([0.05, 0.05, 0.07, 0.25], _F32))
-            frame = np.maximum(np.maximum(rim, bridge), temple) * np.maximum(sg, gl[:, None, None])
-            _blend(reg, frame * 0.95 * np.clip(hm + bridge, 0, 1), _col4(frame_rgb, 0.3))
-            if gl.any():
-                glint = _ramp(0.02 - np.abs(la + lb - 0.5) * W, pix) * lens * gl[:, None, None] * 0.25
-                _blend(reg, glint * hm, np.array([1, 1, 1, 0.3], _F32))
+        # glasses and sunglasses (subset): lens outline around the eye
+        gsel = np.nonzero(sun + gl)[0]
+        if gsel.size:
+            rs = reg[gsel]
+            _draw_glasses(rs, a[gsel], b[gsel], W[gsel], pix[gsel], hm[gsel], sun[gsel][:, None],
+                          gl[gsel][:, None], idf["eye_sep"][gsel][:, None], frame_rgb[gsel])
+            reg[gsel] = rs
         pt.scatter(alb, reg)
+
+
+def _draw_glasses(reg, a, b, W, pix, hm, sg, gl, sep, frame_rgb):
+    la = (a - 0.01) / (W * (1.45 + 0.2 * sg))
+    lb = (b + 0.01 * sg) / (W * (1.1 + 0.2 * sg))
+    # rounded-rectangle lens: blend of the max-norm and the euclidean norm
+    lr = np.maximum(np.abs(la), np.abs(lb)) * 0.55 + np.sqrt(la * la + lb * lb) * 0.45
+    lens = _ramp(1 - lr, 2 * pix / W)
+    rim = _ramp(0.012 + pix * 0.4 - np.abs(lr - 1) * W * 1.2, pix)
+    # bridge towards the nose, temple arm outwards
+    bridge = _ramp(0.01 + pix * 0.3 - np.abs(b - 0.02 - 0.02 * (a + sep) ** 2), pix) \
+        * _ramp(-a - W * 1.35, pix) * _ramp(sep + a + 0.01, pix)
+    temple = _ramp(0.008 + pix * 0.3 - np.abs(b - 0.03), pix) * _ramp(a - W * 1.4, pix)
+    _blend(reg, lens * sg * 0.94 * hm, np.array([0.03, 0.03, 0.05, 0.25], _F32))
+    frame = np.maximum(np.maximum(rim, bridge), temple)
+    _blend(reg, frame * 0.95 * np.clip(hm + bridge, 0, 1), _col4(frame_rgb, 0.3))
+    if reg.shape[1] == 4:  # glass is opaque to thermal infrared: lenses look cold
+        reg[:, 3] += lens * hm * gl * 0.85 * (0.25 - reg[:, 3])
+    glint = _ramp(0.02 - np.abs(la + lb - 0.5) * W, pix) * lens * gl * 0.25
+    _blend(reg, glint * hm, np.array([1, 1, 1, 0.3], _F32))
 
 
 def _draw_nose(geo, box, idf, imf, ex, alb, head_a, L, landmarks):
@@ -686,16 +760,16 @@ def _draw_nose(geo, box, idf, imf, ex, alb, head_a, L, landmarks):
     # the tip offset in local tangent coordinates (protrusion seen under pose)
     off = np.einsum("nij,nj->ni", Ji, np.stack([tu - u, tv - v], 1))
     pt = _Patch(geo, u, v, Ji, 0.30, box)
-    a, b, pix = pt.a, pt.b + 0.0, pt.pix
+    a, b, pix = pt.a, pt.b, pt.pix
     reg = pt.gather(alb)
     hm = pt.gather(head_a)
-    ox, oy = off[:, 0, None, None], off[:, 1, None, None]
-    nw = idf["nose_w"][:, None, None]
+    ox, oy = off[:, 0, None], off[:, 1, None]
+    nw = idf["nose_w"][:, None]
     # bridge side shadow on the side away from the key light
-    side = np.where(L[:, 0] > 0, -1.0, 1.0).astype(_F32)[:, None, None]
-    t = np.clip((b - 0.0) / (nl[:, None, None] * 0.9), 0, 1)  # 0 at tip level, 1 at eye level
+    side = np.where(L[:, 0] > 0, -1.0, 1.0).astype(_F32)[:, None]
+    t = np.clip(b / (nl[:, None] * 0.9), 0, 1)  # 0 at tip level, 1 at eye level
     line_x = ox * (1 - t) + side * nw * (0.55 - 0.25 * t)
-    sh = _ramp(0.018 - np.abs(a - line_x), pix) * _ramp(nl[:, None, None] * 0.85 - b, pix * 3) * _ramp(b + 0.01, pix)
+    sh = _ramp(0.018 - np.abs(a - line_x), pix) * _ramp(nl[:, None] * 0.85 - b, pix * 3) * _ramp(b + 0.01, pix)
     _blend(reg, sh * hm * 0.35, np.array([0.25, 0.13, 0.09, 0.9], _F32))
     # alae (nose wings) and nostrils around the projected tip
     for s_ in (-1.0, 1.0):
@@ -706,14 +780,17 @@ def _draw_nose(geo, box, idf, imf, ex, alb, head_a, L, landmarks):
         dn = np.sqrt(((a - ox - s_ * nw * 0.38) / (nw * 0.28)) ** 2 + ((b - oy + 0.025) / 0.017) ** 2)
         _blend(reg, _ramp(1 - dn, 0.5) * hm * 0.75, np.array([0.12, 0.05, 0.04, 0.95], _F32))
     # tip highlight
-    hl = np.exp(-(((a - ox) / (nw * 0.5)) ** 2 + ((b - oy - 0.02) / 0.035) ** 2)) * 0.12
+    hl = _bump((((a - ox) / (nw * 0.7)) ** 2 + ((b - oy - 0.02) / 0.05) ** 2)) * 0.12
     reg[:, :3] += (hl * hm)[:, None]
+    if reg.shape[1] == 4:  # the nose tip is the coldest part of a face
+        reg[:, 3] -= hl * hm * 1.6
     # disgust: wrinkles across the bridge
-    nwk = ex["nose_wrinkle"][:, None, None]
+    nwk = ex["nose_wrinkle"][:, None]
     if (nwk > 0).any():
-        wr = _ramp(0.004 - np.abs(((b - nl[:, None, None] * 0.6) % 0.035) - 0.017), pix) \
-            * _ramp(nw * 0.8 - np.abs(a), pix) * _ramp(nl[:, None, None] * 0.85 - b, pix) \
-            * _ramp(b - nl[:, None, None] * 0.4, pix)
+        bb = b - nl[:, None] * 0.6
+        wr = _ramp(0.004 - np.minimum(np.minimum(np.abs(bb), np.abs(bb - 0.035)), np.abs(bb + 0.035)), pix) \
+            * _ramp(nw * 0.8 - np.abs(a), pix) * _ramp(nl[:, None] * 0.85 - b, pix) \
+            * _ramp(b - nl[:, None] * 0.4, pix)
         _blend(reg, wr * hm * nwk * 0.6, np.array([0.3, 0.16, 0.11, 0.9], _F32))
     pt.scatter(alb, reg)
 
@@ -735,35 +812,36 @@ def _draw_mouth(geo, box, idf, imf, ex, alb, head_a, landmarks):
     a, b, pix = pt.a, pt.b, pt.pix
     reg = pt.gather(alb)
     hm = pt.gather(head_a)
-    W = mw[:, None, None]
+    W = mw[:, None]
     q = np.clip(1 - (a / W) ** 2, 0, 1)
-    rnd = ex["mouth_round"][:, None, None]
-    cl = lift[:, None, None] * (a / W) ** 2 - 0.5 * lift[:, None, None] * 0.3
-    ul = ex["upper_lip"][:, None, None] * 0.025 * np.clip(0.5 + a / W, 0, 1)
-    oh = opn[:, None, None] * q ** (1.0 - 0.5 * rnd)
-    lt = idf["lip_thick"][:, None, None] * (1 - 0.35 * np.clip(-ex["corner"][:, None, None], 0, 1) * (1 - rnd))
-    bow = 0.008 * np.exp(-(np.abs(a) - 0.035) ** 2 / 0.0006) - 0.006 * np.exp(-a * a / 0.0004)
-    top = cl + oh * 0.5 + ul + lt * 0.85 * q ** 0.5 + bow
-    bot = cl - oh * 0.5 - lt * 1.05 * q ** 0.5
+    rnd = ex["mouth_round"][:, None]
+    cl = lift[:, None] * (a / W) ** 2 - 0.5 * lift[:, None] * 0.3
+    ul = ex["upper_lip"][:, None] * 0.025 * np.clip(0.5 + a / W, 0, 1)
+    rq = np.sqrt(q)
+    oh = opn[:, None] * (q * (1 - rnd) + rq * rnd)
+    lt = idf["lip_thick"][:, None] * (1 - 0.35 * np.clip(-ex["corner"][:, None], 0, 1) * (1 - rnd))
+    bow = 0.008 * _bump((np.abs(a) - 0.035) ** 2 / 0.0012) - 0.006 * _bump(a * a / 0.0008)
+    top = cl + oh * 0.5 + ul + lt * 0.85 * rq + bow
+    bot = cl - oh * 0.5 - lt * 1.05 * rq
     lips = _ramp(top - b, pix) * _ramp(b - bot, pix) * _ramp(W - np.abs(a), pix)
     # cheeks: nasolabial folds (age, smiling) and blush when happy
-    cheek = ex["cheek"][:, None, None]
+    cheek = ex["cheek"][:, None]
     fold_x = W + 0.04 + 0.12 * np.clip(b - cl, 0, 0.3)
     fold = _ramp(0.005 - np.abs(np.abs(a) - fold_x), pix) * _ramp(b - cl + 0.04, pix) * _ramp(0.22 - b, pix)
-    fs = np.clip(idf["wrinkle"][:, None, None] * 0.6 + 0.5 * smile[:, None, None], 0, 1)
+    fs = np.clip(idf["wrinkle"][:, None] * 0.6 + 0.5 * smile[:, None], 0, 1)
     _blend(reg, fold * hm * fs * 0.45, np.array([0.35, 0.2, 0.15, 0.9], _F32))
-    blush = np.exp(-(((np.abs(a) - 0.3) / 0.09) ** 2 + ((b - 0.2) / 0.07) ** 2)) * cheek * 0.25
+    blush = _bump((((np.abs(a) - 0.3) / 0.13) ** 2 + ((b - 0.2) / 0.1) ** 2)) * cheek * 0.25
     _blend(reg, blush * hm, np.array([0.9, 0.45, 0.4, 0.95], _F32))
-    _blend(reg, lips * hm * 0.85, _col4(idf["lip_rgb"], 0.95))
+    _blend(reg, lips * hm * 0.85, _col4(idf["lip_rgb"], 1.0))
     inner = _ramp(oh * 0.5 - np.abs(b - cl - ul * 0.5), pix) * _ramp(W * 0.92 - np.abs(a), pix)
     _blend(reg, inner * hm, np.array([0.18, 0.04, 0.05, 1.0], _F32))
     teeth = inner * _ramp(b - cl - ul * 0.5 + oh * 0.1, pix) * _ramp(0.6 - rnd, 0.2) \
-        * np.clip(smile[:, None, None] * 2 + 0.3, 0, 1)
+        * np.clip(smile[:, None] * 2 + 0.3, 0, 1)
     _blend(reg, teeth * hm * 0.9, np.array([0.93, 0.91, 0.85, 0.9], _F32))
     seam = _ramp(0.006 + 0.3 * pix - np.abs(b - cl - ul * 0.5), pix) * _ramp(W - np.abs(a), pix) \
         * _ramp(0.02 - oh, 0.02)
     _blend(reg, seam * hm * 0.8, np.array([0.28, 0.1, 0.08, 0.95], _F32))
-    corners = np.exp(-((np.abs(a) - W) ** 2 / 0.0006 + (b - cl) ** 2 / 0.0006)) * 0.35
+    corners = _bump(((np.abs(a) - W) ** 2 + (b - cl) ** 2) / 0.0012) * 0.35
     _blend(reg, corners * hm, np.array([0.3, 0.15, 0.12, 0.9], _F32))
     pt.scatter(alb, reg)
 
@@ -777,7 +855,8 @@ class _Head:
         quad = m["xx"] * Xt * Xt + 2 * m["xy"] * Xt * Y + m["yy"] * Y * Y
         self.disc = self.bh * self.bh - m["zz"] * (quad - 1)
         self.sq = np.sqrt(np.maximum(self.disc, 0))
-        self.alpha = _ramp(np.where(self.disc > 0, self.sq, self.disc), 1.5 * pixb)
+        # inside: sqrt(disc) grows ~linearly with the distance to the silhouette; outside: disc itself
+        self.alpha = _ramp(self.sq + np.minimum(self.disc, 0), 1.5 * pixb)
         self.Z = (self.sq - self.bh) / m["zz"]
         self.nx = m["xx"] * Xt + m["xy"] * Y + m["xz"] * self.Z
         self.ny = m["xy"] * Xt + m["yy"] * Y + m["yz"] * self.Z
@@ -791,41 +870,36 @@ class _Head:
         return np.maximum((nx * _bc(Lr[:, 0]) + ny * _bc(Lr[:, 1]) + nz * _bc(Lr[:, 2]))
                           / np.sqrt(nx * nx + ny * ny + nz * nz + 1e-6), 0)
 
-    def shell(self, k, sel=None):
-        """Front surface of the ellipsoid scaled by k [n]: alpha, head-frame coords (unit-head scale), normal."""
+    def shell_alpha(self, k, sel=None):
+        """Silhouette alpha of the ellipsoid scaled by k [n] (optionally for a subset of images)."""
         def s_(x):
             return x if sel is None else x[sel]
-        m = {kk: s_(v) for kk, v in self.m.items()}
-        rt = s_(self.rt)
         kb = _bc(k)
-        disc = s_(self.disc) + m["zz"] * (kb * kb - 1)
+        disc = s_(self.disc) + s_(self.m["zz"]) * (kb * kb - 1)
         sq = np.sqrt(np.maximum(disc, 0))
-        dz = (sq - s_(self.sq)) / m["zz"]
-        alpha = _ramp(np.where(disc > 0, sq, disc) / kb, 1.5 * s_(self.pixb))
-        xh = (s_(self.xh) + _bc(rt[:, 2, 0]) * dz) / kb
-        yh = (s_(self.yh) + _bc(rt[:, 2, 1]) * dz) / kb
-        zh = (s_(self.zh) + _bc(rt[:, 2, 2]) * dz) / kb
-        nx = s_(self.nx) + m["xz"] * dz
-        ny = s_(self.ny) + m["yz"] * dz
-        nz = s_(self.nz) + m["zz"] * dz
-        return alpha, xh, yh, zh, nx, ny, nz
+        return _ramp((sq + np.minimum(disc, 0)) / kb, 1.5 * s_(self.pixb))
 
 
 def _bc(x):
-    """Per-image scalar [n] -> broadcastable to [n,H,W]."""
-    return x[:, None, None]
+    """Per-image scalar [n] -> broadcastable to a flattened window map [n, K]."""
+    return x[:, None]
 
 
-def _hair_shell(geo, idf, imf, head, Lr, amb, canvas):
+def _hair_shell(geo, idf, imf, head, shade, canvas):
+    """Hair on a slightly larger ellipsoid: its silhouette, cut by a hairline. Region and shading reuse the
+    head surface: inside the head they match the shell closely, and on the thin rim outside it the clamped
+    head solution is the silhouette point, whose normal is what a rim of hair would have."""
     style = idf["hair_style"]
     k = np.where(style == 2, 1.09, np.where(style == 1, 1.06, 1.05)).astype(_F32)
-    inside, xh, yh, zh, nx, ny, nz = head.shell(k)
+    inside = head.shell_alpha(k)
+    xh, yh, zh = head.xh, head.yh, head.zh
     b_ = _bc
     ax = b_(geo.ax)
     part = b_(idf["hair_part"]) * 0.3 * ax
     wave = b_(idf["hair_wave"])
     axh = np.abs(xh) / ax
-    hl = b_(idf["hairline"]) + 0.10 * np.abs(xh - part) / ax - 0.35 * axh ** 4 + 0.03 * wave * np.sin(xh * 30)
+    axh2 = axh * axh
+    hl = b_(idf["hairline"]) + 0.10 * np.abs(xh - part) / ax - 0.35 * axh2 * axh2
     front = _ramp(yh - hl, 0.04)
     is_long = b_((style == 2).astype(_F32))
     is_bun = b_((style == 3).astype(_F32))
@@ -833,31 +907,28 @@ def _hair_shell(geo, idf, imf, head, Lr, amb, canvas):
     sides = _ramp(axh - 0.86 + 0.06 * is_long, 0.04) * _ramp(yh + 0.05 + 0.55 * is_long - 0.2 * is_bun, 0.05)
     a = np.maximum(np.maximum(front, back), sides)
     a *= inside * b_((style != 0).astype(_F32))
-    lam = head.lambert(nx, ny, nz, Lr)
-    am = b_(amb)
     strands = 0.82 + 0.18 * np.sin(xh * (40 + 20 * wave) + yh * 6 * (1 + wave))
-    sh = (am + (1 - am) * lam) * strands
+    sh = shade * strands
     col = idf["hair_rgb"] * imf["light_color"]
-    rgb = _col4(col, 0.35)[:, :canvas.shape[1], None, None] * sh[:, None]
+    rgb = _col4(col, 0.35)[:, :canvas.shape[1], None] * sh[:, None]
     if canvas.shape[1] == 4:
         rgb[:, 3] = 0.35
     _blend(canvas, a, rgb)
 
 
-def _hat(geo, idf, imf, sel, head, Lr, amb, canvas):
-    k = np.full(len(sel), 1.14, _F32)
-    inside, xh, yh, zh, nx, ny, nz = head.shell(k, sel)
+def _hat(geo, idf, imf, sel, head, shade, canvas):
+    """Beanie over the top of the head, on a larger shell (region and shading from the head, as for hair)."""
+    inside = head.shell_alpha(np.full(len(sel), 1.14, _F32), sel)
+    yh = head.yh[sel]
     b_ = _bc
     r = imf["_acc"][sel]
     level = b_(0.38 + 0.12 * r[:, 2])
     a = inside * _ramp(yh - level, 0.03)
     band = _ramp(0.07 - (yh - level), 0.02)
-    lam = head.lambert(nx, ny, nz, Lr[sel])
-    am = b_(amb[sel])
-    sh = (am + (1 - am) * lam) * (1 - 0.25 * band)
+    sh = shade[sel] * (1 - 0.25 * band)
     hue = np.stack([r[:, 3], r[:, 4], r[:, 5]], 1)
-    col = np.clip(0.1 + 0.8 * hue ** 1.5, 0, 1) * imf["light_color"][sel]
-    rgb = _col4(col, 0.3)[:, :canvas.shape[1], None, None] * sh[:, None]
+    col = np.clip(0.1 + 0.8 * hue * np.sqrt(hue), 0, 1) * imf["light_color"][sel]
+    rgb = _col4(col, 0.3)[:, :canvas.shape[1], None] * sh[:, None]
     if canvas.shape[1] == 4:
         rgb[:, 3] = 0.3
     sub_c = canvas[sel]
@@ -866,7 +937,6 @@ def _hat(geo, idf, imf, sel, head, Lr, amb, canvas):
 
 
 def _occluder(geo, idf, imf, sel, canvas, pix):
-    S = geo.S
     r = imf["_occ"][sel]
     kind = (r[:, 0] * 3).astype(np.int64)  # 0 hand, 1 bar, 2 blob
     cx = geo.cx[sel] + geo.s[sel] * (r[:, 1] - 0.5) * 1.2
@@ -881,12 +951,13 @@ def _occluder(geo, idf, imf, sel, canvas, pix):
     sz = (0.3 + 0.25 * r[:, 4])[:, None, None]
     kb = kind[:, None, None]
     palm = _ramp(1 - np.sqrt((p / sz) ** 2 + (q / (sz * 0.8)) ** 2), 2 * pixb / sz)
-    fingers = _ramp(0.055 - np.abs(((q + sz * 0.8) % (sz * 0.4)) - sz * 0.2), pixb) \
+    fq = np.minimum(np.minimum(np.abs(q + sz * 0.4), np.abs(q)), np.abs(q - sz * 0.4))
+    fingers = _ramp(0.055 - fq, pixb) \
         * _ramp(p - sz * 0.5, pixb) * _ramp(sz * 1.9 - p, pixb) * _ramp(sz * 0.8 - np.abs(q), pixb)
     hand = np.maximum(palm, fingers)
     bar = _ramp(sz * 0.35 - np.abs(q), pixb) * _ramp(2.5 - np.abs(p), pixb)
     blob = _ramp(1 - np.sqrt((p / (sz * 1.1)) ** 2 + (q / (sz * 0.75)) ** 2), 2 * pixb / sz)
-    a = np.where(kb == 0, hand, np.where(kb == 1, bar, blob))
+    a = hand * (kb == 0) + bar * (kb == 1) + blob * (kb == 2)
     other = idf["skin_rgb"][sel][:, ::-1] * 0.3 + 0.7 * np.stack([r[:, 5], r[:, 6], r[:, 7]], 1)
     col = np.where((kind == 0)[:, None], np.clip(idf["skin_rgb"][sel] * 1.02, 0, 1), other)
     shade = 0.85 + 0.15 * np.clip(q / sz, -1, 1)
@@ -901,6 +972,30 @@ def _occluder(geo, idf, imf, sel, canvas, pix):
 # ----------------------------------------------------------------------------------------------------------
 # Camera, domains, artefacts
 
+_MALLOC_TUNED = False
+
+
+def _tune_malloc():
+    """Keep numpy's large temporaries on the heap instead of a fresh mmap per operation.
+
+    Rendering makes thousands of ~0.5 MB temporaries; with glibc's default thresholds each one is mmapped,
+    page-faulted and unmapped, which costs ~30% of the renderer's time. Raising the thresholds (process-wide,
+    like MALLOC_MMAP_THRESHOLD_=...) only changes where freed memory goes; no-op off glibc."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 64 << 20)   # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 _TILES: dict[int, np.ndarray] = {}
 
 
@@ -909,6 +1004,12 @@ def _noise_tiles(S):
         _TILES[S] = np.random.default_rng(20240501).standard_normal((64, 3, S, S), dtype=np.float32) \
             * np.array([1.0, 0.9, 1.1], _F32)[:, None, None]
     return _TILES[S]
+
+
+def _block_avg(S, bs):
+    A = np.zeros((S, S // bs), _F32)
+    A[np.arange(S), np.arange(S) // bs] = 1 / bs
+    return A
 
 
 def _smooth(x):
@@ -945,9 +1046,9 @@ def _finish(cfg, canvas, imf, domains):
     ir = np.nonzero(domains == 1)[0]
     if ir.size:
         # thermal look: skin warm/bright, hair and glass cold/dark, little texture, no colour
-        t = canvas[ir, 3] * 0.85 + 0.2 * canvas[ir, :3].mean(1) - 0.05
+        t = canvas[ir, 3] * 0.95 + 0.15 * canvas[ir, :3].mean(1) - 0.04
         t = _smooth(np.clip(t, 0, 1))
-        out[ir] = (t ** 1.3)[:, None]
+        out[ir] = (t * (0.5 * t + 0.5))[:, None]
     sk = np.nonzero(domains == 2)[0]
     if sk.size:
         lum = np.einsum("nchw,c->nhw", canvas[sk, :3], np.array([0.3, 0.55, 0.15], _F32))
@@ -955,7 +1056,8 @@ def _finish(cfg, canvas, imf, domains):
         gx = p[:, 1:-1, 2:] - p[:, 1:-1, :-2]
         gy = p[:, 2:, 1:-1] - p[:, :-2, 1:-1]
         g = np.sqrt(gx * gx + gy * gy) * _F32(S / 64.0)
-        ink = np.clip(g * 4.0 - 0.08, 0, 1) ** 0.8
+        ink = np.clip(g * 4.0 - 0.08, 0, 1)
+        ink = 0.6 * ink + 0.4 * np.sqrt(ink)
         tone = 0.12 * np.clip(0.5 - lum, 0, 1)
         paper = np.array([0.97, 0.95, 0.90], _F32)[:, None, None]
         out[sk] = paper * (1 - np.clip(ink + tone, 0, 1))[:, None]
@@ -964,18 +1066,28 @@ def _finish(cfg, canvas, imf, domains):
         out[lr] = _lowres(canvas[lr, :3], S)
     # sensor noise from a fixed bank of tiles (per-index choice keeps determinism)
     tiles = _noise_tiles(S)
-    out += tiles[imf["_tile"] % len(tiles)] * imf["noise"][:, None, None, None]
+    noise = tiles[imf["_tile"] % len(tiles)]
+    mono = np.nonzero((domains == 1) | (domains == 2))[0]
+    if mono.size:  # grey domains get grey noise
+        noise[mono] = noise[mono, :1]
+    noise *= imf["noise"][:, None, None, None]
+    out += noise
     # JPEG-like 8x8 block artefacts: pull pixels towards their block mean
     q = imf["jpeg"]
     jsel = np.nonzero(q > 0.03)[0]
-    if jsel.size and S % 8 == 0:
-        sub = out[jsel].reshape(len(jsel), 3, S // 8, 8, S // 8, 8)
-        blk = sub.mean((3, 5), keepdims=True)
-        sub += (blk - sub) * q[jsel][:, None, None, None, None, None]
-        out[jsel] = sub.reshape(len(jsel), 3, S, S)
-    out *= 255
-    out += 0.5
-    return np.clip(out, 0, 255, out=out).astype(np.uint8).transpose(0, 2, 3, 1)
+    bs = 8 if S >= 64 else 4  # JPEG's 8x8 blocks; smaller for thumbnails so a block is not a quarter face
+    if jsel.size and S % bs == 0:
+        m = len(jsel)
+        sub = out[jsel]
+        A = _block_avg(S, bs)  # block means as two small matmuls (7x faster than a strided mean)
+        blk = np.matmul(A.T, (sub.reshape(-1, S) @ A).reshape(m, 3, S, S // bs))
+        sub = sub.reshape(m, 3, S // bs, bs, S // bs, bs)
+        sub += (blk[:, :, :, None, :, None] - sub) * q[jsel][:, None, None, None, None, None]
+        out[jsel] = sub.reshape(m, 3, S, S)
+    # the channel-last transpose rides along with the scaling pass
+    o = np.multiply(out.transpose(0, 2, 3, 1), _F32(255))
+    o += 0.5
+    return np.clip(o, 0, 255, out=o).astype(np.uint8)
 
 
 def _lowres(x, S, low=16):
@@ -1019,22 +1131,30 @@ def image_identities(cfg: SynthConfig, indices, stream: str = "train", pool: str
 
 
 def render_faces(cfg: SynthConfig, indices, stream: str = "train", pool: str = "train",
-                 domain: str = "photo") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                 domain: str = "photo", overrides: dict | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """images uint8 [N,S,S,3] and labels {name: array [N,...]} for the given image indices.
 
     Deterministic per (cfg.seed, stream, pool, domain, index), whatever batch the index is rendered in.
     The scene of an index does not depend on `domain`, so the same index in two domains is a paired view.
-    `domain` is one of DOMAINS or "mixed" (a per-image random domain)."""
+    `domain` is one of DOMAINS or "mixed" (a per-image random domain).
+    `overrides` optionally fixes per-image factors, e.g. {"yaw": 30.0, "expression": 3} (scalar or [N]);
+    the labels then report the overridden values."""
     if not isinstance(stream, str):
         raise ValueError(f"stream must be a string, got {stream!r}")
     if domain not in DOMAINS + ("mixed",):
         raise ValueError(f"domain must be one of {DOMAINS + ('mixed',)}, got {domain!r}")
     indices = _check_ids("indices", indices)
+    _tune_malloc()
     ids = image_identities(cfg, indices, stream, pool)
     keys = _image_keys(cfg, stream, pool, indices)
     idf = identity_factors(cfg, ids)
     imf = _image_factors(cfg, keys)
     n = len(indices)
+    for name, value in (overrides or {}).items():
+        if name not in imf or name.startswith("_"):
+            raise ValueError(f"overrides: unknown per-image factor {name!r}; expected one of "
+                             f"{sorted(k for k in imf if not k.startswith('_'))}")
+        imf[name] = np.ascontiguousarray(np.broadcast_to(np.asarray(value, imf[name].dtype), imf[name].shape))
     if domain == "mixed":
         dk = _mix(keys ^ _str_key("mixed-domain"))
         dom = (dk % np.uint64(len(DOMAINS))).astype(np.int64)

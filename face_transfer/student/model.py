@@ -1,6 +1,6 @@
 """The distilled student: a small inverted-residual CNN mapping a face image to the fused code.
 
-Owns StudentConfig, the one builder shared by Keras 3 and its tf_keras twin (for QAT), weight transfer and cost counts.
+Owns StudentConfig, one builder for Keras 3 and the tf_keras twin (QAT), weight transfer, cost counts.
 """
 import dataclasses
 import math

@@ -1,0 +1,103 @@
+"""Runs a .tflite student/analyser on photos (aligned with MTCNN) or synthetic faces and prints JSON predictions.
+
+    python -m export.infer_tflite --model=runs/demo/export/analyzer_int8.tflite --images=photos/ --out=preds.json
+    python -m export.infer_tflite --model=student_int8.tflite --synthetic=4
+"""
+import json
+import os
+
+from absl import app, flags
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+flags.DEFINE_string("model", None, "The .tflite file.")
+flags.DEFINE_string("images", None, "An image file or a folder of photos.")
+flags.DEFINE_integer("synthetic", None, "Instead of --images: this many synthetic faces.")
+flags.DEFINE_boolean("align", True, "Detect and align the largest face of each photo (MTCNN); else centre-crop.")
+flags.DEFINE_string("labels", None, "Output kinds/class names JSON (default: <model>.labels.json if present).")
+flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
+flags.DEFINE_integer("benchmark_runs", 0, "If > 0, also report the median latency (ms per face) over this many runs.")
+flags.DEFINE_string("out", None, "Also write the predictions JSON here.")
+FLAGS = flags.FLAGS
+
+
+def image_paths(spec):
+    if os.path.isdir(spec):
+        paths = sorted(os.path.join(spec, n) for n in os.listdir(spec) if n.lower().endswith(IMAGE_EXTENSIONS))
+        if not paths:
+            raise app.UsageError(f"--images={spec}: folder has no {'/'.join(IMAGE_EXTENSIONS)} files")
+        return paths
+    if os.path.isfile(spec):
+        return [spec]
+    raise app.UsageError(f"--images={spec}: no such file or folder")
+
+
+def load_images(size):
+    import numpy as np
+
+    if FLAGS.synthetic:
+        from face_transfer.data.synth import SynthConfig, render_faces
+
+        images, _ = render_faces(SynthConfig(image_size=size), np.arange(FLAGS.synthetic), stream="infer")
+        return images, [f"synthetic[{i}]" for i in range(FLAGS.synthetic)]
+    paths = image_paths(FLAGS.images)
+    if FLAGS.align:
+        from face_transfer.data.align import align_photos
+
+        images, report = align_photos(paths, size=size, on_error="skip")
+        return images, list(report.kept_sources)
+    from face_transfer.data.readers import center_square_resize, load_image
+
+    return np.stack([center_square_resize(load_image(p), size) for p in paths]), paths
+
+
+def decode(outputs, labels, i):
+    """One image's predictions, readable: class names and probabilities, values, landmarks."""
+    row = {}
+    for name, value in outputs.items():
+        v = value[i]
+        meta = labels.get(name, {})
+        if meta.get("kind") == "classification":
+            classes = meta.get("classes") or [str(k) for k in range(len(v))]
+            row[name] = {"class": classes[int(v.argmax())],
+                         "probabilities": {c: round(float(p), 4) for c, p in zip(classes, v)}}
+        else:
+            # Regression values in the task's units; landmarks as [5][x, y]; the embedding as a vector.
+            row[name] = v.astype(float).round(4).tolist()
+    return row
+
+
+def main(argv):
+    del argv
+    if not FLAGS.model or not os.path.isfile(FLAGS.model) or not FLAGS.model.endswith(".tflite"):
+        raise app.UsageError(f"--model={FLAGS.model}: expected an existing .tflite file")
+    if bool(FLAGS.images) == bool(FLAGS.synthetic):
+        raise app.UsageError("give exactly one of --images or --synthetic")
+    if FLAGS.synthetic is not None and FLAGS.synthetic < 1:
+        raise app.UsageError(f"--synthetic={FLAGS.synthetic}: expected >= 1")
+    labels_path = FLAGS.labels or FLAGS.model[: -len(".tflite")] + ".labels.json"
+    if FLAGS.labels and not os.path.isfile(FLAGS.labels):
+        raise app.UsageError(f"--labels={FLAGS.labels}: no such file")
+    labels = json.load(open(labels_path)) if os.path.isfile(labels_path) else {}
+
+    from face_transfer.deploy import infer
+
+    interpreter = infer.load_interpreter(FLAGS.model, num_threads=FLAGS.num_threads)
+    key = next(iter(interpreter.get_signature_list()))
+    (detail,) = interpreter.get_signature_runner(key).get_input_details().values()
+    images, sources = load_images(int(detail["shape_signature"][1]))
+    outputs = infer.run_tflite(interpreter, images)
+    result = {"model": FLAGS.model, "interpreter": infer.interpreter_backend(),
+              "predictions": [dict(source=s, **decode(outputs, labels, i)) for i, s in enumerate(sources)]}
+    if FLAGS.benchmark_runs > 0:
+        result["ms_per_face"] = infer.benchmark_latency(lambda x: infer.run_tflite(interpreter, x), images,
+                                                        warmup=2, runs=FLAGS.benchmark_runs)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)

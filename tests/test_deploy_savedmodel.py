@@ -1,0 +1,130 @@
+"""SavedModel export: fresh-process parity, named uint8 signature, no silent overwrite, the multi-task analyser."""
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from face_transfer.deploy.savedmodel import ExportError, build_analyzer, export_savedmodel, fold_head, load_and_check
+from face_transfer.student.model import StudentConfig, build_student
+
+CFG = StudentConfig(input_size=32, width=0.25, embedding_dim=16)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smooth_images(n, size=32, seed=0):
+    """Random smooth colour fields: cheap stand-ins for faces with realistic pixel statistics."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.normal(size=(n, 4, 4, 3))
+    fine = np.repeat(np.repeat(coarse, size // 4, axis=1), size // 4, axis=2)
+    return np.clip(128 + 60 * fine + rng.normal(0, 8, fine.shape), 0, 255).astype(np.uint8)
+
+
+def tiny_student():
+    """An untrained student whose BN statistics match the data, so outputs have a realistic scale."""
+    model = build_student(CFG)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in bns:
+        layer.momentum = 0.0
+    model(smooth_images(32, seed=1).astype(np.float32), training=True)
+    for layer in bns:
+        layer.momentum = 0.99
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = tiny_student()
+    out_dir = str(tmp_path_factory.mktemp("sm") / "student")
+    assert export_savedmodel(model, out_dir) == out_dir
+    return model, out_dir
+
+
+def test_fresh_process_reload_matches_keras(exported, tmp_path):
+    model, out_dir = exported
+    images = smooth_images(6, seed=2)
+    np.save(tmp_path / "images.npy", images)
+    script = f"""
+import json, numpy as np, tensorflow as tf
+fn = tf.saved_model.load({out_dir!r}).signatures["serving_default"]
+(name, spec), = fn.structured_input_signature[1].items()
+out = fn(image=tf.constant(np.load({str(tmp_path / 'images.npy')!r})))
+np.save({str(tmp_path / 'out.npy')!r}, out["embedding"].numpy())
+print(json.dumps({{"input": name, "dtype": spec.dtype.name, "outputs": sorted(fn.structured_outputs)}}))
+"""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info == {"input": "image", "dtype": "uint8", "outputs": ["embedding"]}
+    want = model.predict(images.astype(np.float32), verbose=0)
+    got = np.load(tmp_path / "out.npy")
+    assert np.abs(want).mean() > 1e-2  # a degenerate all-zero model would make parity meaningless
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_refuses_to_overwrite(exported):
+    model, out_dir = exported
+    with pytest.raises(FileExistsError, match=os.path.basename(out_dir)):
+        export_savedmodel(model, out_dir)
+
+
+def test_rejects_unknown_output_name(exported, tmp_path):
+    model, _ = exported
+    with pytest.raises(ExportError, match="logits"):
+        export_savedmodel(model, str(tmp_path / "x"), output_names={"logits": "y"})
+
+
+def _heads(rng, dim=16):
+    return {
+        "expression": {
+            "kind": "classification", "mean": rng.normal(size=dim), "scale": 1 + rng.random(dim),
+            "coef": rng.normal(size=(dim, 7)), "intercept": rng.normal(size=7),
+            "classes": ["neutral", "happy", "sad", "surprise", "angry", "disgust", "fear"],
+        },
+        # scikit-learn layout: a binary probe has coef [1, D] and one intercept.
+        "glasses": {"kind": "classification", "mean": np.zeros(dim), "scale": np.ones(dim),
+                    "coef": rng.normal(size=(1, dim)), "intercept": [0.3], "classes": ["no", "yes"]},
+        "age": {"kind": "regression", "mean": rng.normal(size=dim), "scale": 1 + rng.random(dim),
+                "coef": rng.normal(size=(dim, 1)), "intercept": [0.2], "target_mean": 40.0, "target_scale": 12.0},
+        "landmarks": {"kind": "landmarks", "mean": np.zeros(dim), "scale": np.ones(dim),
+                      "coef": 0.01 * rng.normal(size=(dim, 10)), "intercept": np.full(10, 0.5)},
+    }
+
+
+def test_analyzer_outputs_match_the_probe_arithmetic(exported, tmp_path):
+    model, _ = exported
+    heads = _heads(np.random.default_rng(0))
+    analyzer = build_analyzer(model, heads)
+    images = smooth_images(5, seed=3)
+    out = analyzer.predict(images.astype(np.float32), verbose=0)
+    code = model.predict(images.astype(np.float32), verbose=0).astype(np.float64)
+    assert out["expression"].shape == (5, 7) and out["glasses"].shape == (5, 2)
+    assert out["age"].shape == (5, 1) and out["landmarks"].shape == (5, 5, 2)
+    np.testing.assert_allclose(out["expression"].sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(out["embedding"], code, atol=1e-5)
+    # Same numbers by hand: standardise, linear probe, undo the target standardisation / sigmoid.
+    age = heads["age"]
+    z = ((code - age["mean"]) / age["scale"]) @ age["coef"] + age["intercept"]
+    np.testing.assert_allclose(out["age"], 40.0 + 12.0 * z, rtol=1e-4, atol=1e-3)
+    g = heads["glasses"]
+    p_yes = 1 / (1 + np.exp(-(code @ g["coef"][0] + 0.3)))
+    np.testing.assert_allclose(out["glasses"][:, 1], p_yes, atol=1e-5)
+
+    sm_dir = export_savedmodel(analyzer, str(tmp_path / "analyzer"))
+    reloaded = load_and_check(sm_dir, images)
+    assert set(reloaded) == {"embedding", "expression", "glasses", "age", "landmarks"}
+    for name, value in out.items():
+        np.testing.assert_allclose(reloaded[name], value, atol=1e-4)
+
+
+def test_bad_head_names_the_problem():
+    with pytest.raises(ExportError, match="age.*coef"):
+        fold_head("age", {"kind": "regression", "coef": np.zeros((9, 1)), "intercept": [0.0]}, embedding_dim=16)
+    with pytest.raises(ExportError, match="kind"):
+        fold_head("x", {"kind": "ranking", "coef": np.zeros((16, 1))}, embedding_dim=16)
+    with pytest.raises(ExportError, match="landmarks"):
+        fold_head("lm", {"kind": "landmarks", "coef": np.zeros((16, 4)), "intercept": np.zeros(4)}, embedding_dim=16)

@@ -1,0 +1,216 @@
+"""Linear probes on hand-built features whose answer is known: informative -> high, random -> chance."""
+import numpy as np
+import pytest
+
+from face_transfer.data.tasks import Task
+from face_transfer.evaluation import probes
+from face_transfer.evaluation.probes import ProbeConfig
+
+N = 600
+CFG = ProbeConfig(seeds=(0, 1), verification_pairs=400)
+
+
+def _task(name, labels, kind, metric="accuracy", num_classes=None, source=False, eval_set="photo"):
+    labels = (labels,) if isinstance(labels, str) else tuple(labels)
+    return Task(name, labels, kind, metric, eval_set, source, num_classes)
+
+
+def _landmarks(rng, n):
+    base = np.array([[0.35, 0.4], [0.65, 0.4], [0.5, 0.55], [0.38, 0.7], [0.62, 0.7]])
+    shift = rng.normal(0, 0.05, (n, 1, 2))  # head translation moves all five points together
+    return (base + shift + rng.normal(0, 0.01, (n, 5, 2))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    labels = {
+        "cls": rng.integers(0, 4, N),
+        "identity": rng.integers(0, 40, N).astype(np.int64),
+        "yaw": rng.uniform(-60, 60, N).astype(np.float32),
+        "pitch": rng.uniform(-30, 30, N).astype(np.float32),
+        "landmarks": _landmarks(rng, N),
+    }
+    id_code = rng.normal(size=(40, 16))
+    informative = np.concatenate([
+        np.eye(4)[labels["cls"]] * 3,
+        id_code[labels["identity"]],
+        np.stack([labels["yaw"] / 60, labels["pitch"] / 30], 1),
+        labels["landmarks"].reshape(N, 10) * 20,
+    ], axis=1)
+    informative = informative + 0.1 * rng.normal(size=informative.shape)
+    return labels, informative.astype(np.float32), rng.normal(size=(N, 32)).astype(np.float32)
+
+
+def test_split_indices_deterministic_disjoint_and_complete():
+    tr, va, te = probes.split_indices(1000, 3, ProbeConfig())
+    assert (len(tr), len(va), len(te)) == (600, 200, 200)
+    assert len(set(tr) | set(va) | set(te)) == 1000
+    again = probes.split_indices(1000, 3, ProbeConfig())
+    for a, b in zip((tr, va, te), again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(tr, probes.split_indices(1000, 4, ProbeConfig())[0])
+    capped = probes.split_indices(1000, 3, ProbeConfig(max_train=50))
+    np.testing.assert_array_equal(capped[0], tr[:50])
+    np.testing.assert_array_equal(capped[1], va)
+
+
+def test_config_and_split_reject_bad_input():
+    with pytest.raises(ValueError, match="train_frac"):
+        ProbeConfig(train_frac=0.9, val_frac=0.2)
+    with pytest.raises(ValueError, match="n=3"):
+        probes.split_indices(3, 0, ProbeConfig())
+
+
+def test_classification_informative_vs_random(data):
+    labels, good, rand = data
+    task = _task("cls", "cls", "classification", num_classes=4)
+    r = probes.probe_task(task, good, labels, 0, CFG)
+    assert r["accuracy"] > 0.95 and r["score"] == pytest.approx(100 * r["accuracy"])
+    assert r["C"] in CFG.c_grid
+    chance = probes.evaluate_representation({"photo": rand}, {"photo": labels}, [task], CFG)["cls"]
+    assert abs(chance["score_mean"] - 25) < 12, chance
+
+
+def test_regression_linear_vs_unrelated(data):
+    labels, good, rand = data
+    task = _task("pose", ("yaw", "pitch"), "regression", metric="mae_deg")
+    r = probes.probe_task(task, good, labels, 0, CFG)
+    assert r["r2"] > 0.95 and r["score"] > 95
+    assert r["mae"] < 5  # degrees, mean over yaw and pitch (their ranges are 120 and 60 degrees)
+    bad = probes.probe_task(task, rand, labels, 0, CFG)
+    assert bad["score"] < 8 and bad["mae"] > 12
+
+
+def test_regression_ignores_nan_labels(data):
+    labels, good, _ = data
+    yaw = labels["yaw"].copy()
+    yaw[::7] = np.nan
+    r = probes.probe_task(_task("yaw", "yaw", "regression"), good, {**labels, "yaw": yaw}, 1, CFG)
+    assert np.isfinite(r["mae"]) and r["r2"] > 0.95
+
+
+def test_verification_identity_embedding_vs_random(data):
+    labels, good, rand = data
+    task = _task("verif", "identity", "verification")
+    rng = np.random.default_rng(2)
+    embedding = rng.normal(size=(40, 16))[labels["identity"]] + 0.3 * rng.normal(size=(N, 16))
+    r = probes.probe_task(task, embedding, labels, 0, CFG)
+    assert r["accuracy"] > 0.9 and r["auc"] > 0.95
+    # Cosine has no learned weights: identity dimensions diluted among unrelated ones score lower.
+    assert probes.probe_task(task, good, labels, 0, CFG)["accuracy"] < r["accuracy"]
+    bad = probes.probe_task(task, rand, labels, 0, CFG)
+    assert 0.4 < bad["accuracy"] < 0.6 and 0.4 < bad["auc"] < 0.6
+
+
+def test_verification_pairs_are_balanced_valid_and_deterministic():
+    ids = np.repeat(np.arange(10), 5)
+    a, b, same = probes.verification_pairs(ids, 101, np.random.default_rng(0))
+    assert same.sum() == 50 and (~same).sum() == 51
+    assert np.all(ids[a[same]] == ids[b[same]]) and np.all(a[same] != b[same])
+    assert np.all(ids[a[~same]] != ids[b[~same]])
+    a2, b2, _ = probes.verification_pairs(ids, 101, np.random.default_rng(0))
+    np.testing.assert_array_equal(a, a2)
+    np.testing.assert_array_equal(b, b2)
+    with pytest.raises(ValueError, match="identity"):
+        probes.verification_pairs(np.arange(10), 10, np.random.default_rng(0))
+
+
+def test_best_threshold_separates_separable_scores():
+    sim = np.array([0.9, 0.8, 0.7, 0.2, 0.1, 0.75])
+    same = np.array([True, True, True, False, False, False])
+    t = probes.best_threshold(sim, same)
+    assert 0.2 < t < 0.7 or 0.75 < t <= 0.8  # both cuts misclassify exactly one pair
+    assert np.mean((sim >= t) == same) == pytest.approx(5 / 6)
+    clean = np.array([0.9, 0.8, 0.3, 0.1])
+    t = probes.best_threshold(clean, np.array([True, True, False, False]))
+    assert 0.3 < t < 0.8
+
+
+def test_landmarks_far_below_mean_shape(data):
+    labels, good, rand = data
+    task = _task("lm", "landmarks", "landmarks", metric="nme")
+    r = probes.probe_task(task, good, labels, 0, CFG)
+    assert r["nme"] < 0.5 * r["nme_mean_shape"] and r["score"] > 50
+    # The mean-shape baseline is what its name says.
+    tr, _, te = probes.split_indices(N, 0, CFG)
+    gt = labels["landmarks"][te].astype(np.float64)
+    pred = labels["landmarks"][tr].astype(np.float64).mean(axis=0)
+    iod = np.linalg.norm(gt[:, 0] - gt[:, 1], axis=-1)
+    expected = np.mean(np.linalg.norm(pred - gt, axis=-1).mean(axis=1) / iod)
+    assert r["nme_mean_shape"] == pytest.approx(expected, rel=1e-6)
+    bad = probes.probe_task(task, rand, labels, 0, CFG)
+    assert bad["score"] < 15
+
+
+def test_pca_projection_above_max_dim_is_exact_for_ridge(data):
+    labels, good, _ = data
+    rng = np.random.default_rng(1)
+    wide = np.concatenate([good, rng.normal(size=(N, 400)).astype(np.float32)], axis=1)  # 442-d
+    task = _task("pose", ("yaw", "pitch"), "regression")
+    full = probes.probe_task(task, wide, labels, 0, ProbeConfig(max_dim=None))
+    projected = probes.probe_task(task, wide, labels, 0, ProbeConfig(max_dim=400))  # n_train=360 < 400
+    assert projected["r2"] == pytest.approx(full["r2"], abs=1e-4)
+    assert projected["alpha"] == full["alpha"]
+
+
+def test_evaluate_representation_aggregates_seeds(data):
+    labels, good, _ = data
+    tasks = [_task("cls", "cls", "classification", num_classes=4, source=True),
+             _task("pose", ("yaw", "pitch"), "regression", metric="mae_deg"),
+             _task("verif", "identity", "verification")]
+    res = probes.evaluate_representation({"photo": good}, {"photo": labels}, tasks, CFG)
+    assert set(res) == {"cls", "pose", "verif"}
+    for name, r in res.items():
+        assert len(r["scores"]) == len(CFG.seeds)
+        assert r["score_mean"] == pytest.approx(np.mean(r["scores"]))
+        assert r["score_std"] == pytest.approx(np.std(r["scores"], ddof=1))
+    assert set(res["pose"]["raw"]) == {"mae", "r2"} and set(res["verif"]["raw"]) == {"accuracy", "auc"}
+    assert res["cls"]["hparams"]["C"][0] in CFG.c_grid
+    # The same seed gives the same number when a task is probed alone (shared split, no hidden state).
+    alone = probes.probe_task(tasks[1], good, labels, CFG.seeds[1], CFG)
+    assert alone["score"] == pytest.approx(res["pose"]["scores"][1])
+
+
+def test_group_means_average_per_seed_then_over_seeds():
+    tasks = [_task("s", "x", "classification", source=True), _task("n1", "x", "classification"),
+             _task("n2", "x", "classification")]
+    res = {"s": {"scores": [90.0, 80.0]}, "n1": {"scores": [10.0, 20.0]}, "n2": {"scores": [30.0, 60.0]}}
+    g = probes.group_means(res, tasks)
+    assert g["mean_source"] == pytest.approx(85.0) and g["std_source"] == pytest.approx(np.std([90, 80], ddof=1))
+    assert g["scores_novel"] == pytest.approx([20.0, 40.0])
+    assert g["mean_novel"] == pytest.approx(30.0) and g["std_novel"] == pytest.approx(np.std([20, 40], ddof=1))
+    assert g["mean_all"] == pytest.approx(np.mean([130 / 3, 160 / 3]))
+
+
+def test_evaluate_all_prints_progress(data, capsys):
+    labels, good, rand = data
+    tasks = [_task("cls", "cls", "classification", num_classes=4)]
+    cfg = ProbeConfig(seeds=(0,))
+    out = probes.evaluate_all({"good": {"photo": good}, "random": {"photo": rand}}, {"photo": labels},
+                              tasks, cfg)
+    assert list(out) == ["good", "random"]
+    assert out["good"]["cls"]["score_mean"] > out["random"]["cls"]["score_mean"] + 40
+    printed = capsys.readouterr().out
+    assert "good" in printed and "random" in printed
+
+
+def test_bad_input_names_what_is_wrong(data):
+    labels, good, _ = data
+    task = _task("cls", "cls", "classification")
+    with pytest.raises(KeyError, match="'nope'"):
+        probes.probe_task(_task("t", "nope", "classification"), good, labels, 0, CFG)
+    with pytest.raises(ValueError, match="rows"):
+        probes.probe_task(task, good[:-1], labels, 0, CFG)
+    nan = good.copy()
+    nan[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        probes.probe_task(task, nan, labels, 0, CFG)
+    with pytest.raises(ValueError, match="2-D"):
+        probes.probe_task(task, good[:, 0], labels, 0, CFG)
+    with pytest.raises(KeyError, match="sketch"):
+        probes.evaluate_representation({"photo": good}, {"photo": labels},
+                                       [_task("c", "cls", "classification", eval_set="sketch")], CFG)
+    with pytest.raises(ValueError, match=r"\[N, 5, 2\]"):
+        probes.probe_task(_task("lm", "landmarks", "landmarks"), good,
+                          {"landmarks": labels["landmarks"].reshape(N, 10)}, 0, CFG)

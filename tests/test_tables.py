@@ -1,0 +1,102 @@
+"""Results tables (JSON, Markdown), the within-noise rule, and the evaluation plots (PNG files)."""
+import json
+
+import numpy as np
+import pytest
+
+from face_transfer.data.tasks import TASKS
+from face_transfer.evaluation import plots, tables
+
+TASK_LIST = [TASKS["expression"], TASKS["age"], TASKS["verification"], TASKS["landmarks"], TASKS["glasses"]]
+
+
+def _entry(scores, raw):
+    scores = [float(s) for s in scores]
+    return {"score_mean": float(np.mean(scores)), "score_std": float(np.std(scores, ddof=1)),
+            "scores": scores, "raw": raw, "raw_std": {k: 0.01 for k in raw}, "hparams": {}}
+
+
+@pytest.fixture()
+def results():
+    return {
+        "student": {
+            "expression": _entry([80, 81, 82], {"accuracy": 0.81}),
+            "age": _entry([60, 61, 59], {"mae": 4.1, "r2": 0.6}),
+            "verification": _entry([90, 90.5, 91], {"accuracy": 0.905, "auc": 0.95}),
+            "landmarks": _entry([70, 71, 72], {"nme": 0.04, "nme_mean_shape": 0.1}),
+            "glasses": _entry([95, 96, 97], {"accuracy": 0.96}),
+        },
+        "concat": {
+            "expression": _entry([80.5, 81.5, 79.5], {"accuracy": 0.805}),  # within noise of student
+            "age": _entry([70, 71, 72], {"mae": 3.5, "r2": 0.71}),
+            "verification": _entry([50, 51, 49], {"accuracy": 0.5, "auc": 0.5}),
+            "landmarks": _entry([20, 21, 22], {"nme": 0.08, "nme_mean_shape": 0.1}),
+            "glasses": _entry([60, 61, 62], {"accuracy": 0.61}),
+        },
+        "pixels": {  # a representation missing a task still renders
+            "expression": _entry([30, 31, 29], {"accuracy": 0.3}),
+        },
+    }
+
+
+def test_within_noise_rule():
+    assert tables.within_noise([80, 81, 82], [80.5, 81.5, 79.5])
+    assert not tables.within_noise([80, 81, 82], [90, 91, 92])
+    assert not tables.within_noise([80], [81])  # one seed: no noise estimate, different is different
+    assert tables.within_noise([80], [80])
+    with pytest.raises(ValueError, match="non-empty"):
+        tables.within_noise([], [1.0])
+
+
+def test_json_is_serialisable_and_complete(results):
+    out = tables.results_table_json(results, TASK_LIST, {"seeds": [0, 1, 2], "note": "test"})
+    text = json.dumps(out, allow_nan=False)
+    back = json.loads(text)
+    assert back["meta"]["seeds"] == [0, 1, 2]
+    assert back["representations"] == ["student", "concat", "pixels"]
+    assert back["results"]["concat"]["age"]["raw"]["mae"] == 3.5
+    assert back["group_means"]["student"]["mean_source"] == pytest.approx(np.mean([81, 60]))
+    assert back["group_means"]["pixels"]["mean_novel"] is None  # no novel task for pixels: NaN -> null
+    assert back["best"]["expression"] == {"best": "student", "within_noise": ["concat"]}
+    assert {t["name"] for t in back["tasks"]} == {t.name for t in TASK_LIST}
+
+
+def test_markdown_lists_every_task_rep_and_marks_best(results):
+    md = tables.results_table_markdown(results, TASK_LIST, reps_order=["concat", "student", "pixels"])
+    for t in TASK_LIST:
+        assert f"| {t.name} |" in md
+    for r in results:
+        assert r in md
+    assert md.index("concat") < md.index("student")  # the requested column order
+    age_row = next(line for line in md.splitlines() if line.startswith("| age | source"))
+    assert "**71.0 ± 1.0**" in age_row and "60.0 ± 1.0" in age_row
+    assert "| age | mae (years) |" in md and "**3.50 ± 0.01**" in md  # lower MAE is the better raw value
+    for label in ("mean (source tasks)", "mean (novel tasks)", "mean (all tasks)"):
+        assert label in md
+    assert "expression: student ≈ concat" in md
+    assert "—" in md  # pixels has no age result
+    with pytest.raises(KeyError, match="nope"):
+        tables.results_table_markdown(results, TASK_LIST, reps_order=["nope"])
+
+
+def _is_png(path):
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return head == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_write_png_files(results, tmp_path):
+    bars = plots.plot_task_bars(results, TASK_LIST, str(tmp_path / "sub" / "bars.png"))
+    curve = plots.plot_compression_curve(
+        {"d": [16, 32, 64, 128], "ae": [50, 60, 65, 66], "ae_std": [1, 1, 1, 1], "pca": [40, 50, 58, 63],
+         "random_projection": [30, 40, 50, 57], "concat": 64.0, "concat_dim": 1472, "concat_std": 0.5},
+        str(tmp_path / "curve.png"))
+    rng = np.random.default_rng(0)
+    emb = plots.plot_embedding_2d(rng.normal(size=(100, 8)), rng.integers(0, 3, 100),
+                                  str(tmp_path / "emb.png"), "student code by expression")
+    emb_c = plots.plot_embedding_2d(rng.normal(size=(100, 8)), rng.normal(size=100),
+                                    str(tmp_path / "emb_c.png"), "student code by age")
+    for p in (bars, curve, emb, emb_c):
+        assert _is_png(p) and (tmp_path / p).stat().st_size > 2000
+    with pytest.raises(ValueError, match="'ae'"):
+        plots.plot_compression_curve({"d": [16, 32], "ae": [1.0]}, str(tmp_path / "bad.png"))
