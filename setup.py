@@ -21,6 +21,8 @@ setup(
         "ai-edge-litert>=2.3,<3",
         # tfmot pins absl-py ~=1.2.
         "absl-py>=1.4,<2",
+        # TensorBoard summaries (TF 2.21 no longer pulls it in).
+        "tensorboard>=2.20",
         "numpy>=2.0,<3",
         "scikit-learn>=1.5",
         "matplotlib>=3.8",

@@ -459,7 +459,7 @@ def stage_export(run: Run) -> dict:
     import keras
     from face_transfer.data.tasks import TASKS
     from face_transfer.deploy import infer, savedmodel, tflite
-    from face_transfer.evaluation.heads import ANALYZER_TASKS, fit_head
+    from face_transfer.evaluation.heads import ANALYZER_TASKS, fit_heads
     from face_transfer.evaluation.probes import evaluate_representation, group_means
     from face_transfer.student.distill import load_student
     header("export: SavedModels, TFLite (float, int8 PTQ, int8 QAT), parity, latency")
@@ -472,7 +472,7 @@ def stage_export(run: Run) -> dict:
     student = load_student(run.p("student"))
     images, labels = load_eval_data(run)
     feats = _features_cached(run, "student", lambda s: _predict(student, images[s]))
-    heads = {name: fit_head(TASKS[name], feats["photo"], labels["photo"]) for name in ANALYZER_TASKS}
+    heads = fit_heads(ANALYZER_TASKS, feats["photo"], labels["photo"], TASKS)
     analyzer = savedmodel.build_analyzer(student, heads)
     with open(os.path.join(out, "analyzer_heads.json"), "w") as f:
         json.dump(savedmodel.analyzer_metadata(heads), f, indent=1)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from face_transfer.data.synth import (DOMAINS, EXPRESSIONS, HAIR_COLORS, LANDMARK_NAMES, SynthConfig,
+from face_transfer.data.synth import (DOMAINS, EXPRESSIONS, HAIR_COLORS, LABEL_KEYS, LANDMARK_NAMES, SynthConfig,
                                       identity_factors, image_identities, render_faces, save_sample_grid)
 
 CFG = SynthConfig(image_size=64, seed=3, n_train_identities=40, n_heldout_identities=12)
@@ -25,12 +25,13 @@ def batch():
 
 def test_same_index_same_image_whatever_the_batch():
     a, la = render_faces(CFG, np.array([5, 17, 3]), stream="s", domain="mixed")
-    b, lb = render_faces(CFG, np.array([3, 99, 17, 5, 1000]), stream="s", domain="mixed")
-    np.testing.assert_array_equal(a[0], b[3])
-    np.testing.assert_array_equal(a[1], b[2])
-    np.testing.assert_array_equal(a[2], b[0])
-    np.testing.assert_array_equal(la["landmarks"][2], lb["landmarks"][0])
-    assert la["domain"][0] == lb["domain"][3]
+    # other neighbours, another render chunk (positions >= 150), other domains in the same chunk
+    idx = np.concatenate([np.arange(100, 250), [3, 99, 17, 5, 1000]])
+    b, lb = render_faces(CFG, idx, stream="s", domain="mixed")
+    for i, j in ((0, 153), (1, 152), (2, 150)):
+        np.testing.assert_array_equal(a[i], b[j])
+        np.testing.assert_array_equal(la["landmarks"][i], lb["landmarks"][j])
+        assert la["domain"][i] == lb["domain"][j]
     c, _ = render_faces(CFG, np.array([5]), stream="other", domain="mixed")
     assert np.abs(c[0].astype(int) - a[0]).mean() > 5  # streams are independent
 
@@ -65,6 +66,7 @@ def test_train_and_heldout_pools_are_disjoint():
 def test_label_keys_dtypes_shapes_and_ranges(batch):
     img, lab = batch
     assert img.dtype == np.uint8 and img.shape == (300, 64, 64, 3)
+    assert set(lab) == set(LABEL_KEYS)
     for k, dt in EXPECTED.items():
         assert lab[k].dtype == dt, k
         assert lab[k].shape[0] == 300, k

@@ -82,3 +82,34 @@ def strategy_from_flags():
     from face_transfer.distribute import make_strategy
     name = FLAGS.strategy or "default"
     return make_strategy(name, num_cpu_replicas=FLAGS.num_cpu_replicas)
+
+
+def quiet_tensorflow():
+    """Keep the console for stage headers and progress: TF's retracing chatter goes to ERROR only."""
+    import logging
+
+    import tensorflow as tf
+    from absl import logging as absl_logging
+    tf.get_logger().setLevel(logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+def main_until(stage: str):
+    """The absl main of a stage script: run the pipeline up to `stage` (earlier stages when missing)."""
+    def main(argv):
+        from absl import app
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments {argv[1:]}")
+        quiet_tensorflow()
+        try:
+            cfg = config_from_flags()
+            strategy = strategy_from_flags()
+        except (flags.ValidationError, ValueError) as e:  # bad flags: a message, no traceback, no work done
+            raise app.UsageError(str(e)) from None
+        from face_transfer.pipeline import run_pipeline  # after the strategy: logical CPUs come first
+        out = run_pipeline(cfg, FLAGS.run_dir, overwrite=FLAGS.overwrite, strategy=strategy, until=stage,
+                           flags_text=FLAGS.flags_into_string())
+        if "report" in out:
+            print("\n".join(out["report"]["summary_lines"]))
+        return 0
+    return main

@@ -18,6 +18,8 @@ class SynthConfig:
     difficulty: float = 1.0         # scales nuisance (pose range, noise, clutter, occluders); 0 = clean frontal
 
     def __post_init__(self):
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"SynthConfig.seed must be a non-negative int, got {self.seed!r}")
         if not isinstance(self.image_size, (int, np.integer)) or not 16 <= self.image_size <= 512:
             raise ValueError(f"SynthConfig.image_size must be an int in [16, 512], got {self.image_size!r}")
         if self.n_train_identities < 1 or self.n_heldout_identities < 1:
@@ -31,13 +33,21 @@ DOMAINS = ("photo", "infrared", "sketch", "lowres")
 EXPRESSIONS = ("neutral", "happy", "sad", "surprise", "angry", "disgust", "fear")
 HAIR_COLORS = ("black", "brown", "blond", "red", "gray")
 HAIR_STYLES = ("bald", "short", "long", "bun")
-LANDMARK_NAMES = ("left_eye", "right_eye", "nose_tip", "mouth_left", "mouth_right")
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose_tip", "mouth_left", "mouth_right")  # left = image left
 POOLS = ("train", "heldout")
 
 # Per-identity label keys (subset of identity_factors) copied into the image labels.
 IDENTITY_LABELS = ("identity", "gender", "age", "skin_tone", "hair_color", "hair_style", "beard", "face_shape")
+# Every key render_faces returns (per-image ones after the identity ones). Camera/lighting extras are float32.
+LABEL_KEYS = IDENTITY_LABELS + (
+    "expression", "expression_intensity", "smile", "mouth_open", "eyes_closed", "gaze_x", "gaze_y",
+    "yaw", "pitch", "roll", "glasses", "sunglasses", "hat", "mask", "occluded",
+    "light_azimuth", "light_elevation", "light_color", "scale", "shift_x", "shift_y", "blur", "noise", "jpeg",
+    "domain", "landmarks", "clutter")
 
 _F32 = np.float32
+_HEAD_SCALE = 0.56   # head semi-height in units of the image half-width
+_SCALE_RANGE = 0.12  # relative camera zoom range at difficulty 1
 _RENDER_CHUNK = 64  # images per vectorised pass: keeps [chunk,S,S] maps cache-resident at 64x64
 
 # ----------------------------------------------------------------------------------------------------------
@@ -119,10 +129,10 @@ _EXPR_TABLE = np.array([
     [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],      # neutral
     [0.1, 0.0, -0.30, 0.0, 0.15, 0.0, 0.0, 0.0, 1.0],   # happy
     [-0.2, 1.0, -0.20, -1.0, -0.05, 0.0, 0.0, 0.0, 0.0],  # sad
-    [1.0, 0.2, 0.55, 0.0, -0.35, 1.0, 0.0, 0.0, 0.0],   # surprise
-    [-0.7, -1.0, -0.15, -0.4, -0.10, 0.0, 0.0, 0.3, 0.0],  # angry
+    [1.0, 0.2, 0.70, 0.0, -0.35, 1.0, 0.0, 0.0, 0.0],   # surprise
+    [-0.7, -1.0, -0.30, -0.4, -0.10, 0.0, 0.0, 0.3, 0.0],  # angry
     [-0.3, -0.5, -0.35, -0.5, 0.0, 0.0, 1.0, 1.0, 0.3],  # disgust
-    [0.8, 0.8, 0.45, -0.5, 0.30, 0.0, 0.0, 0.0, 0.0],   # fear
+    [0.8, 0.8, 0.60, -0.5, 0.30, 0.0, 0.0, 0.0, 0.0],   # fear
 ], _F32)
 
 
@@ -183,10 +193,10 @@ def identity_factors(cfg: SynthConfig, identity_ids) -> dict[str, np.ndarray]:
         "jaw_taper": (d.uniform(0.10, 0.30) - 0.06 * male).astype(_F32),
         "eye_sep": d.uniform(0.30, 0.38),
         "eye_y": d.uniform(-0.02, 0.08),
-        "eye_w": d.uniform(0.11, 0.15),
-        "eye_h": d.uniform(0.045, 0.065),
+        "eye_w": d.uniform(0.12, 0.155),
+        "eye_h": d.uniform(0.05, 0.07),
         "eye_tilt": d.uniform(-0.15, 0.15),
-        "brow_thick": (d.uniform(0.016, 0.026) + 0.010 * male).astype(_F32),
+        "brow_thick": (d.uniform(0.024, 0.034) + 0.010 * male).astype(_F32),
         "brow_arch": d.uniform(0.0, 0.04),
         "brow_gap": d.uniform(0.13, 0.19),
         "nose_len": d.uniform(0.22, 0.34),
@@ -194,7 +204,7 @@ def identity_factors(cfg: SynthConfig, identity_ids) -> dict[str, np.ndarray]:
         "nose_prot": d.uniform(0.10, 0.18),
         "mouth_y": d.uniform(-0.60, -0.50),
         "mouth_w": d.uniform(0.17, 0.24),
-        "lip_thick": (d.uniform(0.028, 0.048) - 0.008 * male).astype(_F32),
+        "lip_thick": (d.uniform(0.038, 0.06) - 0.008 * male).astype(_F32),
         "hairline": (d.uniform(0.42, 0.58) + 0.12 * male * old).astype(_F32),
         "hair_part": d.uniform(-1, 1),
         "hair_wave": d.uniform(0.0, 1.0),
@@ -210,7 +220,7 @@ def _image_factors(cfg: SynthConfig, keys: np.ndarray) -> dict[str, np.ndarray]:
     n = len(keys)
     k = _F32(cfg.difficulty)
     expr = d.choice(np.ones(7, _F32))
-    inten = np.where(expr == 0, _F32(0), d.uniform(0.35, 1.0)).astype(_F32)
+    inten = np.where(expr == 0, _F32(0), d.uniform(0.5, 1.0)).astype(_F32)
     smile = np.where(expr == 1, np.clip(inten * d.uniform(0.8, 1.15), 0, 1),
                      np.where(expr == 0, d.uniform(0, 0.25), d.uniform(0, 0.06))).astype(_F32)
     mo = d.u()
@@ -243,7 +253,7 @@ def _image_factors(cfg: SynthConfig, keys: np.ndarray) -> dict[str, np.ndarray]:
         "yaw": yaw.astype(_F32), "pitch": pitch.astype(_F32), "roll": roll.astype(_F32),
         "glasses": glasses, "sunglasses": sun, "hat": hat, "mask": mask, "occluded": occluded,
         "light_azimuth": az.astype(_F32), "light_elevation": el.astype(_F32), "light_color": light_color,
-        "scale": (0.56 * (1 + 0.12 * k * (2 * d.u() - 1))).astype(_F32),
+        "scale": (_HEAD_SCALE * (1 + _SCALE_RANGE * k * (2 * d.u() - 1))).astype(_F32),
         "shift_x": (0.10 * k * (2 * d.u() - 1)).astype(_F32),
         "shift_y": (0.08 * k * (2 * d.u() - 1) + 0.02).astype(_F32),
         "blur": (k * np.clip(2 * d.u() - 1, 0, 1)).astype(_F32),
@@ -278,8 +288,11 @@ def _rotation(yaw, pitch, roll):
 class _Geo:
     """Per-chunk geometry: head ellipsoid, pose, camera and pixel grids."""
 
-    def __init__(self, idf, imf, S):
+    def __init__(self, idf, imf, S, difficulty):
         self.S = S
+        # window sizes follow the largest scale the config can produce, never the batch's own maximum:
+        # a batch-dependent size would clip features differently and break per-index determinism
+        self.s_max = _HEAD_SCALE * (1 + _SCALE_RANGE * difficulty)
         self.n = n = len(imf["yaw"])
         self.ax = idf["face_shape"]
         self.ay = np.ones(n, _F32)
@@ -339,7 +352,7 @@ class _Patch:
     def __init__(self, geo: _Geo, u, v, Ji, half_extent, parent: "_Patch | None" = None):
         S = geo.S
         C = S if parent is None else parent.P
-        P = int(np.ceil(2 * half_extent * float(geo.s.max()) * S / 2)) + 3
+        P = int(np.ceil(2 * half_extent * geo.s_max * S / 2)) + 3
         self.P = P = min(P, C)
         self.C = C
         oc = 0 if parent is None else parent.c0
@@ -527,7 +540,7 @@ def _backdrop(geo, idf, imf, h, C=4):
 
 def _render_chunk(cfg, idf, imf, domains):
     S = cfg.image_size
-    geo = _Geo(idf, imf, S)
+    geo = _Geo(idf, imf, S, cfg.difficulty)
     n = geo.n
     h = S // 2 if S % 2 == 0 and S >= 48 else S
     # the heat channel (for the infrared domain) is carried only when some image needs it
@@ -548,8 +561,8 @@ def _render_chunk(cfg, idf, imf, domains):
 
     bc = _bc
 
-    # the head box: everything of the head lives within 1.25 head units of its centre
-    box = _Patch(geo, geo.cx, geo.cy, None, 1.25)
+    # the head box: the head, hair, hat and ears live within 1.18 head units of the centre (hat shell 1.14)
+    box = _Patch(geo, geo.cx, geo.cy, None, 1.18)
     B = box.P
     # box maps are flattened to [n, B*B]: long inner loops, per-image scalars broadcast as [n, 1]
     X0 = (box.gu - geo.cx[:, None, None]) / geo.s[:, None, None]
@@ -703,20 +716,26 @@ def _draw_eyes_brows(geo, box, idf, imf, ex, alb, head_a, landmarks):
         crease = _ramp(0.006 - np.abs(b - (H * 0.6 + eh[:, None] * 0.9) * rq - tilt), pix)
         _blend(reg, crease * hm * 0.25 * _ramp(W - np.abs(a), pix), np.array([0.3, 0.18, 0.12, 0.9], _F32))
         # brows
-        by = (idf["brow_gap"] + 0.06 * ex["brow_raise"])[:, None] + tilt * 0.5
+        by = (idf["brow_gap"] + 0.09 * ex["brow_raise"])[:, None] + tilt * 0.5
         bw = (ew * 1.35)[:, None]
         ac = a + 0.02
         arch = idf["brow_arch"][:, None] * (1 - (ac / bw) ** 2)
-        inner = (0.045 * ex["brow_inner"])[:, None] * np.clip(-ac / bw, 0, 1) \
-            - (0.03 * ex["brow_inner"] * (ex["brow_inner"] > 0))[:, None] * np.clip(ac / bw, 0, 1)
+        inner = (0.07 * ex["brow_inner"])[:, None] * np.clip(-ac / bw, 0, 1) \
+            - (0.04 * ex["brow_inner"] * (ex["brow_inner"] > 0))[:, None] * np.clip(ac / bw, 0, 1)
         curve = by + arch + inner
         bt = idf["brow_thick"][:, None] * (1.2 - 0.5 * np.clip((ac / bw + 1) / 2, 0, 1))
         brow = _ramp(bt - np.abs(b - curve), pix) * _ramp(bw - np.abs(ac), pix * 2)
         _blend(reg, brow * hm * 0.9, _col4(brow_rgb, 0.6))
-        # crow's feet with age and smiling
-        cf = (idf["wrinkle"] + 0.5 * ex["cheek"])[:, None]
-        crow = _ramp(0.004 - np.abs(np.abs(b + 0.25 * (a - W)) - 0.02), pix) * _ramp(0.07 - np.abs(a - W - 0.05), pix)
-        _blend(reg, crow * hm * np.clip(cf, 0, 1) * 0.3, np.array([0.25, 0.15, 0.1, 0.9], _F32))
+        # crow's feet with age and smiling (subset that has them)
+        cf = np.clip(idf["wrinkle"] + 0.5 * ex["cheek"], 0, 1)
+        csel = np.nonzero(cf > 0.05)[0]
+        if csel.size:
+            ac_, bc_, W_, pix_ = a[csel], b[csel], W[csel], pix[csel]
+            crow = _ramp(0.004 - np.abs(np.abs(bc_ + 0.25 * (ac_ - W_)) - 0.02), pix_) \
+                * _ramp(0.07 - np.abs(ac_ - W_ - 0.05), pix_)
+            rs = reg[csel]
+            _blend(rs, crow * hm[csel] * cf[csel, None] * 0.3, np.array([0.25, 0.15, 0.1, 0.9], _F32))
+            reg[csel] = rs
         # glasses and sunglasses (subset): lens outline around the eye
         gsel = np.nonzero(sun + gl)[0]
         if gsel.size:
@@ -799,8 +818,8 @@ def _draw_mouth(geo, box, idf, imf, ex, alb, head_a, landmarks):
     n = geo.n
     my = idf["mouth_y"]
     smile = imf["smile"]
-    lift = (0.07 * smile + 0.04 * ex["corner"]).astype(_F32)
-    mw = (idf["mouth_w"] * (1 + ex["mouth_width"] + 0.12 * smile)).astype(_F32)
+    lift = (0.10 * smile + 0.06 * ex["corner"]).astype(_F32)
+    mw = (idf["mouth_w"] * (1 + ex["mouth_width"] + 0.2 * smile)).astype(_F32)
     opn = (imf["mouth_open"] * (0.10 + 0.06 * ex["mouth_round"])).astype(_F32)
     for li, s_ in ((3, -1.0), (4, 1.0)):
         pc = geo.surface_point(s_ * mw * 0.95, my + lift)
@@ -816,7 +835,7 @@ def _draw_mouth(geo, box, idf, imf, ex, alb, head_a, landmarks):
     q = np.clip(1 - (a / W) ** 2, 0, 1)
     rnd = ex["mouth_round"][:, None]
     cl = lift[:, None] * (a / W) ** 2 - 0.5 * lift[:, None] * 0.3
-    ul = ex["upper_lip"][:, None] * 0.025 * np.clip(0.5 + a / W, 0, 1)
+    ul = ex["upper_lip"][:, None] * 0.045 * np.clip(0.5 + a / W, 0, 1)
     rq = np.sqrt(q)
     oh = opn[:, None] * (q * (1 - rnd) + rq * rnd)
     lt = idf["lip_thick"][:, None] * (1 - 0.35 * np.clip(-ex["corner"][:, None], 0, 1) * (1 - rnd))
@@ -907,7 +926,8 @@ def _hair_shell(geo, idf, imf, head, shade, canvas):
     sides = _ramp(axh - 0.86 + 0.06 * is_long, 0.04) * _ramp(yh + 0.05 + 0.55 * is_long - 0.2 * is_bun, 0.05)
     a = np.maximum(np.maximum(front, back), sides)
     a *= inside * b_((style != 0).astype(_F32))
-    strands = 0.82 + 0.18 * np.sin(xh * (40 + 20 * wave) + yh * 6 * (1 + wave))
+    # faint strands; stronger stripes alias into a knitted look at 64 px
+    strands = 0.9 + 0.1 * np.sin(xh * (28 + 14 * wave) + yh * 6 * (1 + wave))
     sh = shade * strands
     col = idf["hair_rgb"] * imf["light_color"]
     rgb = _col4(col, 0.35)[:, :canvas.shape[1], None] * sh[:, None]
@@ -1171,12 +1191,9 @@ def render_faces(cfg: SynthConfig, indices, stream: str = "train", pool: str = "
         images[sl] = _finish(cfg, canvas, imc, dom[sl])
         landmarks[sl] = lm
     labels = {k: idf[k] for k in IDENTITY_LABELS}
-    for k, v in imf.items():
-        if not k.startswith("_") and k not in ("clutter", "ambient"):
-            labels[k] = v
+    labels.update((k, v) for k, v in imf.items() if not k.startswith("_") and k != "ambient")
     labels["domain"] = dom
     labels["landmarks"] = landmarks
-    labels["clutter"] = imf["clutter"]
     return images, labels
 
 

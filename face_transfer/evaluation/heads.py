@@ -37,7 +37,24 @@ def fit_head(task: Task, features: np.ndarray, labels: dict, c: float = 0.1, alp
         y = np.stack([np.asarray(labels[k], np.float64) for k in task.labels], 1)
     ym, ys = y.mean(0), y.std(0) + 1e-9
     reg = Ridge(alpha=alpha).fit(z, (y - ym) / ys)
-    head.update(coef=reg.coef_.T.astype(np.float32), intercept=reg.intercept_.astype(np.float32),
+    head.update(coef=np.asarray(reg.coef_).reshape(y.shape[1], -1).T.astype(np.float32),
+                intercept=np.asarray(reg.intercept_).reshape(y.shape[1]).astype(np.float32),
                 target_mean=ym.astype(np.float32), target_scale=ys.astype(np.float32),
                 outputs=list(task.labels))
     return head
+
+
+def fit_heads(task_names, features: np.ndarray, labels: dict, tasks: dict) -> dict:
+    """{output name: head} for the analyser. Multi-output regressions (head pose, gaze) become one
+    head per label (yaw, pitch, roll, ...): clearer outputs, and XNNPACK fails to prepare int8
+    fully-connected layers with 2-3 outputs followed by a dequantise (seen with ai-edge-litert 2.3)."""
+    import dataclasses
+    heads = {}
+    for name in task_names:
+        task = tasks[name]
+        if task.kind == "regression" and len(task.labels) > 1:
+            for key in task.labels:
+                heads[key] = fit_head(dataclasses.replace(task, labels=(key,)), features, labels)
+        else:
+            heads[name] = fit_head(task, features, labels)
+    return heads

@@ -65,6 +65,21 @@ def balanced_reconstruction_loss(y_true, y_pred, dims: dict[str, int]):
     return total / len(dims)
 
 
+@keras.saving.register_keras_serializable(package="face_transfer")
+class BalancedReconstructionLoss(keras.losses.Loss):
+    """`balanced_reconstruction_loss` as a serialisable Keras loss."""
+
+    def __init__(self, dims: dict, name="balanced_reconstruction", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.dims = dict(dims)
+
+    def call(self, y_true, y_pred):
+        return balanced_reconstruction_loss(y_true, y_pred, self.dims)
+
+    def get_config(self):
+        return {**super().get_config(), "dims": self.dims}
+
+
 class Fusion:
     """A trained fusion: standardiser + encoder + decoder, saved in one directory."""
 
@@ -123,7 +138,7 @@ def train_fusion(embeddings: dict[str, np.ndarray], cfg: FusionConfig, out_dir: 
                          f"teacher dimension {x.shape[1]} (dims {std.dims})")
     auto, encoder, decoder = build_autoencoder(x.shape[1], std.dims, cfg)
     auto.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
-                 loss=lambda a, b: balanced_reconstruction_loss(a, b, std.dims))
+                 loss=BalancedReconstructionLoss(std.dims))
     callbacks = [keras.callbacks.EarlyStopping(patience=cfg.patience, restore_best_weights=True),
                  keras.callbacks.ReduceLROnPlateau(factor=0.3, patience=max(2, cfg.patience // 2))]
     if out_dir:

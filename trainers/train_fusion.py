@@ -1,0 +1,16 @@
+"""Train the fusion auto-encoder on the embedding cache into <run_dir>/fusion.
+
+  python -m trainers.train_fusion --preset=demo --run_dir=runs/demo   (earlier stages run first if missing)
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+
+from trainers import common  # noqa: E402
+
+common.define_run_flags()
+
+if __name__ == "__main__":
+    app.run(common.main_until("fusion"))

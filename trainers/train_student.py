@@ -1,0 +1,16 @@
+"""Distil the fused teacher into the student (and the controls) under a tf.distribute strategy.
+
+  python -m trainers.train_student --preset=demo --run_dir=runs/demo   (earlier stages run first if missing)
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+
+from trainers import common  # noqa: E402
+
+common.define_run_flags()
+
+if __name__ == "__main__":
+    app.run(common.main_until("student"))
