@@ -1,0 +1,114 @@
+"""The benchmark: synthetic-face throughput, then the pipeline presets from nothing, timed.
+
+  python -m benchmarks.run                      # synth + demo + paper (make bench)
+  python -m benchmarks.run --presets=demo       # a subset
+  python -m benchmarks.run --only_synth
+
+Writes benchmarks/results.json (stable keys, merged with what is there) and BENCHMARKS.md.
+Each preset runs in a fresh directory under runs/bench/ so its wall time is from nothing.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results.json")
+FLAGS = flags.FLAGS
+flags.DEFINE_list("presets", ["demo", "paper"], "Pipeline presets to run from nothing and time.")
+flags.DEFINE_boolean("only_synth", False, "Only the synthetic-face throughput benchmark.")
+flags.DEFINE_string("bench_dir", os.path.join(ROOT, "runs", "bench"), "Where the timed runs go.")
+flags.DEFINE_boolean("keep", True, "Keep earlier bench run dirs (moved aside with a timestamp).")
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "machine": platform.machine(), "cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+        with open("/proc/meminfo") as f:
+            info["mem_gb"] = round(int(f.readline().split()[1]) / 1e6, 1)
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def load_results() -> dict:
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as f:
+            return json.load(f)
+    return {}
+
+
+def save_results(res: dict):
+    with open(RESULTS + ".tmp", "w") as f:
+        json.dump(res, f, indent=1, sort_keys=True)
+    os.replace(RESULTS + ".tmp", RESULTS)
+
+
+def run_preset(preset: str) -> tuple[dict, float, str]:
+    run_dir = os.path.join(FLAGS.bench_dir, preset)
+    if os.path.exists(run_dir):
+        if FLAGS.keep:
+            os.replace(run_dir, f"{run_dir}.{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        else:
+            shutil.rmtree(run_dir)
+    cmd = [sys.executable, "-m", "trainers.pipeline", f"--preset={preset}", f"--run_dir={run_dir}"]
+    print(f"[bench] {' '.join(cmd)}", flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    wall = time.time() - t0
+    with open(os.path.join(run_dir, "metrics", "headline.json")) as f:
+        return json.load(f), wall, run_dir
+
+
+def main(argv):
+    del argv
+    from benchmarks.bench_synth import bench_synth
+    from face_transfer.data.tasks import TASKS, novel_tasks
+    res = load_results()
+    res["machine"] = machine()
+    res["date"] = datetime.date.today().isoformat()
+    res.update(bench_synth())
+    res["tasks.count"] = len(TASKS)
+    res["tasks.novel_count"] = len(novel_tasks())
+    save_results(res)
+    print(f"[bench] synth.faces_per_s_per_core = {res['synth.faces_per_s_per_core']:.0f}", flush=True)
+    if not FLAGS.only_synth:
+        for preset in FLAGS.presets:
+            head, wall, run_dir = run_preset(preset)
+            res[f"pipeline.{preset}_wall_s"] = round(wall, 1)
+            res.setdefault("runs", {})[preset] = os.path.relpath(run_dir, ROOT)
+            # The paper preset's figures are the headline keys; other presets keep a prefixed copy.
+            if preset == "paper":
+                res.update(head)
+            res[f"presets.{preset}"] = head
+            save_results(res)
+    write_markdown(res)
+    return 0
+
+
+def _f(v, nd=1):
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def write_markdown(res: dict):
+    from benchmarks.markdown import benchmarks_markdown
+    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
+        f.write(benchmarks_markdown(res))
+
+
+if __name__ == "__main__":
+    app.run(main)

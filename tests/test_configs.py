@@ -1,0 +1,55 @@
+"""Experiment configuration: every preset builds, JSON round trip is exact, unknown presets fail clearly."""
+import dataclasses
+import json
+
+import pytest
+
+from face_transfer.configs import PRESETS, ExperimentConfig, preset_config
+from face_transfer.teachers.zoo import ZOO_PRESETS
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_builds_and_round_trips(name):
+    cfg = preset_config(name)
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.preset == name
+    assert cfg.teachers == ZOO_PRESETS[name]
+    back = ExperimentConfig.from_json(cfg.to_json())
+    assert back == cfg
+    # Nested dataclasses and tuples come back as such (not dicts/lists): hashable, frozen.
+    assert type(back.data.synth) is type(cfg.data.synth)
+    assert isinstance(back.teachers, tuple) and isinstance(back.teachers[0].widths, tuple)
+    assert isinstance(back.compression_dims, tuple)
+    hash(back)
+    # Valid JSON, stable text.
+    assert back.to_json() == cfg.to_json()
+    assert json.loads(cfg.to_json())["preset"] == name
+
+
+def test_round_trip_of_modified_config():
+    cfg = dataclasses.replace(preset_config("smoke"), seed=7, loss_comparison=("cosine", "teacher_space"),
+                              strategy="mirrored")
+    back = ExperimentConfig.from_json(cfg.to_json())
+    assert back == cfg and back.loss_comparison == ("cosine", "teacher_space")
+    assert back != preset_config("smoke")
+
+
+def test_configs_are_frozen():
+    cfg = preset_config("smoke")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 3
+
+
+def test_presets_scale_up():
+    smoke, demo, paper = (preset_config(n) for n in ("smoke", "demo", "paper"))
+    assert smoke.distill.steps < demo.distill.steps < paper.distill.steps
+    assert smoke.data.cache_size < demo.data.cache_size < paper.data.cache_size
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ValueError) as e:
+        preset_config("huge")
+    msg = str(e.value)
+    assert "huge" in msg
+    for name in PRESETS:
+        assert name in msg
