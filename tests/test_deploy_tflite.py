@@ -111,3 +111,99 @@ def test_quantization_config_checks_its_inputs(tmp_path):
         QuantizationConfig("int4")
     with pytest.raises(ValueError, match="saved_model.pb"):
         convert_to_tflite(str(tmp_path), QuantizationConfig.for_float32())
+
+
+def _many_heads(features, rng, collapsed, ill_conditioned=("yaw", "pitch")):
+    """~20 linear probes of mixed kinds, standardised like evaluation.heads.fit_head (std + 1e-6).
+
+    `collapsed` embedding dims are constant (scale 1e-6): well-conditioned probes give them no weight
+    (as a fitted probe does for a constant feature); the `ill_conditioned` ones do, which folds into
+    kernel weights ~1e5 next to an output range of a few units, as on a collapsed smoke-run student.
+    """
+    dim = features.shape[1]
+    mean, scale = features.mean(0), features.std(0) + 1e-6
+    kinds = ["classification"] * 10 + ["regression"] * 7 + ["landmarks"]
+    n_classes = [1, 2, 3, 5, 7]
+    target = [(0.5, 0.2), (40.0, 12.0), (0.0, 25.0), (100.0, 50.0)]
+    heads = {}
+    for i, kind in enumerate(kinds):
+        k = {"classification": n_classes[i % 5], "regression": 1, "landmarks": 10}[kind]
+        coef = rng.normal(size=(dim, k)) * (0.02 if kind == "landmarks" else 0.15)
+        coef[collapsed] = 0.0
+        head = {"kind": kind, "mean": mean, "scale": scale, "intercept": rng.normal(size=k) * 0.1}
+        if kind == "classification" and k == 1:
+            coef, head["classes"] = coef.T, ["no", "yes"]  # scikit-learn binary layout [1, D]
+        elif kind == "regression":
+            head["target_mean"], head["target_scale"] = target[i % 4]
+        elif kind == "landmarks":
+            head["intercept"] = np.full(10, 0.5)
+        head["coef"] = coef
+        heads[f"{kind[:5]}_{i}"] = head
+    for name in ill_conditioned:
+        coef = rng.normal(size=(dim, 1)) * 0.1
+        coef[collapsed] = 0.3
+        heads[name] = {"kind": "regression", "mean": mean, "scale": scale, "coef": coef,
+                       "intercept": [0.0], "target_mean": 0.0, "target_scale": 15.0}
+    return heads
+
+
+def test_int8_analyzer_with_many_heads_loads_with_xnnpack(monkeypatch):
+    """Regression: an int8 analyser whose folded probes give a fully-connected node a requantization
+    scale (input * weight / output scale) >= 256 failed to load with the default XNNPACK delegate
+    ("failed to create XNNPACK runtime ... failed to prepare"); convert_to_tflite now fits those nodes."""
+    from face_transfer.deploy import tflite as tfl
+    from face_transfer.deploy.savedmodel import build_analyzer
+
+    keras.utils.set_random_seed(0)
+    model = build_student(CFG)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in bns:
+        layer.momentum = 0.0
+    model(smooth_images(32, seed=1).astype(np.float32), training=True)
+    collapsed = [3, 11]
+    dense = model.get_layer("embedding")
+    kernel, bias = dense.get_weights()
+    kernel[:, collapsed], bias[collapsed] = 0.0, [0.05, -0.02]  # dead embedding dims, as in a collapsed student
+    dense.set_weights([kernel, bias])
+    calib = smooth_images(32, seed=4)
+    features = model.predict(calib.astype(np.float32), verbose=0).astype(np.float64)
+    heads = _many_heads(features, np.random.default_rng(0), collapsed)
+    assert len(heads) == 20
+    analyzer = build_analyzer(model, heads)
+
+    fitted = []
+    original = tfl.fit_xnnpack_requantization
+
+    def recording(data, *args, **kwargs):
+        data, fixes = original(data, *args, **kwargs)
+        fitted.extend(fixes)
+        return data, fixes
+
+    monkeypatch.setattr(tfl, "fit_xnnpack_requantization", recording)
+    data = convert_to_tflite(analyzer, QuantizationConfig.for_int8(calib, steps=32))
+    # The ill-conditioned heads (and only they) had nodes XNNPACK refuses; now every node is < 256.
+    assert len(fitted) == 2 and all(f["ratio"] >= 256 and f["new_ratio"] < 256 for f in fitted), fitted
+    assert original(data)[1] == []
+    ops = tflite_op_set(data)
+    assert ops["has_float_ops"] is False and ops["input_dtypes"] == ["uint8"]
+
+    interpreter = infer.load_interpreter(data)  # default delegates (XNNPACK): used to raise RuntimeError
+    images = smooth_images(16, seed=9)
+    got = infer.run_tflite(interpreter, images)
+    want = analyzer.predict(images.astype(np.float32), verbose=0)
+    assert set(got) == set(want) == {"embedding", *heads}
+    stats = {}
+    for name, ref in want.items():
+        out = got[name]
+        assert out.shape == ref.shape and np.all(np.isfinite(out)), name
+        stats[name] = {"cos": float(tfl._cosines(out, ref).mean()), "max_abs": float(np.abs(out - ref).max()),
+                       "corr": float(np.corrcoef(out.ravel(), ref.ravel())[0, 1])}
+    for name, s in stats.items():
+        if name in ("yaw", "pitch"):
+            continue  # weights ~1e5 on a constant feature: no int8 file reproduces these, it only has to load
+        if name in heads and heads[name]["kind"] == "classification":
+            np.testing.assert_allclose(got[name].sum(axis=1), 1.0, atol=0.03)
+            assert s["cos"] > 0.95 and s["max_abs"] < 0.3, (name, s)
+        else:  # the tiny untrained student's own int8 embedding is at cosine ~0.97
+            assert s["cos"] > 0.9 and s["corr"] > 0.8, (name, s)
+    assert got["landm_17"].shape == (len(images), 5, 2)

@@ -54,7 +54,8 @@ def test_build_teacher_rejects_bad_spec():
 
 
 def test_cosface_loss_lower_for_correct_class_with_margin():
-    cos = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]], np.float32)
+    # Small cosine gaps so the scaled softmax does not saturate to exactly zero in float32.
+    cos = np.array([[0.3, 0.2, 0.1], [0.2, 0.3, 0.1]], np.float32)
     right = np.asarray(cosface_loss(np.array([0, 1]), cos))
     wrong = np.asarray(cosface_loss(np.array([2, 2]), cos))
     assert right.shape == (2,)
@@ -90,8 +91,8 @@ def test_recognition_teacher_round_trips_through_keras_file(tmp_path):
     back = keras.models.load_model(path)
     x = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype(np.float32)
     np.testing.assert_allclose(back(x)["identity"], model(x)["identity"], atol=1e-5)
-    assert isinstance(back.loss["identity"] if isinstance(back.loss, dict) else back.loss, (CosFaceLoss, dict, list)) \
-        or back.loss is not None
+    # The compiled loss comes back as the registered CosFaceLoss (checkpoints reload with it).
+    assert isinstance(back.loss["identity"], CosFaceLoss)
 
 
 def test_targets_and_metrics_for_pose_and_age_gender():

@@ -599,7 +599,7 @@ def _render_chunk(cfg, idf, imf, domains):
                                                    zz=(2, 2)).items()}
     head = _Head(Xt, Y, m, geo.ryp, pixb)
     head_a = head.alpha
-    lam = head.lambert(head.nx, head.ny, head.nz, Lr)
+    lam = head.lambert(Lr, np.stack([1 / geo.ax ** 2, 1 / geo.ay ** 2, 1 / geo.az ** 2], 1).astype(_F32))
     shade = bc(amb * 1.1) + (1.15 - bc(amb)) * lam
     xh, yh, zh = head.xh, head.yh, head.zh
 
@@ -877,17 +877,19 @@ class _Head:
         # inside: sqrt(disc) grows ~linearly with the distance to the silhouette; outside: disc itself
         self.alpha = _ramp(self.sq + np.minimum(self.disc, 0), 1.5 * pixb)
         self.Z = (self.sq - self.bh) / m["zz"]
-        self.nx = m["xx"] * Xt + m["xy"] * Y + m["xz"] * self.Z
-        self.ny = m["xy"] * Xt + m["yy"] * Y + m["yz"] * self.Z
-        self.nz = m["xz"] * Xt + m["yz"] * Y + m["zz"] * self.Z
         b = _bc
         self.xh = b(rt[:, 0, 0]) * Xt + b(rt[:, 1, 0]) * Y + b(rt[:, 2, 0]) * self.Z
         self.yh = b(rt[:, 0, 1]) * Xt + b(rt[:, 1, 1]) * Y + b(rt[:, 2, 1]) * self.Z
         self.zh = b(rt[:, 0, 2]) * Xt + b(rt[:, 1, 2]) * Y + b(rt[:, 2, 2]) * self.Z
 
-    def lambert(self, nx, ny, nz, Lr):
-        return np.maximum((nx * _bc(Lr[:, 0]) + ny * _bc(Lr[:, 1]) + nz * _bc(Lr[:, 2]))
-                          / np.sqrt(nx * nx + ny * ny + nz * nz + 1e-6), 0)
+    def lambert(self, Lr, inv_axes2):
+        """max(0, n.L) with the ellipsoid normal n = diag(1/a^2) p taken in head coordinates, where the light
+        is 3 numbers per image (cheaper than rotating normals per pixel)."""
+        Lh = np.einsum("nji,nj->ni", self.rt, Lr) * inv_axes2  # R^T L, scaled by the normal's diag(1/a^2)
+        dot = _bc(Lh[:, 0]) * self.xh + _bc(Lh[:, 1]) * self.yh + _bc(Lh[:, 2]) * self.zh
+        ux, uy, uz = (self.xh * _bc(inv_axes2[:, 0]), self.yh * _bc(inv_axes2[:, 1]),
+                      self.zh * _bc(inv_axes2[:, 2]))
+        return np.maximum(dot / np.sqrt(ux * ux + uy * uy + uz * uz + 1e-6), 0)
 
     def shell_alpha(self, k, sel=None):
         """Silhouette alpha of the ellipsoid scaled by k [n] (optionally for a subset of images)."""

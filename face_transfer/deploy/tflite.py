@@ -1,6 +1,7 @@
 """TFLite conversion (float32, float16, dynamic range, full-integer int8 PTQ) and its validation against the float model.
 
-Owns QuantizationConfig, convert_to_tflite, tflite_op_set, validate_tflite, TFLiteValidationError and the parity report.
+Owns QuantizationConfig, convert_to_tflite, fit_xnnpack_requantization, tflite_op_set, validate_tflite,
+TFLiteValidationError and the parity report.
 
 Every file takes uint8 images [N,S,S,3] (0..255). The int8 file is full integer (TFLITE_BUILTINS_INT8
 only) with uint8 input and float32 outputs: the final DEQUANTIZE costs one op and spares every caller
@@ -158,7 +159,108 @@ def convert_to_tflite(model_or_savedmodel_dir, qcfg: QuantizationConfig) -> byte
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.float32
+        data, _ = fit_xnnpack_requantization(converter.convert())
+        _check_loads_with_default_delegates(data)
+        return data
     return converter.convert()
+
+
+# XNNPACK (the default TFLite CPU delegate) refuses a quantized conv / fully-connected node whose
+# requantization scale input_scale * weight_scale[channel] / output_scale is >= 256 (xnn_create_*_qs8:
+# "requantization scale ... is greater or equal to 256.0"); the delegate then fails to prepare and the
+# whole file fails to load. The builtin kernels accept any scale. A linear head whose calibrated output
+# range is tiny next to its weights (folded probe on near-constant embedding features) produces one.
+XNNPACK_MAX_REQUANTIZATION_SCALE = 256.0
+_REQUANTIZATION_TARGET = 255.0  # what a too-large scale is brought down to (< 256 with float32 margin)
+# {op: (input index, weight index)} of the ops XNNPACK requantizes with input*weight/output scales.
+_WEIGHTED_OPS = {"FULLY_CONNECTED": (0, 1), "CONV_2D": (0, 1), "DEPTHWISE_CONV_2D": (0, 1), "TRANSPOSE_CONV": (2, 1)}
+# Ops whose int8 kernels need the output quantized exactly like the input (they move bytes only).
+_SAME_SCALE_OPS = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE", "GATHER", "SLICE", "STRIDED_SLICE",
+                   "SPLIT", "SPLIT_V", "UNPACK", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "MAX_POOL_2D",
+                   "PAD", "PADV2", "TILE", "BROADCAST_TO")
+
+
+def _op_names(model) -> list[str]:
+    from tensorflow.lite.python import schema_py_generated as schema_fb
+    from tensorflow.lite.python import schema_util
+
+    by_code = {v: k for k, v in vars(schema_fb.BuiltinOperator).items() if not k.startswith("_")}
+    return [by_code.get(schema_util.get_builtin_code_from_operator_code(c), "CUSTOM") for c in model.operatorCodes]
+
+
+def _quantized(tensor) -> bool:
+    q = tensor.quantization
+    return q is not None and q.scale is not None and len(q.scale) > 0 and float(np.max(q.scale)) > 0
+
+
+def fit_xnnpack_requantization(tflite_bytes: bytes, limit: float = XNNPACK_MAX_REQUANTIZATION_SCALE):
+    """Makes every int8 conv / fully-connected node acceptable to XNNPACK: where input_scale *
+    max(weight_scale) / output_scale >= `limit`, the output tensor's scale is raised until the ratio is
+    255 (zero point re-centred so the calibrated range stays representable, and carried through the
+    byte-moving ops that must keep it, e.g. the landmarks RESHAPE). Only that output's resolution
+    coarsens, by ratio / 255; every other tensor keeps its calibrated parameters.
+
+    Returns (bytes, [{op, op_index, tensor, ratio, new_ratio}]); the bytes are unchanged when nothing
+    needed fitting.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_bytes))
+    names = _op_names(model)
+    fixed = []
+    for subgraph in model.subgraphs:
+        tensors = subgraph.tensors
+        consumers = {}
+        for op in subgraph.operators:
+            for i in op.inputs if op.inputs is not None else []:
+                consumers.setdefault(int(i), []).append(op)
+        for index, op in enumerate(subgraph.operators):
+            name = names[op.opcodeIndex]
+            if name not in _WEIGHTED_OPS or op.outputs is None or len(op.outputs) != 1:
+                continue
+            i_in, i_w = _WEIGHTED_OPS[name]
+            if len(op.inputs) <= max(i_in, i_w) or min(op.inputs[i_in], op.inputs[i_w]) < 0:
+                continue
+            x, w, y = tensors[op.inputs[i_in]], tensors[op.inputs[i_w]], tensors[op.outputs[0]]
+            if not all(_quantized(t) for t in (x, w, y)) or len(y.quantization.scale) != 1:
+                continue  # float or dynamic-range op: XNNPACK does not requantize it
+            s_in, s_out = float(x.quantization.scale[0]), float(y.quantization.scale[0])
+            ratio = s_in * float(np.max(w.quantization.scale)) / s_out
+            if ratio < limit:
+                continue
+            new_scale = s_in * float(np.max(w.quantization.scale)) / _REQUANTIZATION_TARGET
+            old_zp = int(y.quantization.zeroPoint[0])
+            qmin, qmax = (-128, 127) if y.type == 9 else (0, 255)  # TensorType.INT8 else UINT8
+            lo, hi = (qmin - old_zp) * s_out, (qmax - old_zp) * s_out
+            slack = (qmax - qmin) * new_scale - (hi - lo)
+            new_zp = int(np.clip(np.round(qmin - (lo - slack / 2) / new_scale), qmin, qmax))
+            old = (s_out, old_zp)
+            todo = [op.outputs[0]]
+            while todo:  # the FC output and the same-scale ops that pass it on
+                t = todo.pop()
+                q = tensors[t].quantization
+                q.scale, q.zeroPoint = np.array([new_scale], np.float32), np.array([new_zp], np.int64)
+                for consumer in consumers.get(int(t), []):
+                    if names[consumer.opcodeIndex] in _SAME_SCALE_OPS and consumer.outputs is not None:
+                        for o in consumer.outputs:
+                            oq = tensors[o].quantization
+                            if _quantized(tensors[o]) and len(oq.scale) == 1 and \
+                                    (float(oq.scale[0]), int(oq.zeroPoint[0])) == old:
+                                todo.append(o)
+            fixed.append({"op": name, "op_index": index, "tensor": y.name.decode() if isinstance(y.name, bytes) else y.name,
+                          "ratio": ratio, "new_ratio": s_in * float(np.max(w.quantization.scale)) / new_scale})
+    if not fixed:
+        return bytes(tflite_bytes), fixed
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), fixed
+
+
+def _check_loads_with_default_delegates(tflite_bytes) -> None:
+    try:
+        _interpreter(tflite_bytes, default_delegates=True)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"the int8 TFLite file converts but does not load with the default (XNNPACK) delegate: {err}"
+        ) from err
 
 
 def _interpreter(tflite_bytes, default_delegates=True):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 
 import keras
@@ -105,8 +106,10 @@ def train_teacher(spec: zoo.TeacherSpec, synth_cfg: synth.SynthConfig, cfg: Teac
         callbacks = [_EpochCheckpoint(ckpt_dir, write)]
         if write:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tb"), update_freq=50))
+        # A live progress bar on a terminal; one line per epoch in a log file.
+        verbose = cfg.verbose if (cfg.verbose != 1 or sys.stdout.isatty()) else 2
         model.fit(ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=spe,
-                  callbacks=callbacks, verbose=cfg.verbose)
+                  callbacks=callbacks, verbose=verbose)
     train_s = time.time() - t0
     metrics = evaluate_teacher(model, spec, synth_cfg, cfg)
     record = {

@@ -1,0 +1,136 @@
+"""Teacher training: a tiny zoo teacher trains, records metrics, skips when done, resumes after a kill."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from face_transfer.data import synth
+from face_transfer.teachers import train as teacher_train
+from face_transfer.teachers.train import TEACHER_JSON, TeacherTrainConfig, load_zoo_teacher, train_teacher
+from face_transfer.teachers.zoo import TeacherSpec
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = TeacherSpec("t", "resnet", "expression", (4, 8), 1, 8, input_size=32)
+SYNTH = synth.SynthConfig(image_size=32, n_train_identities=20, n_heldout_identities=5)
+CFG = TeacherTrainConfig(steps=6, batch_size=8, checkpoint_every=3, eval_images=32, verbose=0)
+# The interrupted run: more, shorter epochs so that the kill lands between two checkpoints.
+RESUME_CFG = TeacherTrainConfig(steps=12, batch_size=8, checkpoint_every=2, eval_images=32, verbose=0)
+
+_CHILD = """
+import sys
+sys.path.insert(0, {root!r})
+from face_transfer.data.synth import SynthConfig
+from face_transfer.teachers.train import TeacherTrainConfig, train_teacher
+from face_transfer.teachers.zoo import TeacherSpec
+train_teacher({spec!r}, {synth!r}, {cfg!r}, {out!r})
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("teacher"))
+    t0 = time.time()
+    record = train_teacher(SPEC, SYNTH, CFG, out)
+    return out, record, time.time() - t0
+
+
+def test_train_teacher_writes_record_and_model(trained):
+    out, record, _ = trained
+    assert os.path.exists(os.path.join(out, "model.keras"))
+    with open(os.path.join(out, TEACHER_JSON)) as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(record))
+    assert record["name"] == "t" and record["source_task"] == "expression" and record["steps"] == 6
+    assert record["embedding_dim"] == 8 and 0 < record["params_embedding"] <= record["params_total"]
+    acc = record["metrics"]["expression_accuracy"]
+    assert 0.0 <= acc <= 100.0 and record["main_score"] == acc
+    with open(os.path.join(out, "ckpt", "state.json")) as f:
+        assert json.load(f)["epochs_done"] == 2  # 6 steps, a checkpoint (= an epoch) every 3
+
+
+def test_second_call_returns_record_without_training(trained, monkeypatch):
+    out, record, _ = trained
+
+    def no_build(*a, **k):
+        raise AssertionError("a finished teacher was rebuilt")
+    monkeypatch.setattr(teacher_train.zoo, "build_teacher", no_build)
+    monkeypatch.setattr(teacher_train.keras.models, "load_model", no_build)
+    t0 = time.time()
+    assert train_teacher(SPEC, SYNTH, CFG, out) == json.loads(json.dumps(record))
+    assert time.time() - t0 < 1.0
+
+
+def test_load_zoo_teacher_embeds_uint8(trained):
+    out, _, _ = trained
+    teacher = load_zoo_teacher(out)
+    assert teacher.name == "t" and teacher.dim == 8
+    images, _ = synth.render_faces(SYNTH, np.arange(5), stream="test")
+    emb = teacher.embed(images, batch_size=2)
+    assert emb.shape == (5, 8) and emb.dtype == np.float32 and np.all(np.isfinite(emb))
+    assert np.ptp(emb, axis=0).max() > 0  # different faces, different embeddings
+    # Same result as the embedding layer of the saved model on manually preprocessed input.
+    model = keras.models.load_model(os.path.join(out, "model.keras"), compile=False)
+    sub = keras.Model(model.input, model.get_layer("embedding").output)
+    np.testing.assert_allclose(emb, sub.predict(images / 127.5 - 1.0, verbose=0), atol=1e-4)
+    assert teacher.metadata["record"]["name"] == "t"
+
+
+def test_load_zoo_teacher_untrained_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match=TEACHER_JSON):
+        load_zoo_teacher(str(tmp_path))
+
+
+def test_resume_after_sigkill(tmp_path, monkeypatch):
+    out = str(tmp_path / "teacher")
+    script = _CHILD.format(root=ROOT, spec=SPEC, synth=SYNTH, cfg=RESUME_CFG, out=out)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "-1"}
+    state = os.path.join(out, "ckpt", "state.json")
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 180
+        while not os.path.exists(state):
+            assert proc.poll() is None, f"training child died early: {proc.stderr.read().decode()[-2000:]}"
+            assert time.time() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not os.path.exists(os.path.join(out, TEACHER_JSON))
+    with open(state) as f:
+        killed_at = json.load(f)["epochs_done"]
+    total_epochs = RESUME_CFG.steps // RESUME_CFG.checkpoint_every
+    assert 1 <= killed_at < total_epochs
+
+    # The rerun must continue from the checkpoint: no fresh model, fit from the epoch reached.
+    def no_build(*a, **k):
+        raise AssertionError("resume rebuilt the teacher from scratch")
+    monkeypatch.setattr(teacher_train.zoo, "build_teacher", no_build)
+    seen = {}
+    fit = keras.Model.fit
+
+    def spy_fit(self, *args, **kwargs):
+        seen["initial_epoch"] = kwargs.get("initial_epoch")
+        seen["iterations"] = int(self.optimizer.iterations.numpy())
+        return fit(self, *args, **kwargs)
+    monkeypatch.setattr(keras.Model, "fit", spy_fit)
+    record = train_teacher(SPEC, SYNTH, RESUME_CFG, out)
+
+    assert seen["initial_epoch"] == killed_at
+    # The optimizer state came back with the model (iteration count of the killed run).
+    assert seen["iterations"] == killed_at * RESUME_CFG.checkpoint_every
+    with open(state) as f:
+        assert json.load(f)["epochs_done"] == total_epochs
+    assert record["steps"] == RESUME_CFG.steps and "expression_accuracy" in record["metrics"]
+    assert os.path.exists(os.path.join(out, TEACHER_JSON))
