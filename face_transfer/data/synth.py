@@ -46,7 +46,7 @@ LABEL_KEYS = IDENTITY_LABELS + (
     "domain", "landmarks", "clutter")
 
 _F32 = np.float32
-_HEAD_SCALE = 0.56   # head semi-height in units of the image half-width
+_HEAD_SCALE = 0.8   # head semi-height in units of the image half-width
 _SCALE_RANGE = 0.12  # relative camera zoom range at difficulty 1
 _RENDER_CHUNK = 64  # images per vectorised pass: keeps [chunk,S,S] maps cache-resident at 64x64
 
