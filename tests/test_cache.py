@@ -76,7 +76,7 @@ def test_cache_resumes_without_recomputing_finished_shards(tmp_path):
         build_embedding_cache(teachers, killer, 10, out, shard_size=4, progress=False)
     assert killer.calls == [0, 4, 8]
     assert not os.path.exists(os.path.join(out, MANIFEST))
-    assert sorted(f for f in os.listdir(out)) == ["shard-00000.npz", "shard-00001.npz"]
+    assert sorted(f for f in os.listdir(out)) == ["shard-00000.npz", "shard-00001.npz", "spec.json"]
     with pytest.raises(FileNotFoundError, match="incomplete"):
         load_embedding_cache(out)
     rerun = _CountingImages()
@@ -141,3 +141,13 @@ def test_ensemble_matches_each_teacher_and_rejects_callables():
         np.testing.assert_allclose(out[t.name], direct[t.name], atol=1e-5)
     with pytest.raises(ValueError, match="mean_rgb.*embedding cache"):
         build_ensemble(_teachers()[:1], image_size=SIZE)
+
+
+def test_resuming_with_different_teachers_refuses_old_shards(tmp_path):
+    """An interrupted cache (shards, no manifest) is never completed with another teacher set."""
+    teachers = _teachers()
+    out = str(tmp_path / "cache")
+    with pytest.raises(KeyboardInterrupt):
+        build_embedding_cache(teachers, _CountingImages(fail_on_call=2), 10, out, shard_size=4, progress=False)
+    with pytest.raises(ValueError, match="different set"):
+        build_embedding_cache(teachers[:1], _CountingImages(), 10, out, shard_size=4, progress=False)

@@ -77,6 +77,7 @@ def render_eval_set(cfg: synth.SynthConfig, eval_set: EvalSet | str, n: int, out
             raise ValueError(f"{out_dir} already holds a different eval set ({mpath}: {have}); "
                              f"expected {want}. Use another directory or delete it.")
         return out_dir
+    claim_shard_dir(out_dir, want)
     n_shards = (n + shard_size - 1) // shard_size
     for s in range(n_shards):
         path = os.path.join(out_dir, f"shard-{s:05d}.npz")
@@ -95,6 +96,25 @@ def render_eval_set(cfg: synth.SynthConfig, eval_set: EvalSet | str, n: int, out
         json.dump(want, f, indent=1)
     os.replace(mpath + ".tmp", mpath)
     return out_dir
+
+
+def claim_shard_dir(out_dir: str, want: dict):
+    """Record what a sharded directory holds before its first shard is written.
+
+    The manifest is written last (it marks completion), so an interrupted directory has shards but no
+    manifest; `spec.json` lets a resumed run refuse shards of a different set instead of mixing them.
+    """
+    spec_path = os.path.join(out_dir, "spec.json")
+    if os.path.exists(spec_path):
+        with open(spec_path) as f:
+            have = json.load(f)
+        if have != json.loads(json.dumps(want)):
+            raise ValueError(f"{out_dir} holds shards of a different set ({spec_path}: {have}); expected "
+                             f"{want}. Use another directory or delete it.")
+        return
+    with open(spec_path + ".tmp", "w") as f:
+        json.dump(want, f, indent=1)
+    os.replace(spec_path + ".tmp", spec_path)
 
 
 def load_eval_set(out_dir: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -122,18 +122,35 @@ _HAIR_RGB = np.array([[0.07, 0.06, 0.06], [0.30, 0.18, 0.10], [0.86, 0.70, 0.42]
 _EYE_RGB = np.array([[0.36, 0.21, 0.10], [0.18, 0.11, 0.06], [0.30, 0.52, 0.78],
                      [0.32, 0.52, 0.30], [0.50, 0.56, 0.62], [0.52, 0.40, 0.18]], _F32)
 
-# Expression -> facial action parameters at intensity 1:
-# brow_raise, brow_inner (inner-end raise), eye_open (rel.), corner (mouth-corner lift, smile handled separately),
-# mouth_width (rel.), mouth_round, upper_lip (raise), nose_wrinkle, cheek (raise/blush)
+# Expression -> facial action parameters at intensity 1. Magnitudes are chosen so that each class reads at
+# 48x48 grayscale (a head is ~20 px high there): mouth-corner moves of 2-4 px, brow moves of 2-3 px.
+_EXPR_NAMES = ("brow_raise", "brow_inner", "brow_squeeze", "eye_open", "corner", "mouth_width", "mouth_round",
+               "upper_lip", "nose_wrinkle", "cheek", "lip_press", "asym")
 _EXPR_TABLE = np.array([
-    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],      # neutral
-    [0.1, 0.0, -0.30, 0.0, 0.15, 0.0, 0.0, 0.0, 1.0],   # happy
-    [-0.2, 1.0, -0.20, -1.0, -0.05, 0.0, 0.0, 0.0, 0.0],  # sad
-    [1.0, 0.2, 0.70, 0.0, -0.35, 1.0, 0.0, 0.0, 0.0],   # surprise
-    [-0.7, -1.0, -0.30, -0.4, -0.10, 0.0, 0.0, 0.3, 0.0],  # angry
-    [-0.3, -0.5, -0.35, -0.5, 0.0, 0.0, 1.0, 1.0, 0.3],  # disgust
-    [0.8, 0.8, 0.60, -0.5, 0.30, 0.0, 0.0, 0.0, 0.0],   # fear
+    # raise inner squeeze eye  corner width round  upper wrink cheek press asym
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],        # neutral
+    [0.15, 0.0, 0.0, -0.35, 0.3, 0.30, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0],    # happy (+ smile)
+    [-0.15, 1.0, 0.4, -0.35, -1.3, -0.05, 0.0, 0.0, 0.0, 0.0, 0.3, 0.0],  # sad
+    [1.0, 0.2, 0.0, 1.0, 0.0, -0.40, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],      # surprise
+    [-0.7, -1.0, 1.0, -0.45, -0.4, -0.15, 0.0, 0.0, 0.3, 0.0, 1.0, 0.0],  # angry
+    [-0.35, -0.5, 0.4, -0.45, -0.6, 0.0, 0.0, 1.0, 1.0, 0.3, 0.0, 1.0],  # disgust
+    [0.75, 1.0, 0.9, 0.85, -0.5, 0.40, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],    # fear
 ], _F32)
+
+
+def _expression_factors(expr, iu, xu):
+    """Intensity, smile, mouth opening and blink from the expression and its uniforms (iu [n], xu [n,4]).
+    A function of its own so that overriding the expression re-derives what follows from it."""
+    inten = np.where(expr == 0, _F32(0), 0.5 + 0.5 * iu).astype(_F32)
+    smile = np.where(expr == 1, np.clip(inten * (0.8 + 0.35 * xu[:, 0]), 0, 1),
+                     np.where(expr == 0, 0.25 * xu[:, 0], 0.06 * xu[:, 0])).astype(_F32)
+    mo = xu[:, 1]
+    mouth_open = np.select(
+        [expr == 3, expr == 6, expr == 1, expr == 4],
+        [inten * (0.7 + 0.3 * mo), inten * (0.55 + 0.35 * mo), inten * (0.4 + 0.6 * mo), 0.02 * mo],
+        0.15 * mo * mo).astype(_F32)
+    blink = (xu[:, 2] < 0.10) & (expr != 3) & (expr != 6)
+    return inten, smile, np.clip(mouth_open, 0, 1), blink.astype(np.int64)
 
 
 def _check_ids(name, ids):
@@ -196,7 +213,7 @@ def identity_factors(cfg: SynthConfig, identity_ids) -> dict[str, np.ndarray]:
         "eye_w": d.uniform(0.12, 0.155),
         "eye_h": d.uniform(0.05, 0.07),
         "eye_tilt": d.uniform(-0.15, 0.15),
-        "brow_thick": (d.uniform(0.024, 0.034) + 0.010 * male).astype(_F32),
+        "brow_thick": (d.uniform(0.030, 0.040) + 0.010 * male).astype(_F32),
         "brow_arch": d.uniform(0.0, 0.04),
         "brow_gap": d.uniform(0.13, 0.19),
         "nose_len": d.uniform(0.22, 0.34),
@@ -220,15 +237,8 @@ def _image_factors(cfg: SynthConfig, keys: np.ndarray) -> dict[str, np.ndarray]:
     n = len(keys)
     k = _F32(cfg.difficulty)
     expr = d.choice(np.ones(7, _F32))
-    inten = np.where(expr == 0, _F32(0), d.uniform(0.5, 1.0)).astype(_F32)
-    smile = np.where(expr == 1, np.clip(inten * d.uniform(0.8, 1.15), 0, 1),
-                     np.where(expr == 0, d.uniform(0, 0.25), d.uniform(0, 0.06))).astype(_F32)
-    mo = d.u()
-    mouth_open = np.select(
-        [expr == 3, expr == 6, expr == 1],
-        [inten * (0.55 + 0.45 * mo), inten * (0.25 + 0.35 * mo), inten * 0.7 * mo],
-        0.18 * mo * mo).astype(_F32)
-    blink = (d.u() < 0.10) & (expr != 3) & (expr != 6)
+    iu, xu = d.u(), d.u(4)
+    inten, smile, mouth_open, blink = _expression_factors(expr, iu, xu)
     gaze = np.clip(d.normal(2) * 0.45, -1, 1).astype(_F32)
     yaw = d.uniform(-45, 45) * k
     pitch = d.uniform(-25, 25) * k
@@ -249,7 +259,7 @@ def _image_factors(cfg: SynthConfig, keys: np.ndarray) -> dict[str, np.ndarray]:
     light_color = (light_color / light_color.max(1, keepdims=True)).astype(_F32)
     return {
         "expression": expr, "expression_intensity": inten, "smile": smile, "mouth_open": mouth_open,
-        "eyes_closed": blink.astype(np.int64), "gaze_x": gaze[:, 0], "gaze_y": gaze[:, 1],
+        "eyes_closed": blink, "gaze_x": gaze[:, 0], "gaze_y": gaze[:, 1],
         "yaw": yaw.astype(_F32), "pitch": pitch.astype(_F32), "roll": roll.astype(_F32),
         "glasses": glasses, "sunglasses": sun, "hat": hat, "mask": mask, "occluded": occluded,
         "light_azimuth": az.astype(_F32), "light_elevation": el.astype(_F32), "light_color": light_color,
@@ -261,6 +271,7 @@ def _image_factors(cfg: SynthConfig, keys: np.ndarray) -> dict[str, np.ndarray]:
         "jpeg": (0.5 * k * np.clip((d.u() - 0.55) / 0.45, 0, 1) ** 1.5).astype(_F32),
         "clutter": (min(float(k), 1.0) * (0.3 + 0.7 * d.u())).astype(_F32),
         "ambient": d.uniform(0.35, 0.6),
+        "_iu": iu, "_xu": xu,
         # nuisance seeds for appearance-only per-image variation
         "_bg": d.u(24).reshape(n, 24),
         "_occ": d.u(8).reshape(n, 8),
@@ -349,7 +360,9 @@ class _Patch:
     image coordinates (gu, gv) and, given the inverse projected Jacobian Ji, local tangent coordinates (a, b).
     Window maps are flattened to [n, P*P]."""
 
-    def __init__(self, geo: _Geo, u, v, Ji, half_extent, parent: "_Patch | None" = None):
+    def __init__(self, geo: _Geo, u, v, Ji, half_extent, parent: "_Patch | None" = None, centre=None):
+        """centre: optional window centre (u, v) when the window should not be centred on the origin (u, v)
+        of the tangent coordinates."""
         S = geo.S
         C = S if parent is None else parent.P
         P = int(np.ceil(2 * half_extent * geo.s_max * S / 2)) + 3
@@ -357,8 +370,9 @@ class _Patch:
         self.C = C
         oc = 0 if parent is None else parent.c0
         orr = 0 if parent is None else parent.r0
-        col = (u + 1) / 2 * S - 0.5
-        row = (1 - v) / 2 * S - 0.5
+        wu, wv = (u, v) if centre is None else centre
+        col = (wu + 1) / 2 * S - 0.5
+        row = (1 - wv) / 2 * S - 0.5
         self.lc0 = np.clip(np.round(col).astype(np.intp) - oc - P // 2, 0, C - P)
         self.lr0 = np.clip(np.round(row).astype(np.intp) - orr - P // 2, 0, C - P)
         self.c0, self.r0 = self.lc0 + oc, self.lr0 + orr
@@ -607,7 +621,7 @@ def _render_chunk(cfg, idf, imf, domains):
     alb = np.empty((n, C, B * B), _F32)
     alb[:, :3] = skin[:, :, None]
     if C == 4:
-        alb[:, 3] = 0.82
+        alb[:, 3] = 0.72
     # beard (subset)
     bsel = np.nonzero(idf["beard"])[0]
     if bsel.size:
@@ -665,9 +679,7 @@ def _render_chunk(cfg, idf, imf, domains):
 
 def _expression_params(imf):
     t = _EXPR_TABLE[imf["expression"]] * imf["expression_intensity"][:, None]
-    names = ("brow_raise", "brow_inner", "eye_open", "corner", "mouth_width", "mouth_round", "upper_lip",
-             "nose_wrinkle", "cheek")
-    return {k: t[:, i] for i, k in enumerate(names)}
+    return {k: t[:, i] for i, k in enumerate(_EXPR_NAMES)}
 
 
 def _draw_eyes_brows(geo, box, idf, imf, ex, alb, head_a, landmarks):
@@ -675,14 +687,17 @@ def _draw_eyes_brows(geo, box, idf, imf, ex, alb, head_a, landmarks):
     sun, gl = imf["sunglasses"].astype(_F32), imf["glasses"].astype(_F32)
     frame_rgb = np.array([[0.08, 0.07, 0.07], [0.45, 0.30, 0.15], [0.78, 0.78, 0.80], [0.80, 0.65, 0.30]],
                          _F32)[np.minimum((imf["_acc"][:, 1] * 4).astype(np.int64), 3)]
-    brow_rgb = idf["hair_rgb"] * 0.55 + 0.04
+    brow_rgb = idf["hair_rgb"] * 0.45 + 0.03
     ew, eh = idf["eye_w"], idf["eye_h"]
     for li, side in ((0, -1.0), (1, 1.0)):
         x = side * idf["eye_sep"]
         p = geo.surface_point(x, idf["eye_y"])
         u, v, Ji, vis, _ = geo.frame(p)
         landmarks[:, li] = np.stack([(u + 1) / 2, (1 - v) / 2], 1)
-        pt = _Patch(geo, u, v, Ji, 0.27, box)
+        # the window reaches up to raised brows: centred 0.1 above the eye, the offset projected by the
+        # tangent frame's forward Jacobian (the inverse of Ji)
+        J = np.linalg.inv(Ji)
+        pt = _Patch(geo, u, v, Ji, 0.33, box, centre=(u + 0.1 * J[:, 0, 1], v + 0.1 * J[:, 1, 1]))
         a, b = pt.a * side, pt.b  # a > 0 points outwards for both eyes
         pix = pt.pix
         reg = pt.gather(alb)
@@ -690,6 +705,8 @@ def _draw_eyes_brows(geo, box, idf, imf, ex, alb, head_a, landmarks):
         # eye socket shading
         sock = _bump(((a / (ew[:, None] * 2.0)) ** 2 + ((b + 0.01) / 0.13) ** 2)) * 0.14
         reg[:, :3] *= (1 - sock)[:, None]
+        if reg.shape[1] == 4:  # thermal: the orbits (inner canthus) are the warmest skin of a face
+            reg[:, 3] += sock * 1.2
         W = ew[:, None]
         H = (eh * open_)[:, None]
         tilt = (idf["eye_tilt"])[:, None] * a
@@ -698,34 +715,46 @@ def _draw_eyes_brows(geo, box, idf, imf, ex, alb, head_a, landmarks):
         upper = H * rq + tilt
         lower = -0.7 * H * rq * np.sqrt(rq) + tilt + 0.004
         inside = _ramp(upper - b, pix) * _ramp(b - lower, pix) * _ramp(W - np.abs(a), pix)
-        _blend(reg, inside * hm, np.array([0.92, 0.90, 0.88, 1.0], _F32))
+        _blend(reg, inside * hm, np.array([0.92, 0.90, 0.88, 0.97], _F32))
         gx = (imf["gaze_x"] * side)[:, None] * W * 0.45  # gaze_x > 0 looks to image right
         gy = imf["gaze_y"][:, None] * eh[:, None] * 0.35
         rr = np.sqrt((a - gx) ** 2 + (b - gy) ** 2)
         ir = eh[:, None] * 1.05
         iris = _ramp(ir - rr, pix) * inside
-        _blend(reg, iris * hm, _col4(idf["eye_rgb"], 1.0))
+        _blend(reg, iris * hm, _col4(idf["eye_rgb"], 0.97))
         pupil = _ramp(ir * 0.45 - rr, pix) * inside
-        _blend(reg, pupil * hm, np.array([0.03, 0.03, 0.03, 1.0], _F32))
+        _blend(reg, pupil * hm, np.array([0.03, 0.03, 0.03, 0.97], _F32))
         spec = _ramp(ir * 0.22 - np.sqrt((a - gx - ir * 0.3) ** 2 + (b - gy - ir * 0.35) ** 2), pix) * inside
         _blend(reg, spec * hm * 0.8, np.array([1, 1, 1, 0.9], _F32))
         # lash line (thicker at the outer corner) and lid crease
         lash_t = (0.010 + 0.008 * np.clip(a / W, 0, 1)) + pix * 0.3
         lash = _ramp(lash_t - np.abs(b - upper - 0.004), pix) * _ramp(W * 1.08 - np.abs(a), pix)
-        _blend(reg, lash * hm * 0.9, np.array([0.08, 0.05, 0.04, 0.9], _F32))
+        _blend(reg, lash * hm * 0.9, np.array([0.08, 0.05, 0.04, 0.45], _F32))
         crease = _ramp(0.006 - np.abs(b - (H * 0.6 + eh[:, None] * 0.9) * rq - tilt), pix)
         _blend(reg, crease * hm * 0.25 * _ramp(W - np.abs(a), pix), np.array([0.3, 0.18, 0.12, 0.9], _F32))
-        # brows
-        by = (idf["brow_gap"] + 0.09 * ex["brow_raise"])[:, None] + tilt * 0.5
+        # brows: raise moves the whole brow, inner tilts its inner end (up: sad/fear, down: the angry V),
+        # squeeze draws the brows together
+        by = (idf["brow_gap"] + 0.14 * ex["brow_raise"])[:, None] + tilt * 0.5
         bw = (ew * 1.35)[:, None]
-        ac = a + 0.02
+        ac = a + 0.02 + (0.05 * ex["brow_squeeze"])[:, None]
         arch = idf["brow_arch"][:, None] * (1 - (ac / bw) ** 2)
-        inner = (0.07 * ex["brow_inner"])[:, None] * np.clip(-ac / bw, 0, 1) \
-            - (0.04 * ex["brow_inner"] * (ex["brow_inner"] > 0))[:, None] * np.clip(ac / bw, 0, 1)
+        bi = ex["brow_inner"]
+        inner = (0.12 * bi)[:, None] * np.clip(-ac / bw, 0, 1.3) \
+            - (0.05 * bi * (bi > 0))[:, None] * np.clip(ac / bw, 0, 1)
         curve = by + arch + inner
         bt = idf["brow_thick"][:, None] * (1.2 - 0.5 * np.clip((ac / bw + 1) / 2, 0, 1))
         brow = _ramp(bt - np.abs(b - curve), pix) * _ramp(bw - np.abs(ac), pix * 2)
-        _blend(reg, brow * hm * 0.9, _col4(brow_rgb, 0.6))
+        _blend(reg, brow * hm * 0.95, _col4(brow_rgb, 0.3))
+        # forehead lines when the brows go up (surprise, fear)
+        fl = np.clip(ex["brow_raise"] - 0.3, 0, 1)
+        fsel = np.nonzero(fl > 0)[0]
+        if fsel.size:
+            bf = b[fsel] - curve[fsel] - 0.07
+            lines = _ramp(0.006 - np.minimum(np.abs(bf), np.abs(bf - 0.05)), pix[fsel]) \
+                * _ramp(bw[fsel] * 1.1 - np.abs(ac[fsel]), pix[fsel] * 3)
+            rs = reg[fsel]
+            _blend(rs, lines * hm[fsel] * fl[fsel, None] * 0.5, np.array([0.3, 0.17, 0.12, 0.6], _F32))
+            reg[fsel] = rs
         # crow's feet with age and smiling (subset that has them)
         cf = np.clip(idf["wrinkle"] + 0.5 * ex["cheek"], 0, 1)
         csel = np.nonzero(cf > 0.05)[0]
@@ -818,11 +847,14 @@ def _draw_mouth(geo, box, idf, imf, ex, alb, head_a, landmarks):
     n = geo.n
     my = idf["mouth_y"]
     smile = imf["smile"]
-    lift = (0.10 * smile + 0.06 * ex["corner"]).astype(_F32)
+    # corner lift: the lip line is lift * ((a/W)^2 - 0.3), a U for smiles and an arch for sad/fear/disgust
+    lift = (0.17 * smile + 0.10 * ex["corner"]).astype(_F32)
+    asym = (0.06 * ex["asym"]).astype(_F32)
     mw = (idf["mouth_w"] * (1 + ex["mouth_width"] + 0.2 * smile)).astype(_F32)
-    opn = (imf["mouth_open"] * (0.10 + 0.06 * ex["mouth_round"])).astype(_F32)
+    rnd_ = ex["mouth_round"]
+    opn = (imf["mouth_open"] * (0.15 + 0.10 * rnd_ + 0.05 * smile)).astype(_F32)
     for li, s_ in ((3, -1.0), (4, 1.0)):
-        pc = geo.surface_point(s_ * mw * 0.95, my + lift)
+        pc = geo.surface_point(s_ * mw * 0.95, my + lift * 0.6 + s_ * asym * 0.95)
         cu, cv, _ = geo.project(pc)
         landmarks[:, li] = np.stack([(cu + 1) / 2, (1 - cv) / 2], 1)
     p = geo.surface_point(np.zeros(n, _F32), my)
@@ -832,34 +864,46 @@ def _draw_mouth(geo, box, idf, imf, ex, alb, head_a, landmarks):
     reg = pt.gather(alb)
     hm = pt.gather(head_a)
     W = mw[:, None]
-    q = np.clip(1 - (a / W) ** 2, 0, 1)
-    rnd = ex["mouth_round"][:, None]
-    cl = lift[:, None] * (a / W) ** 2 - 0.5 * lift[:, None] * 0.3
-    ul = ex["upper_lip"][:, None] * 0.045 * np.clip(0.5 + a / W, 0, 1)
+    an = a / W
+    an2 = an * an
+    q = np.clip(1 - an2, 0, 1)
+    rnd = rnd_[:, None]
+    sm = smile[:, None]
+    cl = lift[:, None] * (an2 - 0.3) + asym[:, None] * an
+    # disgust: the upper lip rises on one side, baring a dark gap there
+    ul = ex["upper_lip"][:, None] * 0.07 * np.clip(0.3 + an, 0, 1)
     rq = np.sqrt(q)
-    oh = opn[:, None] * (q * (1 - rnd) + rq * rnd)
-    lt = idf["lip_thick"][:, None] * (1 - 0.35 * np.clip(-ex["corner"][:, None], 0, 1) * (1 - rnd))
+    oh = opn[:, None] * (q * (1 - rnd) + rq * rnd) + ul * 0.8 * q
+    # a grin opens mostly downwards (D shape), a round mouth symmetrically
+    o_up, o_dn = oh * (0.5 - 0.25 * sm), oh * (0.5 + 0.25 * sm)
+    press = ex["lip_press"][:, None]
+    lt = idf["lip_thick"][:, None] * (1 - 0.35 * np.clip(-ex["corner"][:, None], 0, 1) * (1 - rnd)) \
+        * (1 - 0.65 * press)
     bow = 0.008 * _bump((np.abs(a) - 0.035) ** 2 / 0.0012) - 0.006 * _bump(a * a / 0.0008)
-    top = cl + oh * 0.5 + ul + lt * 0.85 * rq + bow
-    bot = cl - oh * 0.5 - lt * 1.05 * rq
+    top = cl + o_up + ul + lt * 0.85 * rq + bow
+    bot = cl - o_dn - lt * 1.05 * rq
     lips = _ramp(top - b, pix) * _ramp(b - bot, pix) * _ramp(W - np.abs(a), pix)
-    # cheeks: nasolabial folds (age, smiling) and blush when happy
+    # cheeks: nasolabial folds (age, smiling, disgust) and blush when happy
     cheek = ex["cheek"][:, None]
     fold_x = W + 0.04 + 0.12 * np.clip(b - cl, 0, 0.3)
     fold = _ramp(0.005 - np.abs(np.abs(a) - fold_x), pix) * _ramp(b - cl + 0.04, pix) * _ramp(0.22 - b, pix)
-    fs = np.clip(idf["wrinkle"][:, None] * 0.6 + 0.5 * smile[:, None], 0, 1)
-    _blend(reg, fold * hm * fs * 0.45, np.array([0.35, 0.2, 0.15, 0.9], _F32))
+    fs = np.clip(idf["wrinkle"][:, None] * 0.6 + 0.6 * sm + 0.5 * ex["upper_lip"][:, None], 0, 1)
+    _blend(reg, fold * hm * fs * 0.5, np.array([0.35, 0.2, 0.15, 0.6], _F32))
     blush = _bump((((np.abs(a) - 0.3) / 0.13) ** 2 + ((b - 0.2) / 0.1) ** 2)) * cheek * 0.25
     _blend(reg, blush * hm, np.array([0.9, 0.45, 0.4, 0.95], _F32))
-    _blend(reg, lips * hm * 0.85, _col4(idf["lip_rgb"], 1.0))
-    inner = _ramp(oh * 0.5 - np.abs(b - cl - ul * 0.5), pix) * _ramp(W * 0.92 - np.abs(a), pix)
-    _blend(reg, inner * hm, np.array([0.18, 0.04, 0.05, 1.0], _F32))
-    teeth = inner * _ramp(b - cl - ul * 0.5 + oh * 0.1, pix) * _ramp(0.6 - rnd, 0.2) \
-        * np.clip(smile[:, None] * 2 + 0.3, 0, 1)
-    _blend(reg, teeth * hm * 0.9, np.array([0.93, 0.91, 0.85, 0.9], _F32))
-    seam = _ramp(0.006 + 0.3 * pix - np.abs(b - cl - ul * 0.5), pix) * _ramp(W - np.abs(a), pix) \
-        * _ramp(0.02 - oh, 0.02)
-    _blend(reg, seam * hm * 0.8, np.array([0.28, 0.1, 0.08, 0.95], _F32))
+    _blend(reg, lips * hm * 0.85, _col4(idf["lip_rgb"], 0.88))
+    mid = b - cl - ul * 0.5 + (o_dn - o_up) * 0.5  # 0 along the middle of the opening
+    inner = _ramp(oh * 0.5 - np.abs(mid), pix) * _ramp(W * 0.92 - np.abs(a), pix)
+    # the mouth cavity is dark in light and the hottest region of a face in thermal infrared
+    _blend(reg, inner * hm, np.array([0.10, 0.02, 0.03, 1.0], _F32))
+    # upper teeth: a band under the upper lip, shown by grins, fear and the disgust sneer
+    tb = np.clip(oh * 0.45, 0, 0.035)
+    teeth = inner * _ramp(mid - oh * 0.5 + tb, pix) * _ramp(0.6 - rnd, 0.2) \
+        * np.clip(sm * 2 + 0.5 + 0.5 * ex["upper_lip"][:, None], 0, 1)
+    _blend(reg, teeth * hm * 0.95, np.array([0.95, 0.93, 0.88, 0.6], _F32))
+    seam = _ramp(0.006 + 0.3 * pix + 0.006 * press - np.abs(b - cl - ul * 0.5), pix) \
+        * _ramp(W - np.abs(a), pix) * _ramp(0.02 - oh, 0.02)
+    _blend(reg, seam * hm * 0.8, np.array([0.22, 0.08, 0.07, 0.95], _F32))
     corners = _bump(((np.abs(a) - W) ** 2 + (b - cl) ** 2) / 0.0012) * 0.35
     _blend(reg, corners * hm, np.array([0.3, 0.15, 0.12, 0.9], _F32))
     pt.scatter(alb, reg)
@@ -1177,6 +1221,11 @@ def render_faces(cfg: SynthConfig, indices, stream: str = "train", pool: str = "
             raise ValueError(f"overrides: unknown per-image factor {name!r}; expected one of "
                              f"{sorted(k for k in imf if not k.startswith('_'))}")
         imf[name] = np.ascontiguousarray(np.broadcast_to(np.asarray(value, imf[name].dtype), imf[name].shape))
+    if overrides and ("expression" in overrides or "expression_intensity" in overrides):
+        # factors that follow from the expression follow the overridden one, unless overridden themselves
+        inten, smile, mouth_open, blink = _expression_factors(imf["expression"], imf["_iu"], imf["_xu"])
+        derived = {"expression_intensity": inten, "smile": smile, "mouth_open": mouth_open, "eyes_closed": blink}
+        imf.update((k, v) for k, v in derived.items() if k not in overrides)
     if domain == "mixed":
         dk = _mix(keys ^ _str_key("mixed-domain"))
         dom = (dk % np.uint64(len(DOMAINS))).astype(np.int64)

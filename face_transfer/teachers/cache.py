@@ -69,6 +69,8 @@ def build_embedding_cache(teachers: Sequence, image_fn: Callable[[np.ndarray], n
         if {k: have.get(k) for k in want} != want:
             raise ValueError(f"{out_dir} holds a different embedding cache ({mpath}); expected {want}")
         return have
+    from face_transfer.data.pipelines import claim_shard_dir
+    claim_shard_dir(out_dir, want)
     n_shards = (n + shard_size - 1) // shard_size
     dims, t0, done_now = {}, time.time(), 0
     for s in range(n_shards):

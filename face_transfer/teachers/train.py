@@ -109,7 +109,7 @@ def train_teacher(spec: zoo.TeacherSpec, synth_cfg: synth.SynthConfig, cfg: Teac
         # A live progress bar on a terminal; one line per epoch in a log file.
         verbose = cfg.verbose if (cfg.verbose != 1 or sys.stdout.isatty()) else 2
         model.fit(ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=spe,
-                  callbacks=callbacks, verbose=verbose)
+                  callbacks=callbacks, verbose=verbose, shuffle=False)
     train_s = time.time() - t0
     metrics = evaluate_teacher(model, spec, synth_cfg, cfg)
     record = {
@@ -118,7 +118,7 @@ def train_teacher(spec: zoo.TeacherSpec, synth_cfg: synth.SynthConfig, cfg: Teac
         "embedding_layer": "embedding", "embedding_dim": spec.embedding_dim,
         "params_total": int(model.count_params()),
         "params_embedding": int(zoo.embedding_model(model).count_params()),
-        "steps": cfg.steps, "batch_size": cfg.batch_size, "train_seconds_this_run": round(train_s, 1),
+        "steps": epochs * spe, "batch_size": cfg.batch_size, "train_seconds_this_run": round(train_s, 1),
         "metrics": metrics, "main_score": zoo.main_score(metrics),
     }
     if write:
