@@ -73,8 +73,10 @@ def config_from_flags():
     probe = parent
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
-    if not os.access(probe, os.W_OK) or (os.path.exists(run_dir) and not os.access(run_dir, os.W_OK)):
-        raise flags.ValidationError(f"--run_dir={FLAGS.run_dir}: not writable")
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK) or \
+            (os.path.exists(run_dir) and not (os.path.isdir(run_dir) and os.access(run_dir, os.W_OK))):
+        raise flags.ValidationError(f"--run_dir={FLAGS.run_dir}: not a writable directory "
+                                    f"({probe} is not a writable directory)")
     return cfg
 
 

@@ -1,0 +1,140 @@
+"""The main job end to end (smoke preset), killed mid-stage and resumed; bad flags fail at start-up."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+
+
+def _cmd(run_dir, *extra):
+    return [sys.executable, "-m", "trainers.pipeline", "--preset=smoke", f"--run_dir={run_dir}", *extra]
+
+
+def _wait_for(path, proc, timeout):
+    t0 = time.time()
+    while not os.path.exists(path):
+        if proc.poll() is not None:
+            raise AssertionError(f"pipeline exited ({proc.returncode}) before {path} appeared")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(900)
+def test_smoke_pipeline_killed_mid_stage_resumes_and_finishes(tmp_path):
+    run_dir = str(tmp_path / "run")
+    # 1) start, and SIGKILL it in the middle of the teacher stage: after the first teacher is done and
+    #    the second one has written a checkpoint.
+    proc = subprocess.Popen(_cmd(run_dir), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = os.path.join(run_dir, "teachers", "recognition_resnet", "teacher.json")
+    second_ckpt = os.path.join(run_dir, "teachers", "expression_vgg", "ckpt", "state.json")
+    _wait_for(second_ckpt, proc, timeout=400)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert os.path.exists(first)
+    assert not os.path.exists(os.path.join(run_dir, "teachers", "expression_vgg", "teacher.json"))
+    kept = {p: os.path.getmtime(p) for p in [first, os.path.join(run_dir, "data", "photo", "manifest.json"),
+                                             os.path.join(run_dir, "config.json")]}
+    epochs_done = json.load(open(second_ckpt))["epochs_done"]
+
+    # 2) the same command again: resumes, finishes, recomputes nothing that was complete.
+    out = subprocess.run(_cmd(run_dir), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for p, t in kept.items():
+        if not p.endswith("config.json"):
+            assert os.path.getmtime(p) == t, f"{p} was rewritten on resume"
+    rec = json.load(open(os.path.join(run_dir, "teachers", "expression_vgg", "teacher.json")))
+    assert rec["train_seconds_this_run"] >= 0 and epochs_done >= 1
+
+    # 3) what the run leaves behind
+    report = open(os.path.join(run_dir, "report.md")).read()
+    for heading in ("## Teachers", "## Fusion auto-encoder", "## Student", "## Transfer", "## Export",
+                    "## The paper's claims on this run"):
+        assert heading in report
+    assert "report:" in out.stdout and "parameter ratio" in out.stdout and "int8 TFLite student" in out.stdout
+    table = json.load(open(os.path.join(run_dir, "metrics", "transfer.json")))
+    from face_transfer.data.tasks import TASKS
+    for rep in ("pixels", "random_student", "concat", "pca", "random_projection", "ae", "student",
+                "supervised_student"):
+        assert rep in table["groups"], rep
+    head = json.load(open(os.path.join(run_dir, "metrics", "headline.json")))
+    assert head["tasks.count"] == len(TASKS)
+    for key in ("params_ratio", "student.params", "tflite.int8_ptq.bytes", "tflite.int8_ptq.cosine_mean",
+                "latency.int8_ms_per_face", "fusion.retained_fraction"):
+        assert key in head, key
+    for f in ("student_int8_ptq.tflite", "student_float32.tflite", "analyzer_int8.tflite", "parity.json",
+              "student_savedmodel/saved_model.pb", "analyzer_savedmodel/saved_model.pb"):
+        assert os.path.exists(os.path.join(run_dir, "export", f)), f
+    parity = json.load(open(os.path.join(run_dir, "export", "parity.json")))
+    assert parity["student_int8_ptq"]["int8_only"] is True
+    for png in ("task_bars.png", "compression_curve.png", "student_embedding_2d.png"):
+        assert os.path.getsize(os.path.join(run_dir, "metrics", png)) > 1000
+
+    # 4) a third run finds everything complete and changes nothing
+    before = os.path.getmtime(os.path.join(run_dir, "export", "student_int8_ptq.tflite"))
+    again = subprocess.run(_cmd(run_dir, "--until=export"), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert os.path.getmtime(os.path.join(run_dir, "export", "student_int8_ptq.tflite")) == before
+
+
+def test_bad_flag_exits_nonzero_before_any_work(tmp_path):
+    run_dir = tmp_path / "run"
+    out = subprocess.run(_cmd(str(run_dir), "--code_dim=100000"), cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0
+    assert "--code_dim=100000: expected 1 <= d <" in out.stderr
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("argv, error, needle", [
+    (["--preset=nope"], "IllegalFlagValueError", "preset"),
+    (["--preset=smoke", "--strategy=quantum"], "IllegalFlagValueError", "strategy"),
+    (["--preset=smoke", "--code_dim=100000"], "ValidationError", "--code_dim"),
+    (["--preset=smoke", "--distill_steps=0"], "ValidationError", "--distill_steps"),
+    (["--preset=smoke", "--student_width=-1"], "ValidationError", "--student_width"),
+    (["--preset=smoke", "--config_json=/nonexistent.json"], "ValidationError", "--config_json"),
+])
+def test_bad_flags_are_named(tmp_path, argv, error, needle):
+    from absl import flags
+    from absl.testing import flagsaver
+    import trainers.pipeline  # noqa: F401  (defines the flags)
+    from trainers import common
+    with flagsaver.flagsaver():
+        with pytest.raises(Exception) as info:
+            flags.FLAGS.unparse_flags()
+            flags.FLAGS(["pipeline", f"--run_dir={tmp_path / 'run'}", *argv])
+            common.config_from_flags()
+    assert type(info.value).__name__ == error
+    assert needle in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unwritable_run_dir_is_named(tmp_path):
+    from absl import flags
+    from absl.testing import flagsaver
+    import trainers.pipeline  # noqa: F401
+    from trainers import common
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=smoke", f"--run_dir={blocker / 'run'}"])
+        with pytest.raises(flags.ValidationError, match="--run_dir=.*not a writable directory"):
+            common.config_from_flags()
+
+
+def test_other_config_in_run_dir_is_refused(tmp_path):
+    from face_transfer import stages
+    from face_transfer.configs import preset_config
+    run_dir = str(tmp_path / "run")
+    stages.Run.open(run_dir, preset_config("smoke"))
+    with pytest.raises(ValueError, match="--overwrite"):
+        stages.Run.open(run_dir, preset_config("demo"))
