@@ -40,6 +40,8 @@ class ExperimentConfig:
     seed: int = 0
     data: DataConfig = DataConfig()
     teachers: tuple[TeacherSpec, ...] = ZOO_PRESETS["demo"]
+    # Existing pretrained teachers (face_transfer.teachers.real.REAL_TEACHERS), frozen, next to the zoo.
+    real_teachers: tuple[str, ...] = ()
     teacher_train: TeacherTrainConfig = TeacherTrainConfig()
     fusion: FusionConfig = FusionConfig()
     compression_dims: tuple[int, ...] = (16, 32, 64, 128, 256)
@@ -131,10 +133,16 @@ def _preset(name: str) -> ExperimentConfig:
             probe=ProbeConfig(seeds=(0, 1, 2)),
             export=ExportConfig(qat_steps=300, calibration_images=300, parity_images=512),
         )
+    if name == "real":
+        # The ensemble of real pretrained face models that ship in pip packages (no zoo training).
+        demo = _preset("demo")
+        return dataclasses.replace(demo, preset="real", teachers=(),
+                                   real_teachers=("fer_expression", "dlib_age", "dlib_gender"),
+                                   supervised_control=False)
     raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")
 
 
-PRESETS = ("smoke", "demo", "paper")
+PRESETS = ("smoke", "demo", "paper", "real")
 
 
 def preset_config(name: str) -> ExperimentConfig:

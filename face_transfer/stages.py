@@ -138,7 +138,8 @@ def load_eval_data(run: Run):
 
 def stage_teachers(run: Run, strategy=None) -> dict:
     from face_transfer.teachers.train import train_teacher
-    header(f"teachers: train the zoo ({len(run.cfg.teachers)} source-task teachers)")
+    header(f"teachers: train the zoo ({len(run.cfg.teachers)} source-task teachers)"
+           + (f" + import {', '.join(run.cfg.real_teachers)}" if run.cfg.real_teachers else ""))
     records = {}
     for spec in run.cfg.teachers:
         t0 = time.time()
@@ -146,12 +147,40 @@ def stage_teachers(run: Run, strategy=None) -> dict:
         rec = train_teacher(spec, run.cfg.data.synth, run.cfg.teacher_train, run.p("teachers", spec.name), strategy)
         records[spec.name] = rec
         summary(f"{spec.name}: {rec['params_total']:,} params, {rec['metrics']} ({time.time() - t0:.0f} s)")
+    for name, rec in _real_teacher_records(run).items():
+        records[name] = rec
+        summary(f"{name} (imported, {rec['source_task']}): {rec['params_embedding']:,} params, {rec['embedding_dim']}-d")
     return records
 
 
+def _real_teacher_records(run: Run) -> dict:
+    """What the report says about each imported teacher (written once into teachers/<name>/teacher.json)."""
+    from face_transfer.teachers.real import load_real_teacher
+    out = {}
+    for name in run.cfg.real_teachers:
+        path = run.p("teachers", name, "teacher.json")
+        if not os.path.exists(path):
+            t = load_real_teacher(name)
+            fm = t.feature_model
+            _write_json(path, {"name": name, "arch": "imported", "source_task": t.metadata.get("task", "?"),
+                               "input_spec": dataclasses.asdict(t.spec), "embedding_dim": t.dim,
+                               "params_embedding": int(fm.count_params()) if fm is not None else 0,
+                               "params_total": int(fm.count_params()) if fm is not None else 0,
+                               "metrics": {}, "metadata": {k: str(v) for k, v in t.metadata.items()}})
+        out[name] = _read_json(path)
+    return out
+
+
 def load_teachers(run: Run):
+    """Every frozen teacher of the run: the trained zoo, then the imported real models."""
+    from face_transfer.teachers.real import load_real_teacher
     from face_transfer.teachers.train import load_zoo_teacher
-    return [load_zoo_teacher(run.p("teachers", s.name)) for s in run.cfg.teachers]
+    return [load_zoo_teacher(run.p("teachers", s.name)) for s in run.cfg.teachers] + \
+        [load_real_teacher(n) for n in run.cfg.real_teachers]
+
+
+def teacher_names(run: Run) -> list[str]:
+    return [s.name for s in run.cfg.teachers] + list(run.cfg.real_teachers)
 
 
 # ---- embedding cache -------------------------------------------------------------------------------------
@@ -395,7 +424,7 @@ def rep_groups(run: Run, results: dict, tasks) -> dict:
     """Group means per representation, plus `best_teacher` (the best single teacher per group)."""
     from face_transfer.evaluation.probes import group_means
     groups = {rep: group_means(res, tasks) for rep, res in results.items()}
-    names = [t.name for t in run.cfg.teachers]
+    names = teacher_names(run)
     for g in ("novel", "source", "all"):
         best = max(names, key=lambda n: groups[n][f"mean_{g}"])
         groups.setdefault("best_teacher", {})[f"mean_{g}"] = groups[best][f"mean_{g}"]
@@ -430,7 +459,7 @@ def stage_evaluate(run: Run, teachers=None) -> dict:
     table["compression_curve"] = curve
     table["compression_99"] = compression_summary(curve)
     _write_json(path, table)
-    order = ["pixels", "random_student"] + [t.name for t in run.cfg.teachers] + \
+    order = ["pixels", "random_student"] + teacher_names(run) + \
         ["concat", "pca", "random_projection", "ae"] + [r for r in student_dirs(run) if r in results]
     with open(run.p("metrics", "transfer.md"), "w") as f:
         f.write(tables.results_table_markdown(results, tasks, reps_order=order))
@@ -583,7 +612,7 @@ def _latency(run: Run, files: dict, fused, images) -> dict:
 # ---- report and headline figures ------------------------------------------------------------------------------------
 
 def _teacher_records(run: Run) -> dict:
-    return {s.name: _read_json(run.p("teachers", s.name, "teacher.json")) for s in run.cfg.teachers}
+    return {n: _read_json(run.p("teachers", n, "teacher.json")) for n in teacher_names(run)}
 
 
 def headline(run: Run) -> dict:
@@ -648,17 +677,17 @@ def _encoder_params(run: Run) -> int:
 
 
 def _teacher_mflops(run: Run) -> float:
-    """Multiply-adds of the teachers' feature extractors (conv/separable/dense), analytic."""
+    """Multiply-adds of every teacher's feature extractor (conv/separable/depthwise/dense), analytic."""
     import math
-    import keras
-    from face_transfer.teachers import zoo
     total = 0
-    for s in run.cfg.teachers:
-        m = zoo.embedding_model(keras.models.load_model(run.p("teachers", s.name, "model.keras"), compile=False))
-        for layer in m.layers:
+    for t in load_teachers(run):
+        fm = t.feature_model
+        if fm is None:
+            continue
+        for layer in _all_layers(fm):
             kind = type(layer).__name__
             w = layer.get_weights()
-            if not w or kind not in ("Conv2D", "Dense", "SeparableConv2D"):
+            if not w or kind not in ("Conv2D", "Dense", "SeparableConv2D", "DepthwiseConv2D"):
                 continue
             shape = tuple(layer.output.shape)
             pix = math.prod(shape[1:-1]) if len(shape) > 2 else 1
@@ -667,6 +696,14 @@ def _teacher_mflops(run: Run) -> float:
             else:
                 total += pix * math.prod(w[0].shape)
     return total / 1e6
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+        else:
+            yield layer
 
 
 def _fmt(v, nd=1):

@@ -26,6 +26,9 @@ def define_run_flags():
     flags.DEFINE_integer("teacher_steps", None, "Training steps per zoo teacher.")
     flags.DEFINE_integer("batch_size", None, "Global batch size for teachers and student.")
     flags.DEFINE_float("student_width", None, "Student width multiplier.")
+    flags.DEFINE_list("real_teachers", None, "Imported pretrained teachers to add to the ensemble "
+                      "(names from face_transfer.teachers.real.REAL_TEACHERS; empty string for none).")
+    flags.DEFINE_boolean("zoo", True, "Train and use the preset's zoo teachers (--nozoo: real teachers only).")
     flags.mark_flag_as_required("run_dir")
 
 
@@ -44,7 +47,8 @@ def config_from_flags():
     if FLAGS.strategy:
         cfg = r(cfg, strategy=FLAGS.strategy)
     if FLAGS.code_dim is not None:
-        concat = sum(t.embedding_dim for t in cfg.teachers)
+        from face_transfer.teachers.real import REAL_TEACHERS
+        concat = sum(t.embedding_dim for t in cfg.teachers) + sum(REAL_TEACHERS[n]["dim"] for n in cfg.real_teachers)
         if not 1 <= FLAGS.code_dim < concat:
             raise flags.ValidationError(f"--code_dim={FLAGS.code_dim}: expected 1 <= d < {concat} (the "
                                         f"concatenated teacher dimension of preset {cfg.preset})")
@@ -68,6 +72,21 @@ def config_from_flags():
         if FLAGS.student_width <= 0:
             raise flags.ValidationError(f"--student_width={FLAGS.student_width}: expected > 0")
         cfg = r(cfg, student=r(cfg.student, width=FLAGS.student_width))
+    if FLAGS.real_teachers is not None:
+        from face_transfer.teachers.real import REAL_TEACHERS, available_real_teachers
+        names = tuple(n for n in FLAGS.real_teachers if n)
+        unknown = [n for n in names if n not in REAL_TEACHERS]
+        if unknown:
+            raise flags.ValidationError(f"--real_teachers: unknown teacher(s) {unknown}; allowed: {sorted(REAL_TEACHERS)}")
+        missing = [n for n in names if n not in available_real_teachers()]
+        if missing:
+            raise flags.ValidationError(f"--real_teachers: {missing} not installed; "
+                                        + "; ".join(REAL_TEACHERS[n]["pip"] for n in missing))
+        cfg = r(cfg, real_teachers=names)
+    if not FLAGS.zoo:
+        cfg = r(cfg, teachers=())
+    if not cfg.teachers and not cfg.real_teachers:
+        raise flags.ValidationError("--nozoo with no --real_teachers leaves no teacher to distil from")
     run_dir = os.path.abspath(FLAGS.run_dir)
     parent = os.path.dirname(run_dir)
     probe = parent
