@@ -15,6 +15,8 @@ def run_pipeline(cfg: ExperimentConfig, run_dir: str, overwrite: bool = False, s
     if until not in STAGES:
         raise ValueError(f"until={until!r}; expected one of {STAGES}")
     run = stages.Run.open(run_dir, cfg, overwrite=overwrite, flags_text=flags_text)
+    import keras
+    keras.utils.set_random_seed(cfg.seed)  # python, numpy and TF seeds; the data itself is seeded per index
     last = STAGES.index(until)
     out, times, t_start = {}, {}, time.time()
     teachers = None

@@ -248,7 +248,7 @@ def _predict(model, images, batch=256):
 
 def teacher_reps(run: Run, teachers, images) -> dict:
     """pixels, random student, each teacher, concat, PCA, random projection and AE code at d."""
-    from face_transfer.fusion.autoencoder import Fusion, fit_pca, random_projection
+    from face_transfer.fusion.autoencoder import Fusion, fit_pca, random_projection, train_fusion
     from face_transfer.student.model import build_student
     from face_transfer.teachers.cache import load_embedding_cache
     import keras
@@ -275,6 +275,13 @@ def teacher_reps(run: Run, teachers, images) -> dict:
     reps["pca"] = _features_cached(run, f"pca_d{d}", lambda s: pca(concat[s]))
     reps["random_projection"] = _features_cached(run, f"rp_d{d}", lambda s: rp(concat[s]))
     reps["ae"] = _features_cached(run, f"ae_d{d}", lambda s: fusion.encoder.predict(concat[s], verbose=0))
+    # the other standardisation (z-score vs isotropic PHI-S), same d and AE, for the comparison
+    other = "phi_s" if run.cfg.fusion.standardize == "zscore" else "zscore"
+    alt = train_fusion(cache, dataclasses.replace(run.cfg.fusion, standardize=other), run.p(f"fusion_{other}"))
+    alt_concat = {s: alt.standardizer.concat({k: per_teacher[k][s] for k in alt.standardizer.teachers})
+                  for s in EVAL_SETS}
+    reps[f"ae_{other}"] = _features_cached(run, f"ae_{other}_d{d}",
+                                           lambda s: alt.encoder.predict(alt_concat[s], verbose=0))
     return reps
 
 
@@ -460,7 +467,8 @@ def stage_evaluate(run: Run, teachers=None) -> dict:
     table["compression_99"] = compression_summary(curve)
     _write_json(path, table)
     order = ["pixels", "random_student"] + teacher_names(run) + \
-        ["concat", "pca", "random_projection", "ae"] + [r for r in student_dirs(run) if r in results]
+        ["concat", "pca", "random_projection", "ae"] + [r for r in results if r.startswith("ae_")] + \
+        [r for r in student_dirs(run) if r in results]
     with open(run.p("metrics", "transfer.md"), "w") as f:
         f.write(tables.results_table_markdown(results, tasks, reps_order=order))
     plots.plot_task_bars(results, tasks, run.p("metrics", "task_bars.png"),
@@ -748,6 +756,9 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
           (f"Smallest tested d where the AE keeps >= 99% of the concatenation's novel score: d = {c99.get('d')} "
            f"(compression x{c99.get('ratio'):.1f}; AE {c99.get('ae'):.1f} vs PCA {c99.get('pca'):.1f})."
            if c99.get("d") else f"No tested d keeps 99% of the concatenation's novel score ({c99.get('note')})."),
+          "", "Standardisation before the AE: " + ", ".join(
+              f"`{r}` {groups[r]['mean_novel']:.1f} ± {groups[r]['std_novel']:.1f}" for r in groups if r.startswith("ae"))
+          + f" (mean novel score; `ae` uses {fus['config']['standardize']}).",
           "", "![compression curve](metrics/compression_curve.png)", ""]
     if "student.params" in h:
         L += ["## Student", "",

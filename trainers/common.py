@@ -28,6 +28,8 @@ def define_run_flags():
     flags.DEFINE_float("student_width", None, "Student width multiplier.")
     flags.DEFINE_list("real_teachers", None, "Imported pretrained teachers to add to the ensemble "
                       "(names from face_transfer.teachers.real.REAL_TEACHERS; empty string for none).")
+    flags.DEFINE_boolean("deterministic", False, "Enable TensorFlow op determinism (same seed and config -> "
+                         "same result on the same machine; slower).")
     flags.DEFINE_boolean("zoo", True, "Train and use the preset's zoo teachers (--nozoo: real teachers only).")
     flags.mark_flag_as_required("run_dir")
 
@@ -101,6 +103,9 @@ def config_from_flags():
 
 def strategy_from_flags():
     from face_transfer.distribute import make_strategy
+    if FLAGS.deterministic:
+        import tensorflow as tf
+        tf.config.experimental.enable_op_determinism()
     name = FLAGS.strategy or "default"
     return make_strategy(name, num_cpu_replicas=FLAGS.num_cpu_replicas)
 
