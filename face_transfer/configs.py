@@ -103,35 +103,39 @@ def _preset(name: str) -> ExperimentConfig:
                                 min_cosine_int8=0.8),
         )
     if name == "demo":
+        # The README's main job: <= 15 min on 2 CPU cores, from nothing.
         return ExperimentConfig(
             preset="demo",
-            data=DataConfig(SynthConfig(n_train_identities=500, n_heldout_identities=200), eval_set_size=2000,
-                            cache_size=12000),
+            data=DataConfig(SynthConfig(n_train_identities=200, n_heldout_identities=100), eval_set_size=1500,
+                            cache_size=8000),
             teachers=ZOO_PRESETS["demo"],
-            teacher_train=TeacherTrainConfig(steps=500, batch_size=64, checkpoint_every=100, eval_images=1000),
-            fusion=FusionConfig(code_dim=64, hidden=512, epochs=60),
-            compression_dims=(16, 32, 64, 128, 256),
+            teacher_train=TeacherTrainConfig(steps=300, batch_size=64, checkpoint_every=100, eval_images=500,
+                                             cosface_margin=0.1),
+            fusion=FusionConfig(code_dim=64, hidden=512, epochs=40),
+            compression_dims=(16, 32, 64, 128),
             student=StudentConfig(width=1.0, embedding_dim=64),
-            distill=DistillConfig(steps=1500, batch_size=64, checkpoint_every=250),
-            supervised_control=True,
+            distill=DistillConfig(steps=800, batch_size=64, checkpoint_every=200),
+            supervised_control=False,
             probe=ProbeConfig(seeds=(0, 1, 2)),
-            export=ExportConfig(qat_steps=100),
+            export=ExportConfig(qat_steps=50),
         )
     if name == "paper":
+        # The benchmark: <= 90 min on 2 CPU cores; teachers + encoder >= 75x the student's parameters.
         return ExperimentConfig(
             preset="paper",
-            data=DataConfig(SynthConfig(n_train_identities=1000, n_heldout_identities=300), eval_set_size=3000,
-                            cache_size=40000),
+            data=DataConfig(SynthConfig(n_train_identities=500, n_heldout_identities=200), eval_set_size=3000,
+                            cache_size=30000),
             teachers=ZOO_PRESETS["paper"],
-            teacher_train=TeacherTrainConfig(steps=1500, batch_size=64, checkpoint_every=250, eval_images=2000),
-            fusion=FusionConfig(code_dim=64, hidden=1024, epochs=80),
+            teacher_train=TeacherTrainConfig(steps=1000, batch_size=64, checkpoint_every=250, eval_images=2000,
+                                             cosface_margin=0.1),
+            fusion=FusionConfig(code_dim=64, hidden=1024, epochs=60),
             compression_dims=(16, 32, 64, 128, 256),
             student=StudentConfig(width=1.0, embedding_dim=64),
-            distill=DistillConfig(steps=4000, batch_size=64, checkpoint_every=500),
+            distill=DistillConfig(steps=1200, batch_size=64, checkpoint_every=300),
             loss_comparison=("cosine", "teacher_space"),
             supervised_control=True,
             probe=ProbeConfig(seeds=(0, 1, 2)),
-            export=ExportConfig(qat_steps=300, calibration_images=300, parity_images=512),
+            export=ExportConfig(qat_steps=200, calibration_images=300, parity_images=512),
         )
     if name == "real":
         # The ensemble of real pretrained face models that ship in pip packages (no zoo training).

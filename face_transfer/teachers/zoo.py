@@ -256,12 +256,14 @@ ZOO_PRESETS: dict[str, tuple[TeacherSpec, ...]] = {
         TeacherSpec("agegender_resnet", "resnet", "age_gender", (16, 32, 64), 1, 64, input_size=48,
                     color_order="bgr"),
     ),
+    # Teachers + encoder >= 75x the default student's parameters, as in the paper. Like VGG-Face,
+    # most parameters sit in wide fully connected layers, so the FLOP ratio is much smaller (reported).
     "paper": (
-        TeacherSpec("recognition_resnet", "resnet", "recognition", (48, 96, 192, 384), 2, 256),
-        TeacherSpec("expression_vgg", "vgg", "expression", (32, 64, 128), 2, 128, fc_units=1024,
+        TeacherSpec("recognition_resnet", "resnet", "recognition", (32, 64, 128), 2, 256),
+        TeacherSpec("expression_vgg", "vgg", "expression", (32, 64, 128), 1, 128, fc_units=2048,
                     input_size=48, channels=1),
-        TeacherSpec("pose_xception", "xception", "pose", (48, 96, 192), 2, 128, input_size=56),
-        TeacherSpec("agegender_vgg", "vgg", "age_gender", (32, 64, 128), 1, 128, fc_units=1024,
+        TeacherSpec("pose_xception", "xception", "pose", (32, 64, 128), 2, 128, input_size=56),
+        TeacherSpec("agegender_vgg", "vgg", "age_gender", (32, 64, 128), 1, 128, fc_units=2048,
                     color_order="bgr"),
     ),
 }
