@@ -117,22 +117,26 @@ def claim_shard_dir(out_dir: str, want: dict):
     os.replace(spec_path + ".tmp", spec_path)
 
 
-def load_eval_set(out_dir: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """All images and labels of a pre-rendered set, in index order."""
+def load_shards(out_dir: str, what: str, resume_with: str) -> dict[str, np.ndarray]:
+    """Every array of a complete sharded directory, concatenated over shards in index order."""
     mpath = os.path.join(out_dir, MANIFEST)
     if not os.path.exists(mpath):
-        raise FileNotFoundError(f"{out_dir}: no {MANIFEST}; the set was not rendered completely "
-                                "(run render_eval_set again, it resumes)")
+        raise FileNotFoundError(f"{out_dir}: no {MANIFEST}; the {what} is incomplete "
+                                f"(run {resume_with} again, it resumes)")
     with open(mpath) as f:
         manifest = json.load(f)
-    images, labels = [], {}
+    arrays: dict[str, list] = {}
     for s in range(manifest["shards"]):
         with np.load(os.path.join(out_dir, f"shard-{s:05d}.npz")) as z:
-            images.append(z["images"])
             for k in z.files:
-                if k.startswith("label__"):
-                    labels.setdefault(k[len("label__"):], []).append(z[k])
-    return np.concatenate(images), {k: np.concatenate(v) for k, v in labels.items()}
+                arrays.setdefault(k, []).append(z[k])
+    return {k: np.concatenate(v) for k, v in arrays.items()}
+
+
+def load_eval_set(out_dir: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """All images and labels of a pre-rendered set, in index order."""
+    arrays = load_shards(out_dir, "eval set", "render_eval_set")
+    return arrays["images"], {k[len("label__"):]: v for k, v in arrays.items() if k.startswith("label__")}
 
 
 def make_eval_dataset(out_dir: str, batch_size: int, label_keys=()):

@@ -109,16 +109,7 @@ def build_embedding_cache(teachers: Sequence, image_fn: Callable[[np.ndarray], n
 
 def load_embedding_cache(out_dir: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(image indices [N], {teacher: float32 [N, D]}) of a complete cache."""
-    mpath = os.path.join(out_dir, MANIFEST)
-    if not os.path.exists(mpath):
-        raise FileNotFoundError(f"{out_dir}: no {MANIFEST}; the embedding cache is incomplete "
-                                "(run build_embedding_cache again, it resumes)")
-    with open(mpath) as f:
-        manifest = json.load(f)
-    idx, arrays = [], {k: [] for k in manifest["teachers"]}
-    for s in range(manifest["shards"]):
-        with np.load(os.path.join(out_dir, f"shard-{s:05d}.npz")) as z:
-            idx.append(z["index"])
-            for k in arrays:
-                arrays[k].append(z[k])
-    return np.concatenate(idx), {k: np.concatenate(v) for k, v in arrays.items()}
+    from face_transfer.data.pipelines import load_shards
+    arrays = load_shards(out_dir, "embedding cache", "build_embedding_cache")
+    index = arrays.pop("index")
+    return index, arrays
