@@ -29,6 +29,7 @@ class ExportConfig:
     calibration_images: int = 200
     parity_images: int = 256
     min_cosine_int8: float = 0.95
+    min_cosine_analyzer: float = 0.9  # every head output of the int8 analyser vs the float one
     qat_steps: int = 100
     qat_learning_rate: float = 1e-4
     latency_runs: int = 30
@@ -99,8 +100,9 @@ def _preset(name: str) -> ExperimentConfig:
             distill=DistillConfig(steps=30, batch_size=32, checkpoint_every=15, log_every=10),
             supervised_control=True,
             probe=ProbeConfig(seeds=(0, 1), c_grid=(0.1, 1.0), alpha_grid=(1.0, 10.0), verification_pairs=400),
+            # a 30-step student is a plumbing check: its int8 parity bars are lowered accordingly
             export=ExportConfig(calibration_images=32, parity_images=64, qat_steps=5, latency_runs=5,
-                                min_cosine_int8=0.8),
+                                min_cosine_int8=0.8, min_cosine_analyzer=0.6),
         )
     if name == "demo":
         # The README's main job: <= 15 min on 2 CPU cores, from nothing.

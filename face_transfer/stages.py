@@ -516,9 +516,9 @@ def stage_export(run: Run) -> dict:
     code_fn, _, _ = _fused_teacher_fns(run)
     fused = code_fn()
     for name, model in (("student", student), ("analyzer", analyzer), ("fused_teacher", fused)):
+        # export.json (written last) is absent, so anything here is from an interrupted attempt: redo it.
         d = os.path.join(out, f"{name}_savedmodel")
-        if not os.path.exists(os.path.join(d, "saved_model.pb")):
-            savedmodel.export_savedmodel(model, d, overwrite=os.path.exists(d))
+        savedmodel.export_savedmodel(model, d, overwrite=True)
     # calibration faces: a stream no other stage uses; parity faces: fresh too
     calib = synth.render_faces(scfg, np.arange(ecfg.calibration_images), stream="calibration", domain="photo")[0]
     parity = synth.render_faces(scfg, np.arange(ecfg.parity_images), stream="parity", domain="photo")[0]
@@ -542,7 +542,7 @@ def stage_export(run: Run) -> dict:
                                      tflite.QuantizationConfig.for_int8(calib, steps=len(calib)))
     reports["analyzer_int8_ptq"] = tflite.validate_tflite(
         adata, lambda x: {k: np.asarray(v) for k, v in analyzer.predict(x, verbose=0).items()}, parity,
-        min_cosine=0.9)
+        min_cosine=ecfg.min_cosine_analyzer)
     with open(os.path.join(out, "analyzer_int8.tflite"), "wb") as f:
         f.write(adata)
     # quantisation-aware training (tf_keras twin; tfmot flips tf.keras to legacy process-wide,

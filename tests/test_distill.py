@@ -123,3 +123,17 @@ def test_supervised_student_tiny_run(tmp_path):
     # The heads are dropped: the saved model is the bare student (image -> embedding).
     assert student.output.shape[-1] == 8
     assert all(not layer.name.startswith("sup_") for layer in student.layers)
+
+
+def test_recalibrate_batchnorm_sets_exact_batch_statistics():
+    import keras
+    from face_transfer.student.distill import recalibrate_batchnorm
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.BatchNormalization(momentum=0.99)(inp))
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0, 2.0, (64, 4)).astype("float32") for _ in range(5)]
+    assert recalibrate_batchnorm(model, iter(batches)) == 5
+    bn = model.layers[-1]
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), np.mean([b.mean(0) for b in batches], 0), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(bn.moving_variance), np.mean([b.var(0) for b in batches], 0), rtol=0.05)
+    assert bn.momentum == 0.99  # restored

@@ -174,6 +174,36 @@ def test_sunglasses_are_learnable_from_pixels(batch):
     assert acc > 0.8, acc
 
 
+def _expression_features(img, lm, k=16):
+    """Gray-level gradients of a k x k crop spanning brows to chin, placed by the eye and mouth landmarks."""
+    g = img.astype(np.float32).mean(-1)
+    S = g.shape[1]
+    eyes, mouth = lm[:, :2].mean(1) * S, lm[:, 3:].mean(1) * S
+    d = np.linalg.norm(mouth - eyes, axis=1)[:, None]
+    c = (eyes + mouth) / 2
+    t = np.linspace(-1.3, 1.3, k)[None, :]
+    xs = np.clip(np.round(c[:, :1] + t * d), 0, S - 1).astype(int)
+    ys = np.clip(np.round(c[:, 1:] - 0.1 * d + t * d), 0, S - 1).astype(int)
+    crop = g[np.arange(len(g))[:, None, None], ys[:, :, None], xs[:, None, :]]
+    f = np.concatenate([np.diff(crop, axis=1).reshape(len(g), -1), np.diff(crop, axis=2).reshape(len(g), -1)], 1)
+    return f / (f.std(1, keepdims=True) + 1e-3)
+
+
+@pytest.mark.parametrize("domain,min_acc", [("photo", 0.55), ("infrared", 0.72)])
+def test_expressions_are_learnable_from_pixels(domain, min_acc):
+    """A linear model on landmark-placed gradients reads the 7 expressions (chance 0.14) on unseen people,
+    in colour and in thermal infrared (where eyes, brows and mouth are warm/cold regions). Measured: 0.64 and
+    0.87; the generator before the expression rework gave 0.47 and 0.57."""
+    from sklearn.linear_model import LogisticRegression
+
+    cfg = SynthConfig(image_size=64, seed=3, n_train_identities=40, n_heldout_identities=12, difficulty=0.5)
+    a, la = render_faces(cfg, np.arange(800), stream="e", domain=domain)
+    b, lb = render_faces(cfg, np.arange(300), stream="e", pool="heldout", domain=domain)
+    clf = LogisticRegression(max_iter=300, C=0.01).fit(_expression_features(a, la["landmarks"]), la["expression"])
+    acc = clf.score(_expression_features(b, lb["landmarks"]), lb["expression"])
+    assert acc > min_acc, acc
+
+
 def test_sample_grid(tmp_path):
     from PIL import Image
 

@@ -180,10 +180,40 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, synth_cfg: s
         optimizer, cfg.steps, gb, checkpoint_dir=os.path.join(out_dir, "ckpt"),
         checkpoint_every=cfg.checkpoint_every, on_step=_Progress(cfg.steps, cfg.log_every, "distill"))
     student = hist["models"]["student"]
+    recalibrate_batchnorm(student, _recalibration_batches(synth_cfg, cfg))
     record = _save_student(student, student_cfg, out_dir, strategy, {
         "kind": "distilled", "distill": dataclasses.asdict(cfg), "final_loss": _tail_mean(hist["loss"]),
         "train_seconds_this_run": round(time.time() - t0, 1), "resumed_from_step": hist["start_step"]})
     return record
+
+
+def recalibrate_batchnorm(model: keras.Model, batches) -> int:
+    """Precise BN: replace every BatchNormalization layer's moving statistics by their exact average
+    over `batches` (uint8 image arrays), leaving the weights alone.
+
+    The moving averages (momentum 0.99) lag the weights; after a short run they still hold much of
+    their initial values, which makes inference features tiny or off-scale (and int8 export poor).
+    """
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    if not bns:
+        return 0
+    saved = [l.momentum for l in bns]
+    n = 0
+    try:
+        for n, images in enumerate(batches, 1):
+            for l in bns:
+                l.momentum = (n - 1) / n  # cumulative average: batch n gets weight 1/n
+            model(images, training=True)  # eager call: reads the momentum attribute on every call
+    finally:
+        for l, m in zip(bns, saved):
+            l.momentum = m
+    return n
+
+
+def _recalibration_batches(synth_cfg, cfg: DistillConfig, n_batches: int = 16):
+    for b in range(n_batches):
+        idx = np.arange(b * cfg.batch_size, (b + 1) * cfg.batch_size)
+        yield synth.render_faces(synth_cfg, idx, stream="bn_recalibration", domain=cfg.domain)[0]
 
 
 def _tail_mean(losses, k=20):
@@ -268,6 +298,7 @@ def train_supervised_student(student_cfg: StudentConfig, cfg: DistillConfig, syn
                                                 label_keys=SUPERVISED_LABELS),
         optimizer, cfg.steps, gb, checkpoint_dir=os.path.join(out_dir, "ckpt"),
         checkpoint_every=cfg.checkpoint_every, on_step=_Progress(cfg.steps, cfg.log_every, "supervised"))
+    recalibrate_batchnorm(hist["models"]["student"], _recalibration_batches(synth_cfg, cfg))
     return _save_student(hist["models"]["student"], student_cfg, out_dir, strategy, {
         "kind": "supervised_multitask", "distill": dataclasses.asdict(cfg), "final_loss": _tail_mean(hist["loss"]),
         "train_seconds_this_run": round(time.time() - t0, 1)})
