@@ -33,6 +33,7 @@ class ExportConfig:
     qat_steps: int = 100
     qat_learning_rate: float = 1e-4
     latency_runs: int = 30
+    tflite_modes: tuple[str, ...] = ("float32", "float16", "dynamic", "int8_ptq")  # int8_ptq and float32 required
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,17 +93,17 @@ def _preset(name: str) -> ExperimentConfig:
             data=DataConfig(SynthConfig(n_train_identities=100, n_heldout_identities=40), eval_set_size=400,
                             cache_size=1200),
             teachers=ZOO_PRESETS["smoke"],
-            teacher_train=TeacherTrainConfig(steps=30, batch_size=32, checkpoint_every=15, eval_images=200,
+            teacher_train=TeacherTrainConfig(steps=20, batch_size=32, checkpoint_every=10, eval_images=200,
                                              verbose=0),
             fusion=FusionConfig(code_dim=16, hidden=64, epochs=10, patience=3),
-            compression_dims=(8, 16),
+            compression_dims=(8,),
             student=StudentConfig(width=0.35, embedding_dim=16),
             distill=DistillConfig(steps=30, batch_size=32, checkpoint_every=15, log_every=10),
             supervised_control=True,
             probe=ProbeConfig(seeds=(0, 1), c_grid=(0.1, 1.0), alpha_grid=(1.0, 10.0), verification_pairs=400),
             # a 30-step student is a plumbing check: its int8 parity bars are lowered accordingly
             export=ExportConfig(calibration_images=32, parity_images=64, qat_steps=5, latency_runs=5,
-                                min_cosine_int8=0.8, min_cosine_analyzer=0.6),
+                                min_cosine_int8=0.8, min_cosine_analyzer=0.6, tflite_modes=("float32", "int8_ptq")),
         )
     if name == "demo":
         # The README's main job: <= 15 min on 2 CPU cores, from nothing.

@@ -530,7 +530,11 @@ def stage_export(run: Run) -> dict:
     modes = {"float32": tflite.QuantizationConfig.for_float32(), "float16": tflite.QuantizationConfig.for_float16(),
              "dynamic": tflite.QuantizationConfig.for_dynamic(),
              "int8_ptq": tflite.QuantizationConfig.for_int8(calib, steps=len(calib))}
-    for mode, q in modes.items():
+    for mode in ("float32", "int8_ptq"):
+        if mode not in ecfg.tflite_modes:
+            raise ValueError(f"export.tflite_modes={ecfg.tflite_modes} must include {mode!r} (parity and latency use it)")
+    for mode in ecfg.tflite_modes:
+        q = modes[mode]
         data = tflite.convert_to_tflite(os.path.join(out, "student_savedmodel"), q)
         reports[f"student_{mode}"] = tflite.validate_tflite(
             data, ref_student, parity, min_cosine=ecfg.min_cosine_int8 if mode == "int8_ptq" else 0.999)

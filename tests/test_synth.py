@@ -132,6 +132,14 @@ def test_landmarks_follow_3d_yaw():
     assert np.abs(turned["landmarks"][:, 0, 1] - turned["landmarks"][:, 1, 1]).max() < 0.02
 
 
+def test_expression_override_rederives_what_follows_from_it():
+    _, lab = render_faces(CFG, np.arange(40), stream="o", overrides={"expression": EXPRESSIONS.index("surprise")})
+    assert (lab["expression_intensity"] >= 0.5).all() and (lab["mouth_open"] > 0.3).all()
+    assert (lab["eyes_closed"] == 0).all()
+    _, lab = render_faces(CFG, np.arange(40), stream="o", overrides={"expression": 0, "smile": 0.7})
+    assert (lab["expression_intensity"] == 0).all() and (lab["smile"] == np.float32(0.7)).all()
+
+
 def test_overrides_are_validated():
     with pytest.raises(ValueError, match="unknown per-image factor"):
         render_faces(CFG, np.arange(2), overrides={"nonsense": 1})
