@@ -72,6 +72,13 @@ def test_smoke_pipeline_killed_mid_stage_resumes_and_finishes(tmp_path):
     for f in ("student_int8_ptq.tflite", "student_float32.tflite", "analyzer_int8.tflite", "parity.json",
               "student_savedmodel/saved_model.pb", "analyzer_savedmodel/saved_model.pb"):
         assert os.path.exists(os.path.join(run_dir, "export", f)), f
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    shown = subprocess.run([cli, "show", "--all", "--dir", os.path.join(run_dir, "export", "analyzer_savedmodel")],
+                           capture_output=True, text=True, env=ENV, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for name in ("serving_default", "inputs['image']", "outputs['expression']", "outputs['yaw']",
+                 "outputs['landmarks']", "outputs['embedding']"):
+        assert name in shown.stdout, name
     parity = json.load(open(os.path.join(run_dir, "export", "parity.json")))
     assert parity["student_int8_ptq"]["int8_only"] is True
     for png in ("task_bars.png", "compression_curve.png", "student_embedding_2d.png"):
