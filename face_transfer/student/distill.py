@@ -264,7 +264,7 @@ def train_supervised_student(student_cfg: StudentConfig, cfg: DistillConfig, syn
     def build():
         student = build_student(student_cfg)
         emb = student.output
-        z = keras.layers.ReLU(name="sup_relu")(emb)
+        z = emb  # linear heads on the embedding (as the zoo teachers)
         heads = {
             "identity": zoo.CosineLogits(n_ids, name="sup_identity")(keras.layers.BatchNormalization(name="sup_bn")(emb)),
             "expression": keras.layers.Dense(7, name="sup_expression")(z),

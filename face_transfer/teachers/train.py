@@ -68,8 +68,10 @@ def _dataset(spec, synth_cfg, cfg, start_index, stream):
 
 
 def _compile(model, spec, cfg, total_steps):
-    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, max(1, total_steps), alpha=0.02,
-                                                      warmup_target=None)
+    warmup = max(1, total_steps // 10)  # linear warm-up: large early steps kill ReLU units
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate / 10, max(1, total_steps - warmup),
+                                                      alpha=0.02, warmup_target=cfg.learning_rate,
+                                                      warmup_steps=warmup)
     opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
     model.compile(optimizer=opt, loss=zoo.losses_for(spec, cfg.cosface_scale, cfg.cosface_margin),
                   jit_compile=False)

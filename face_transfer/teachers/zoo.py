@@ -81,8 +81,10 @@ def _vgg(x, spec):
         # VGG-Face style: flatten + a wide fully connected layer (most of the parameters live here).
         x = layers.Flatten(name="flatten")(x)
         x = layers.Dropout(0.3, name="fc_drop")(x)
-        x = layers.Dense(spec.fc_units, activation="relu", name="fc")(x)
-        return x
+        # BN before the ReLU: without it the first large updates killed every fc unit (measured).
+        x = layers.Dense(spec.fc_units, use_bias=False, name="fc")(x)
+        x = layers.BatchNormalization(name="fc_bn")(x)
+        return layers.ReLU(name="fc_relu")(x)
     return layers.GlobalAveragePooling2D(name="gap")(x)
 
 
@@ -153,7 +155,10 @@ def build_teacher(spec: TeacherSpec, num_identities: int = 1000) -> keras.Model:
         outs = {"identity": CosineLogits(num_identities, name="identity")(
             layers.BatchNormalization(name="emb_bn")(emb))}
     else:
-        z = layers.ReLU(name="emb_relu")(emb)
+        # Heads read the linear embedding directly: a ReLU here let whole embeddings die early in
+        # training (the loss sat at ln(7) for the expression teacher), and the feature the fusion
+        # uses should be the same tensor the head was trained on.
+        z = emb
         if spec.source_task == "expression":
             outs = {"expression": layers.Dense(7, name="expression")(z)}
         elif spec.source_task == "pose":
