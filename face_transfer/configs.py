@@ -99,6 +99,7 @@ def _preset(name: str) -> ExperimentConfig:
             compression_dims=(8,),
             student=StudentConfig(width=0.35, embedding_dim=16),
             distill=DistillConfig(steps=30, batch_size=32, checkpoint_every=15, log_every=10),
+            loss_comparison=("teacher_space",),
             supervised_control=True,
             probe=ProbeConfig(seeds=(0, 1), c_grid=(0.1, 1.0), alpha_grid=(1.0, 10.0), verification_pairs=400),
             # a 30-step student is a plumbing check: its int8 parity bars are lowered accordingly
