@@ -257,7 +257,7 @@ ZOO_PRESETS: dict[str, tuple[TeacherSpec, ...]] = {
         TeacherSpec("recognition_resnet", "resnet", "recognition", (24, 48, 96), 1, 128),
         TeacherSpec("expression_vgg", "vgg", "expression", (16, 32, 64), 1, 64, fc_units=256,
                     input_size=48, channels=1),
-        TeacherSpec("pose_xception", "xception", "pose", (24, 48, 96), 1, 64, input_size=56),
+        TeacherSpec("pose_xception", "xception", "pose", (16, 32, 64), 1, 64, input_size=56),
         TeacherSpec("agegender_resnet", "resnet", "age_gender", (16, 32, 64), 1, 64, input_size=48,
                     color_order="bgr"),
     ),
