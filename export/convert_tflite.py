@@ -95,7 +95,7 @@ def main(argv):
     from face_transfer.deploy.tflite import QuantizationConfig, TFLiteValidationError, convert_to_tflite, validate_tflite
 
     if FLAGS.mode == "qat":
-        from face_transfer.deploy import qat  # flips tf.keras to tf_keras for this process (see qat.py)
+        from face_transfer.deploy import qat  # flips the TF keras alias to tf_keras for this process (see qat.py)
         from face_transfer.student.model import infer_config
 
         cfg = infer_config(model)

@@ -2,7 +2,7 @@
 
   python -m export.qat_student --run_dir=runs/demo --out=runs/demo/export/student_int8_qat.tflite
 
-Runs in its own process because tensorflow-model-optimization flips tf.keras to legacy Keras for
+Runs in its own process because tensorflow-model-optimization flips the TF keras alias to legacy Keras for
 the whole process (see face_transfer/deploy/qat.py). Targets are the same distillation targets as
 the student's: the fused teacher's code of every fresh face.
 """

@@ -549,7 +549,7 @@ def stage_export(run: Run) -> dict:
         min_cosine=ecfg.min_cosine_analyzer)
     with open(os.path.join(out, "analyzer_int8.tflite"), "wb") as f:
         f.write(adata)
-    # quantisation-aware training (tf_keras twin; tfmot flips tf.keras to legacy process-wide,
+    # quantisation-aware training (tf_keras twin; tfmot flips the TF keras alias to legacy process-wide,
     # so it runs in a subprocess)
     qat_info = _qat_subprocess(run, calib)
     if qat_info.get("ok"):

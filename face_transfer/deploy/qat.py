@@ -3,7 +3,7 @@
 Owns qat_finetune and convert_qat_to_tflite; the only module of the package that imports tfmot.
 
 Importing this module imports tensorflow_model_optimization, which sets TF_USE_LEGACY_KERAS=1 for the
-whole process: from then on `tf.keras` silently means tf_keras. That is why the library always writes
+whole process: from then on the TF keras alias silently means tf_keras. That is why the library always writes
 `import keras` (Keras 3) or `import tf_keras` explicitly, and why callers that also train Keras 3
 models should run QAT in its own process (export/convert_tflite.py --mode=qat does; so do the tests).
 """
