@@ -214,3 +214,17 @@ def test_bad_input_names_what_is_wrong(data):
     with pytest.raises(ValueError, match=r"\[N, 5, 2\]"):
         probes.probe_task(_task("lm", "landmarks", "landmarks"), good,
                           {"landmarks": labels["landmarks"].reshape(N, 10)}, 0, CFG)
+
+
+def test_imbalanced_attribute_scores_chance_not_majority():
+    """A rare attribute with uninformative features scores ~50 (balanced accuracy), not the 90% majority."""
+    rng = np.random.default_rng(3)
+    n = 1500
+    y = (rng.random(n) < 0.1).astype(np.int64)
+    task = _task("rare", "rare", "classification", num_classes=2)
+    cfg = ProbeConfig(seeds=(0,), c_grid=(0.1, 1.0))
+    noise = probes.probe_task(task, rng.normal(size=(n, 16)).astype(np.float32), {"rare": y}, 0, cfg)
+    assert noise["accuracy"] > 0.0 and abs(noise["score"] - 50) < 12
+    signal = np.concatenate([y[:, None] + 0.3 * rng.normal(size=(n, 1)), rng.normal(size=(n, 15))], 1)
+    good = probes.probe_task(task, signal.astype(np.float32), {"rare": y}, 0, cfg)
+    assert good["score"] > 90 and good["balanced_accuracy"] * 100 == pytest.approx(good["score"])
