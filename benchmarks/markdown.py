@@ -18,6 +18,13 @@ def _f(v, nd=1):
     return str(v)
 
 
+def _c99(c) -> str:
+    if not c or c.get("d") is None:
+        return "no tested d keeps 99% of the concatenation's mean novel score"
+    return (f"the AE keeps >= 99% of the concatenation's mean novel score down to d = {c['d']} (compression "
+            f"x{c['ratio']:.1f}; AE {c['ae']:.1f} vs PCA {c['pca']:.1f} at that d)")
+
+
 def _preset_rows(h: dict) -> list[str]:
     reps = ["pixels", "random_student", "best_teacher", "concat", "pca", "random_projection", "ae", "student",
             "supervised_student", "student_cosine", "student_teacher_space"]
@@ -53,14 +60,15 @@ def benchmarks_markdown(res: dict) -> str:
               f"- Teachers (feature extractors): {_f(h.get('teachers.total_params'))} params; + fusion encoder: "
               f"{_f(h.get('teachers_plus_encoder.params'))}",
               f"- Student: {_f(h.get('student.params'))} params, {_f(h.get('student.mflops'))} MFLOPs; "
-              f"**parameter ratio x{_f(h.get('params_ratio'))}** (target >= 75), FLOP ratio x{_f(h.get('flops_ratio'))}",
+              f"**parameter ratio x{_f(h.get('params_ratio'))}**{' (target >= 75)' if preset == 'paper' else ''}, "
+              f"FLOP ratio x{_f(h.get('flops_ratio'))}",
               f"- Teachers' source-task scores: " + "; ".join(
                   f"{k}: " + ", ".join(f"{mk} {_f(mv, 2)}" for mk, mv in v.items())
                   for k, v in (h.get("teachers.source_scores") or {}).items()),
               f"- Embedding cache: {_f(h.get('cache.images_per_s'), 0)} images/s through all teachers",
               f"- Fusion: concat -> d = {h.get('fusion.code_dim')} (x{_f(h.get('fusion.compression_ratio'))}), "
               f"AE keeps {_f(100 * h['fusion.retained_fraction'] if h.get('fusion.retained_fraction') else None)}% of "
-              f"the concatenation's mean novel score; 99% point: {h.get('fusion.compression_99')}",
+              f"the concatenation's mean novel score; " + _c99(h.get("fusion.compression_99")),
               f"- Distillation final losses: " + ", ".join(
                   f"{k.split('.')[-1]} {_f(v, 4)}" for k, v in h.items() if k.startswith("student.final_loss.")),
               f"- TFLite: float32 {_f(h.get('tflite.float32.bytes'))} B, int8 PTQ {_f(h.get('tflite.int8_ptq.bytes'))} B "
@@ -75,3 +83,38 @@ def benchmarks_markdown(res: dict) -> str:
         if os.path.exists(table):
             L += ["<details><summary>Full per-task table</summary>", "", open(table).read(), "", "</details>", ""]
     return "\n".join(L) + "\n"
+
+
+def readme_results(res: dict) -> str:
+    """The README's headline table (between the results markers), from benchmarks/results.json."""
+    rows = ["| preset | wall time (2 cores) | params: teachers+encoder / student | novel-task score: student | "
+            "teachers concat | AE code | best single teacher | random student | supervised student | "
+            "int8 student | int8 novel-score drop |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for preset in ("demo", "paper"):
+        h = res.get(f"presets.{preset}")
+        if not h:
+            continue
+        g = lambda rep: h.get(f"transfer.mean_novel.{rep}")  # noqa: E731
+        sd = h.get("transfer.std_novel.student")
+        rows.append(
+            f"| `{preset}` | {_f(res.get(f'pipeline.{preset}_wall_s'), 0)} s | x{_f(h.get('params_ratio'))} | "
+            f"**{_f(g('student'))}** ± {_f(sd)} | {_f(g('concat'))} | {_f(g('ae'))} | {_f(g('best_teacher'))} | "
+            f"{_f(g('random_student'))} | {_f(g('supervised_student'))} | "
+            f"{_f((h.get('tflite.int8_ptq.bytes') or 0) / 1024, 0)} KB | {_f(h.get('tflite.int8_ptq.mean_novel_drop'), 2)} |")
+    return ("Measured by `make bench` on " + str(res.get("date")) + " (" + str(res.get("machine", {}).get("cores"))
+            + "-core CPU); scores are the mean over the novel tasks of the 0-100 task scores (balanced accuracy, "
+            "verification accuracy, 100·R², landmark NME gain), 3 probe seeds. SynthFaces renders "
+            f"{_f(res.get('synth.faces_per_s_per_core'), 0)} faces/s on one core. Details and every per-task number: "
+            "[BENCHMARKS.md](BENCHMARKS.md).\n\n" + "\n".join(rows) + "\n")
+
+
+def update_readme(res: dict, path: str = os.path.join(ROOT, "README.md")):
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    text = open(path).read()
+    if start not in text or end not in text:
+        return
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with open(path, "w") as f:
+        f.write(head + start + "\n" + readme_results(res) + end + tail)

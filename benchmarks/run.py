@@ -96,18 +96,11 @@ def main(argv):
     return 0
 
 
-def _f(v, nd=1):
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:,.{nd}f}"
-    return f"{v:,}" if isinstance(v, int) else str(v)
-
-
 def write_markdown(res: dict):
-    from benchmarks.markdown import benchmarks_markdown
+    from benchmarks.markdown import benchmarks_markdown, update_readme
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
         f.write(benchmarks_markdown(res))
+    update_readme(res)
 
 
 if __name__ == "__main__":
