@@ -511,8 +511,13 @@ def stage_export(run: Run) -> dict:
     feats = _features_cached(run, "student", lambda s: _predict(student, images[s]))
     heads = fit_heads(ANALYZER_TASKS, feats["photo"], labels["photo"], TASKS)
     analyzer = savedmodel.build_analyzer(student, heads)
-    with open(os.path.join(out, "analyzer_heads.json"), "w") as f:
-        json.dump(savedmodel.analyzer_metadata(heads), f, indent=1)
+    meta = savedmodel.analyzer_metadata(heads)
+    for name, entry in meta.items():  # readable class names for infer_tflite and apps
+        if "classes" in entry:
+            entry["classes"] = _class_names(name, entry["classes"])
+    for path in ("analyzer_heads.json", "analyzer_int8.labels.json"):
+        with open(os.path.join(out, path), "w") as f:
+            json.dump(meta, f, indent=1)
     code_fn, _, _ = _fused_teacher_fns(run)
     fused = code_fn()
     for name, model in (("student", student), ("analyzer", analyzer), ("fused_teacher", fused)):
@@ -587,6 +592,13 @@ def stage_export(run: Run) -> dict:
             + ", ".join(f"{k} {v['mean_novel_drop']:+.2f}" for k, v in drops.items())
             + f"; latency int8 {latency['int8_ms_per_face']:.2f} ms/face, ensemble/int8 x{latency['ensemble_over_int8']:.0f}")
     return info
+
+
+def _class_names(head: str, classes: list) -> list[str]:
+    named = {"expression": synth.EXPRESSIONS, "hair_color": synth.HAIR_COLORS, "gender": ("female", "male")}
+    if head in named:
+        return [named[head][int(c)] for c in classes]
+    return ["no", "yes"] if len(classes) == 2 else [str(c) for c in classes]
 
 
 def _qat_subprocess(run: Run, calib: np.ndarray) -> dict:
