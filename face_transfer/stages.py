@@ -615,6 +615,18 @@ def _qat_subprocess(run: Run, calib: np.ndarray) -> dict:
     return {"ok": True, "path": out, "log_tail": proc.stderr[-500:]}
 
 
+def _matmul_gflops_one_thread(n: int = 512, repeats: int = 20) -> float:
+    from threadpoolctl import threadpool_limits
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    with threadpool_limits(limits=1):
+        a @ a
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            a @ a
+        dt = time.perf_counter() - t0
+    return 2 * n ** 3 * repeats / dt / 1e9
+
+
 def _latency(run: Run, files: dict, fused, images) -> dict:
     """Per-face latency on one face at a time: int8 and float student (TFLite, 1 thread) vs the
     fused teacher ensemble in TF (Keras), measured in one run."""
@@ -627,6 +639,12 @@ def _latency(run: Run, files: dict, fused, images) -> dict:
         res[f"{mode}_ms"] = infer.benchmark_latency(lambda x, it=it: infer.run_tflite(it, x), one, warmup=3, runs=runs)
     fn = fused.__call__
     res["ensemble_tf_ms"] = infer.benchmark_latency(lambda x: fn(x, training=False), one, warmup=3, runs=runs)
+    # Compute lower bound: the student's multiply-adds at this CPU's measured single-thread fp32 matmul
+    # throughput (int8 kernels with VNNI can go below it; memory-bound layers stay above it).
+    gflops = _matmul_gflops_one_thread()
+    mflops = _read_json(run.p("student", "student.json"))["mflops"]
+    res["cpu_fp32_gflops_one_thread"] = gflops
+    res["flop_bound_ms"] = 2 * mflops * 1e6 / (gflops * 1e9) * 1e3
     res["int8_ms_per_face"] = res["int8_ptq_ms"]
     res["ensemble_over_int8"] = res["ensemble_tf_ms"] / res["int8_ptq_ms"]
     res["float_over_int8"] = res["float32_ms"] / res["int8_ptq_ms"]
@@ -692,6 +710,8 @@ def headline(run: Run) -> dict:
         out["latency.ensemble_over_int8"] = ex["latency"]["ensemble_over_int8"]
         out["latency.int8_ms_per_face"] = ex["latency"]["int8_ms_per_face"]
         out["latency.float_over_int8"] = ex["latency"]["float_over_int8"]
+        if "flop_bound_ms" in ex["latency"]:
+            out["latency.flop_bound_ms"] = ex["latency"]["flop_bound_ms"]
     return out
 
 
@@ -798,7 +818,10 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
               f"heads), int8: {ex['analyzer_int8_bytes']:,} bytes. TFLite interpreter: {ex['interpreter']}.", "",
               f"Latency, one face, one thread: int8 student {lat['int8_ptq_ms']:.2f} ms, float32 student "
               f"{lat['float32_ms']:.2f} ms, fused teacher ensemble in TF {lat['ensemble_tf_ms']:.2f} ms "
-              f"(x{lat['ensemble_over_int8']:.1f} the int8 student).", "", "Parity details: `export/parity.md`.", ""]
+              f"(x{lat['ensemble_over_int8']:.1f} the int8 student)."
+              + (f" FLOP lower bound for the student on this CPU: {lat['flop_bound_ms']:.3f} ms "
+                 f"({lat['cpu_fp32_gflops_one_thread']:.0f} GFLOP/s single-thread fp32 matmul)."
+                 if "flop_bound_ms" in lat else ""), "", "Parity details: `export/parity.md`.", ""]
     # the paper's claims, checked on this run
     claims = ["## The paper's claims on this run", ""]
     st, st_sd = g("student"), g("student", "std_novel")
