@@ -27,6 +27,8 @@ flags.DEFINE_list("presets", ["demo", "paper"], "Pipeline presets to run from no
 flags.DEFINE_boolean("only_synth", False, "Only the synthetic-face throughput benchmark.")
 flags.DEFINE_string("bench_dir", os.path.join(ROOT, "runs", "bench"), "Where the timed runs go.")
 flags.DEFINE_boolean("keep", True, "Keep earlier bench run dirs (moved aside with a timestamp).")
+flags.DEFINE_boolean("reuse_runs", False, "Resume the existing bench run dirs instead of starting from nothing "
+                     "(e.g. after deleting a stage's outputs to recompute it); wall times already recorded are kept.")
 
 
 def machine() -> dict:
@@ -56,7 +58,7 @@ def save_results(res: dict):
 
 def run_preset(preset: str) -> tuple[dict, float, str]:
     run_dir = os.path.join(FLAGS.bench_dir, preset)
-    if os.path.exists(run_dir):
+    if os.path.exists(run_dir) and not FLAGS.reuse_runs:
         if FLAGS.keep:
             os.replace(run_dir, f"{run_dir}.{datetime.datetime.now():%Y%m%d-%H%M%S}")
         else:
@@ -85,7 +87,8 @@ def main(argv):
     if not FLAGS.only_synth:
         for preset in FLAGS.presets:
             head, wall, run_dir = run_preset(preset)
-            res[f"pipeline.{preset}_wall_s"] = round(wall, 1)
+            if not FLAGS.reuse_runs:
+                res[f"pipeline.{preset}_wall_s"] = round(wall, 1)
             res.setdefault("runs", {})[preset] = os.path.relpath(run_dir, ROOT)
             # The paper preset's figures are the headline keys; other presets keep a prefixed copy.
             if preset == "paper":
