@@ -68,16 +68,10 @@ def render_eval_set(cfg: synth.SynthConfig, eval_set: EvalSet | str, n: int, out
     stream = stream or f"eval:{eval_set.name}"
     want = {"name": eval_set.name, "domain": eval_set.domain, "pool": eval_set.pool, "n": int(n),
             "shard_size": int(shard_size), "stream": stream, "synth": synth_config_dict(cfg)}
-    os.makedirs(out_dir, exist_ok=True)
-    mpath = os.path.join(out_dir, MANIFEST)
-    if os.path.exists(mpath):
-        with open(mpath) as f:
-            have = json.load(f)
-        if {k: have.get(k) for k in want} != want:
-            raise ValueError(f"{out_dir} already holds a different eval set ({mpath}: {have}); "
-                             f"expected {want}. Use another directory or delete it.")
+    if complete_manifest(out_dir, want, "eval set") is not None:
         return out_dir
     claim_shard_dir(out_dir, want)
+    mpath = os.path.join(out_dir, MANIFEST)
     n_shards = (n + shard_size - 1) // shard_size
     for s in range(n_shards):
         path = os.path.join(out_dir, f"shard-{s:05d}.npz")
@@ -96,6 +90,23 @@ def render_eval_set(cfg: synth.SynthConfig, eval_set: EvalSet | str, n: int, out
         json.dump(want, f, indent=1)
     os.replace(mpath + ".tmp", mpath)
     return out_dir
+
+
+def complete_manifest(out_dir: str, want: dict, what: str) -> dict | None:
+    """The manifest of a complete sharded directory holding `want` (None if not complete yet).
+
+    A complete directory that holds something else is an error, never silently reused.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    mpath = os.path.join(out_dir, MANIFEST)
+    if not os.path.exists(mpath):
+        return None
+    with open(mpath) as f:
+        have = json.load(f)
+    if {k: have.get(k) for k in want} != json.loads(json.dumps(want)):
+        raise ValueError(f"{out_dir} already holds a different {what} ({mpath}: {have}); "
+                         f"expected {want}. Use another directory or delete it.")
+    return have
 
 
 def claim_shard_dir(out_dir: str, want: dict):

@@ -168,16 +168,12 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, synth_cfg: s
             return cosine_code_loss(pred, target)
         return teacher_space_loss(pred, target, models["decoder"], dims)
 
-    def optimizer():
-        sched = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.steps, alpha=0.02)
-        return keras.optimizers.AdamW(sched, weight_decay=cfg.weight_decay)
-
     gb = cfg.batch_size
     t0 = time.time()
     hist = distribute.train_loop(
         strategy, build, loss_fn,
         lambda ctx, start: make_distill_dataset(synth_cfg, cfg, ctx, start, gb),
-        optimizer, cfg.steps, gb, checkpoint_dir=os.path.join(out_dir, "ckpt"),
+        lambda: _optimizer(cfg), cfg.steps, gb, checkpoint_dir=os.path.join(out_dir, "ckpt"),
         checkpoint_every=cfg.checkpoint_every, on_step=_Progress(cfg.steps, cfg.log_every, "distill"))
     student = hist["models"]["student"]
     recalibrate_batchnorm(student, _recalibration_batches(synth_cfg, cfg))
@@ -214,6 +210,11 @@ def _recalibration_batches(synth_cfg, cfg: DistillConfig, n_batches: int = 16):
     for b in range(n_batches):
         idx = np.arange(b * cfg.batch_size, (b + 1) * cfg.batch_size)
         yield synth.render_faces(synth_cfg, idx, stream="bn_recalibration", domain=cfg.domain)[0]
+
+
+def _optimizer(cfg: DistillConfig):
+    sched = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.steps, alpha=0.02)
+    return keras.optimizers.AdamW(sched, weight_decay=cfg.weight_decay)
 
 
 def _tail_mean(losses, k=20):
@@ -286,17 +287,13 @@ def train_supervised_student(student_cfg: StudentConfig, cfg: DistillConfig, syn
         id_l = zoo.cosface_loss(labels["identity"], out["identity"])
         return 0.2 * id_l + ce + pose_l + age_l + gen_l
 
-    def optimizer():
-        sched = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.steps, alpha=0.02)
-        return keras.optimizers.AdamW(sched, weight_decay=cfg.weight_decay)
-
     gb = cfg.batch_size
     t0 = time.time()
     hist = distribute.train_loop(
         strategy, build, loss_fn,
         lambda ctx, start: make_distill_dataset(synth_cfg, cfg, ctx, start, gb, stream="supervised",
                                                 label_keys=SUPERVISED_LABELS),
-        optimizer, cfg.steps, gb, checkpoint_dir=os.path.join(out_dir, "ckpt"),
+        lambda: _optimizer(cfg), cfg.steps, gb, checkpoint_dir=os.path.join(out_dir, "ckpt"),
         checkpoint_every=cfg.checkpoint_every, on_step=_Progress(cfg.steps, cfg.log_every, "supervised"))
     recalibrate_batchnorm(hist["models"]["student"], _recalibration_batches(synth_cfg, cfg))
     return _save_student(hist["models"]["student"], student_cfg, out_dir, strategy, {

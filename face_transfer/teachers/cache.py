@@ -61,16 +61,12 @@ def build_embedding_cache(teachers: Sequence, image_fn: Callable[[np.ndarray], n
     """
     names = [t.name for t in teachers]
     want = {"teachers": names, "n": int(n), "shard_size": int(shard_size), "meta": meta or {}}
-    os.makedirs(out_dir, exist_ok=True)
-    mpath = os.path.join(out_dir, MANIFEST)
-    if os.path.exists(mpath):
-        with open(mpath) as f:
-            have = json.load(f)
-        if {k: have.get(k) for k in want} != want:
-            raise ValueError(f"{out_dir} holds a different embedding cache ({mpath}); expected {want}")
+    from face_transfer.data.pipelines import claim_shard_dir, complete_manifest
+    have = complete_manifest(out_dir, want, "embedding cache")
+    if have is not None:
         return have
-    from face_transfer.data.pipelines import claim_shard_dir
     claim_shard_dir(out_dir, want)
+    mpath = os.path.join(out_dir, MANIFEST)
     n_shards = (n + shard_size - 1) // shard_size
     dims, t0, done_now = {}, time.time(), 0
     for s in range(n_shards):
