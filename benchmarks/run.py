@@ -32,13 +32,14 @@ flags.DEFINE_boolean("reuse_runs", False, "Resume the existing bench run dirs in
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "machine": platform.machine(), "cores": os.cpu_count()}
+    """Where the figures were measured: CPU, ISA flags and single-thread matmul GFLOP/s (speeds compare only
+    between machines with the same ISA; see BENCHMARKS.md)."""
+    from face_transfer.machine import describe
+    info = {"python": platform.python_version(), **describe()}
     try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
         with open("/proc/meminfo") as f:
             info["mem_gb"] = round(int(f.readline().split()[1]) / 1e6, 1)
-    except (OSError, StopIteration):
+    except OSError:
         pass
     return info
 

@@ -132,5 +132,11 @@ def main(argv):
                       "int8_only": report["int8_only"], "report": json_path}))
 
 
+def run():
+    """Console-script entry point."""
+    from trainers.common import run_console
+    run_console(main, __doc__)
+
+
 if __name__ == "__main__":
     app.run(main)

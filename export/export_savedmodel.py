@@ -62,5 +62,11 @@ def main(argv):
     print(f"wrote {out} (outputs: {', '.join(labels)})")
 
 
+def run():
+    """Console-script entry point."""
+    from trainers.common import run_console
+    run_console(main, __doc__)
+
+
 if __name__ == "__main__":
     app.run(main)

@@ -99,5 +99,11 @@ def main(argv):
             f.write(text + "\n")
 
 
+def run():
+    """Console-script entry point."""
+    from trainers.common import run_console
+    run_console(main, __doc__)
+
+
 if __name__ == "__main__":
     app.run(main)

@@ -7,11 +7,14 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from face_transfer.data.faces import FacesConfig
 from face_transfer.data.synth import SynthConfig
+from face_transfer.data.tasksets import TaskSetConfig
 from face_transfer.evaluation.probes import ProbeConfig
 from face_transfer.fusion.autoencoder import FusionConfig
 from face_transfer.student.distill import DistillConfig
 from face_transfer.student.model import StudentConfig
+from face_transfer.teachers.refs import TeacherRef
 from face_transfer.teachers.train import TeacherTrainConfig
 from face_transfer.teachers.zoo import ZOO_PRESETS, TeacherSpec
 
@@ -22,6 +25,12 @@ class DataConfig:
     eval_set_size: int = 2000  # images per pre-rendered eval set (5 sets)
     cache_size: int = 20000  # unlabelled faces embedded by the teachers to train the fusion
     cache_domain: str = "photo"
+    # The user's unlabelled faces (folders, globs, TFRecords): cache, fusion, distillation, calibration.
+    # No sources = SynthFaces only; real_fraction < 1 mixes them with SynthFaces.
+    faces: FacesConfig = FacesConfig()
+    # The user's labelled datasets: every labelled column becomes a transfer task.
+    task_sets: tuple[TaskSetConfig, ...] = ()
+    synth_tasks: bool = True  # the SynthFaces task suite (5 rendered eval sets) next to the user's tasks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +53,8 @@ class ExperimentConfig:
     teachers: tuple[TeacherSpec, ...] = ZOO_PRESETS["demo"]
     # Existing pretrained teachers (face_transfer.teachers.real.REAL_TEACHERS), frozen, next to the zoo.
     real_teachers: tuple[str, ...] = ()
+    # The user's own model files (.keras/.h5, SavedModel dirs, .onnx, .tflite), with their hash.
+    teacher_files: tuple[TeacherRef, ...] = ()
     teacher_train: TeacherTrainConfig = TeacherTrainConfig()
     fusion: FusionConfig = FusionConfig()
     compression_dims: tuple[int, ...] = (16, 32, 64, 128, 256)
@@ -69,6 +80,12 @@ class ExperimentConfig:
         d = dict(d)
         data = dict(d.pop("data"))
         data["synth"] = build(SynthConfig, data["synth"])
+        if "faces" in data:
+            data["faces"] = build(FacesConfig, data["faces"])
+        if "task_sets" in data:
+            data["task_sets"] = tuple(build(TaskSetConfig, t) for t in data["task_sets"])
+        if "teacher_files" in d:
+            d["teacher_files"] = tuple(build(TeacherRef, t) for t in d.pop("teacher_files"))
         return cls(
             data=DataConfig(**data),
             teachers=tuple(build(TeacherSpec, t) for t in d.pop("teachers")),

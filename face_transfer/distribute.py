@@ -104,6 +104,17 @@ def is_chief(strategy) -> bool:
     return task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in cluster)
 
 
+def worker_index(strategy) -> tuple[int, int]:
+    """(this worker's index, number of workers) for work split by hand across workers (e.g. the teacher
+    pass of the embedding cache); (0, 1) outside MultiWorkerMirroredStrategy. The chief, if any, is index 0."""
+    task_type, task_id, cluster = _task(strategy)
+    if task_type is None:
+        return 0, 1
+    order = [("chief", i) for i in range(len(cluster.get("chief", [])))] + \
+        [("worker", i) for i in range(len(cluster.get("worker", [])))]
+    return order.index((task_type, task_id)), len(order)
+
+
 def worker_dir(base_dir: str, strategy) -> str:
     """Where this process writes: base_dir on the chief, a per-task temp dir elsewhere.
 

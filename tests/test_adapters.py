@@ -1,4 +1,4 @@
-"""Teacher adapters: InputSpec, preprocess, and loading Keras / SavedModel / ONNX / callable teachers."""
+"""Teacher adapters: InputSpec, preprocess, and loading Keras / SavedModel / ONNX / TFLite / callable teachers."""
 import keras
 import numpy as np
 import pytest
@@ -13,8 +13,10 @@ from face_transfer.teachers.adapters import (
     load_keras_teacher,
     load_onnx_teacher,
     load_savedmodel_teacher,
+    load_tflite_teacher,
     preprocess,
 )
+from face_transfer.teachers.cache import build_ensemble, embed_all
 
 RNG = np.random.default_rng(1)
 SPEC = InputSpec(size=16, channels=3)
@@ -226,9 +228,145 @@ def test_callable_teacher():
     emb = teacher.embed(images, batch_size=4)
     assert emb.shape == (6, 5) and seen["shape"] == (2, 8, 8, 1)
     assert seen["range"][1] > 1.0  # scale=1 keeps byte values
-    assert teacher.as_keras_layer() is None
+    assert not teacher.in_graph_exportable
+    layer = teacher.as_keras_layer()
+    np.testing.assert_allclose(np.asarray(layer(images)), emb, atol=1e-5)  # eager call of the in-graph form
+    assert layer.supports_jit is False and not layer.trainable_weights
     bad = callable_teacher(lambda x: np.zeros((len(x), 4)), 5, "bad", spec)
     with pytest.raises(ValueError, match="expected \\[6, 5\\]"):
         bad.embed(images)
     with pytest.raises(ValueError, match="exactly one"):
         Teacher("x", spec, 3)
+
+
+def test_ensemble_with_keras_and_callable_teacher_in_tf_function(tiny, tmp_path):
+    keras_teacher = keras_model_teacher(tiny, "feat", name="conv", spec=SPEC, pool="avg")
+    calls = []
+
+    def stats(x):
+        calls.append(x.shape)
+        return np.stack([x.mean(axis=(1, 2, 3)), x.std(axis=(1, 2, 3)), x[:, 0, 0, 0]], 1)
+
+    gray = callable_teacher(stats, 3, "gray", InputSpec(size=8, channels=1, scale=1 / 255.0, offset=0.0))
+    assert keras_teacher.in_graph_exportable and not gray.in_graph_exportable
+    ens = build_ensemble([keras_teacher, gray], image_size=24)
+    assert ens.output["gray"].shape[1:] == (3,) and ens.output["conv"].shape[1:] == (4,)
+    images = _images(5, 24)
+    run = tf.function(lambda x: ens(x), input_signature=[tf.TensorSpec([None, 24, 24, 3], tf.uint8)])
+    out = run(tf.constant(images))
+    assert out["gray"].shape == (5, 3)  # static [N, dim] survives numpy_function
+    assert calls and calls[-1] == (5, 8, 8, 1)  # the callable ran inside the graph on this batch
+    want = embed_all([keras_teacher, gray], images)
+    for name in ("conv", "gray"):
+        np.testing.assert_allclose(np.asarray(out[name]), want[name], atol=1e-5)
+    np.testing.assert_allclose(ens.predict(images, verbose=0)["gray"], want["gray"], atol=1e-5)
+    with pytest.raises(TypeError, match="teacher 'gray' is a Python callable.*cannot be saved"):
+        ens.save(tmp_path / "ens.keras")
+    # A callable producing the wrong shape fails inside the graph with the teacher's name.
+    bad = callable_teacher(lambda x: np.zeros((len(x), 2)), 3, "bad", InputSpec(size=8))
+    bad_ens = build_ensemble([bad], image_size=24)
+    with pytest.raises((ValueError, tf.errors.OpError), match="teacher 'bad': produced shape \\(5, 2\\)"):
+        bad_ens(images)  # eager: numpy_function re-raises the ValueError
+    with pytest.raises(tf.errors.OpError, match="teacher 'bad': produced shape \\(5, 2\\)"):
+        tf.function(lambda x: bad_ens(x))(tf.constant(images))
+
+
+# ----------------------------------------------------------------------------- tflite
+
+
+def _to_tflite(model, path, calibration=None):
+    """Float .tflite, or full int8 (int8 input and output) calibrated on `calibration` (network inputs)."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if calibration is not None:
+        def representative():
+            for x in calibration:
+                yield [np.asarray(x[None], np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    path.write_bytes(converter.convert())
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_tflite(tiny, tmp_path_factory):
+    return _to_tflite(tiny, tmp_path_factory.mktemp("tfl") / "tiny.tflite")
+
+
+def test_load_tflite_teacher_float_matches_keras(tiny, tiny_tflite):
+    teacher = load_tflite_teacher(tiny_tflite, spec=SPEC)
+    images = _images(7, 24)
+    x = preprocess(images, SPEC)
+    assert teacher.dim == 3 and teacher.metadata["input_dtype"] == "float32"
+    # batch_size=3: whole batches of 3, then a resize to the last 1.
+    np.testing.assert_allclose(teacher.embed(images, batch_size=3), np.asarray(tiny(x)), atol=1e-4)
+    assert teacher._fn.resizable is True
+    # An intermediate tensor by one part of its fused name, pooled like the Keras feature.
+    from face_transfer.deploy.infer import load_interpreter
+
+    names = [t["name"] for t in load_interpreter(tiny_tflite).get_tensor_details()]
+    fused = next(n for n in names if "feat" in n and "Relu" in n)
+    part = next(p for p in fused.split(";") if "feat" in p)
+    feat = keras.Model(tiny.inputs, tiny.get_layer("feat").output)(x)
+    for pool, want in (("avg", np.mean(feat, axis=(1, 2))), ("max", np.max(feat, axis=(1, 2))),
+                       (None, np.reshape(feat, (len(images), -1)))):
+        t = load_tflite_teacher(tiny_tflite, part, spec=SPEC, pool=pool)
+        assert t.dim == want.shape[1] and t.metadata["output_name"] == fused
+        np.testing.assert_allclose(t.embed(images, batch_size=4), want, atol=1e-4)
+    # Its in-graph form (numpy callable) agrees.
+    np.testing.assert_allclose(np.asarray(teacher.as_keras_layer()(images)), teacher.embed(images), atol=1e-6)
+
+
+def test_tflite_fixed_batch_model_runs_image_by_image(tmp_path):
+    inp = keras.Input(batch_shape=(1, 16, 16, 3))
+    x = keras.layers.Conv2D(2, 3, name="conv")(inp)
+    out = keras.layers.Reshape((1, -1))(x)[:, 0, :5]  # Reshape/slice pinned to the batch of 1
+    model = keras.Model(inp, out)
+    path = _to_tflite(model, tmp_path / "fixed.tflite")
+    teacher = load_tflite_teacher(path, spec=SPEC)
+    images = _images(4, 16)
+    want = np.concatenate([np.asarray(model(preprocess(images[i : i + 1], SPEC))) for i in range(4)])
+    np.testing.assert_allclose(teacher.embed(images), want, atol=1e-4)
+    assert teacher._fn.resizable is False  # the batch-of-4 run did not follow the batch: fell back
+
+
+def _colour_images(n, rng):
+    """Flat random colours with a little noise: features that vary a lot from image to image."""
+    colours = rng.integers(0, 256, (n, 1, 1, 3))
+    return np.clip(colours + rng.integers(-20, 21, (n, 16, 16, 3)), 0, 255).astype(np.uint8)
+
+
+def test_tflite_int8_model_quantises_input_and_dequantises_output(tiny, tmp_path):
+    rng = np.random.default_rng(0)
+    calibration = np.asarray(preprocess(_colour_images(64, rng), SPEC))
+    path = _to_tflite(tiny, tmp_path / "int8.tflite", calibration)
+    teacher = load_tflite_teacher(path, spec=SPEC)
+    assert teacher.metadata["input_dtype"] == "int8"
+    images = _colour_images(16, rng)
+    got = teacher.embed(images, batch_size=5)
+    want = np.asarray(tiny(preprocess(images, SPEC)))
+    # int8 resolution: a few quantisation steps off the float model (raw int8 codes would be ~100x off).
+    span = float(want.max() - want.min())
+    assert np.abs(got - want).max() < 0.05 * span, (np.abs(got - want).max(), span)
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99
+
+
+def test_tflite_teacher_bad_files_and_arguments(tiny_tflite, tmp_path):
+    with pytest.raises(TeacherLoadError, match="absent.tflite: no such file"):
+        load_tflite_teacher(tmp_path / "absent.tflite")
+    (tmp_path / "fake.tflite").write_bytes(b"\x00" * 64)
+    with pytest.raises(TeacherLoadError, match="fake.tflite: not a TFLite flatbuffer"):
+        load_tflite_teacher(tmp_path / "fake.tflite")
+    data = tiny_tflite.read_bytes()
+    (tmp_path / "cut.tflite").write_bytes(data[: len(data) // 2])
+    with pytest.raises(TeacherLoadError, match="cut.tflite: could not load the TFLite model"):
+        load_tflite_teacher(tmp_path / "cut.tflite", spec=SPEC)
+    with pytest.raises(TeacherLoadError, match=r"tiny.tflite: no tensor named 'nope'; tensors: .*feat"):
+        load_tflite_teacher(tiny_tflite, "nope", spec=SPEC)
+    with pytest.raises(TeacherLoadError, match=r"tiny.tflite: the model takes inputs of shape \(N, 16, 16, 3\).*size=32"):
+        load_tflite_teacher(tiny_tflite, spec=InputSpec(size=32))
+    with pytest.raises(TeacherLoadError, match="pool must be"):
+        load_tflite_teacher(tiny_tflite, spec=SPEC, pool="mean")

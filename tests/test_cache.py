@@ -129,7 +129,7 @@ def _tiny_keras_teacher(name, dim, seed):
     return keras_model_teacher(keras.Model(inp, out, name=f"m_{name}"), None, name, InputSpec(size=8))
 
 
-def test_ensemble_matches_each_teacher_and_rejects_callables():
+def test_ensemble_matches_each_teacher_and_takes_callables():
     teachers = [_tiny_keras_teacher("a", 3, 0), _tiny_keras_teacher("b", 5, 1)]
     ens = build_ensemble(teachers, image_size=SIZE)
     assert not ens.trainable
@@ -139,8 +139,11 @@ def test_ensemble_matches_each_teacher_and_rejects_callables():
     for t in teachers:
         assert out[t.name].shape == (6, t.dim)
         np.testing.assert_allclose(out[t.name], direct[t.name], atol=1e-5)
-    with pytest.raises(ValueError, match="mean_rgb.*embedding cache"):
-        build_ensemble(_teachers()[:1], image_size=SIZE)
+    # a numpy-callable teacher joins the in-graph ensemble through tf.numpy_function
+    callable_t = _teachers()[:1]
+    mixed = build_ensemble(teachers[:1] + callable_t, image_size=SIZE)
+    got = mixed.predict(images, verbose=0)
+    np.testing.assert_allclose(got[callable_t[0].name], embed_all(callable_t, images)[callable_t[0].name], atol=1e-5)
 
 
 def test_resuming_with_different_teachers_refuses_old_shards(tmp_path):
@@ -151,3 +154,34 @@ def test_resuming_with_different_teachers_refuses_old_shards(tmp_path):
         build_embedding_cache(teachers, _CountingImages(fail_on_call=2), 10, out, shard_size=4, progress=False)
     with pytest.raises(ValueError, match="different set"):
         build_embedding_cache(teachers[:1], _CountingImages(), 10, out, shard_size=4, progress=False)
+
+
+def test_constant_teacher_is_named(tmp_path):
+    from face_transfer.teachers.adapters import InputSpec, callable_teacher
+    flat = callable_teacher(lambda x: np.ones((len(x), 4), np.float32), 4, "flat", InputSpec(size=SIZE))
+    with pytest.raises(FloatingPointError, match="'flat' produced the same embedding"):
+        build_embedding_cache([flat], lambda idx: _images(idx), 8, str(tmp_path / "c"), shard_size=8, progress=False)
+
+
+def test_two_workers_split_the_shards_and_worker0_writes_the_manifest(tmp_path):
+    """Worker k embeds shards s % W == k; the other's shards appear, worker 0 merges the manifest."""
+    import threading
+    teachers = _teachers()
+    out = str(tmp_path / "cache")
+    results = {}
+
+    def work(k):
+        results[k] = build_embedding_cache(teachers, lambda idx: _images(idx), 20, out, shard_size=4,
+                                           progress=False, worker=(k, 2), wait_timeout_s=120)
+    threads = [threading.Thread(target=work, args=(k,)) for k in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[0]["shards"] == 5 and results[0]["workers"] == 2
+    assert results[1] == json.load(open(os.path.join(out, "manifest.json")))
+    index, embs = load_embedding_cache(out)
+    np.testing.assert_array_equal(index, np.arange(20))
+    direct = embed_all(teachers, _images(np.arange(20)))
+    for name in direct:
+        np.testing.assert_allclose(embs[name], direct[name], atol=1e-5)

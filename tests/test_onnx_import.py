@@ -184,3 +184,21 @@ def test_imported_model_round_trips_through_keras_file(tmp_path):
     reloaded = keras.models.load_model(path, compile=False)
     x = RNG.normal(size=(2, 16, 16, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(reloaded(x)), np.asarray(keras_model(x)), atol=1e-6)
+
+
+def test_squeeze_and_unsqueeze_as_tf2onnx_writes_them():
+    """tf2onnx exports Keras' global pooling as GlobalAveragePool -> Squeeze(axes=[2, 3]) (opset 13+ form)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+        helper.make_node("Squeeze", ["g", "axes"], ["s"]),
+        helper.make_node("Unsqueeze", ["s", "axes1"], ["u"]),
+        helper.make_node("Squeeze", ["u", "axes1"], ["out"]),
+    ]
+    model = _model(nodes, [_w("w", 5, 3, 3, 3), _i64("axes", [2, 3]), _i64("axes1", [-1])], (1, 3, 8, 8), ["out"])
+    diff, km = _parity(model, (1, 3, 8, 8))
+    assert diff < 1e-5
+    assert tuple(km.output.shape) == (None, 5)
+    bad = _model([helper.make_node("Squeeze", ["x", "axes"], ["out"])], [_i64("axes", [1])], (1, 3, 8, 8), ["out"])
+    with pytest.raises(OnnxImportError, match="Squeeze"):
+        build_keras_from_onnx(bad)

@@ -228,3 +228,104 @@ def test_imbalanced_attribute_scores_chance_not_majority():
     signal = np.concatenate([y[:, None] + 0.3 * rng.normal(size=(n, 1)), rng.normal(size=(n, 15))], 1)
     good = probes.probe_task(task, signal.astype(np.float32), {"rare": y}, 0, cfg)
     assert good["score"] > 90 and good["balanced_accuracy"] * 100 == pytest.approx(good["score"])
+
+
+# ---------------------------------------------------------------- splits by group, user data
+
+
+def test_split_indices_without_groups_is_unchanged():
+    """The synthetic sets' split (and so every score reported so far) must not move: values from before."""
+    expected = {(1000, 3): ([815, 315, 426, 6, 879, 666, 258, 868], [493, 595, 252, 821, 293],
+                            [643, 428, 951, 896, 368], (56827, 69230, 39868)),
+                (37, 0): ([11, 20, 6, 8, 14, 22, 29, 5], [34, 17, 7, 4, 27], [9, 36, 15, 30, 12], (4351, 389, 625)),
+                (2000, 2): ([1926, 1288, 1283, 699, 476, 422, 141, 245], [521, 800, 1272, 1018, 1764],
+                            [637, 343, 1807, 782, 1924], (2397, 32199, 16403))}
+    for (n, seed), (tr8, va5, te5, sums) in expected.items():
+        tr, va, te = probes.split_indices(n, seed, ProbeConfig())
+        assert (tr[:8].tolist(), va[:5].tolist(), te[:5].tolist()) == (tr8, va5, te5)
+        assert tuple(int((s * np.arange(len(s))).sum() % 100003) for s in (tr, va, te)) == sums
+        for a, b in zip((tr, va, te), probes.split_indices(n, seed, ProbeConfig(), groups=None)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_group_split_keeps_groups_disjoint_and_sizes_close():
+    rng = np.random.default_rng(0)
+    groups = np.array([f"p{g:03d}" for g in rng.integers(0, 120, 1500)])  # uneven group sizes, text ids
+    cfg = ProbeConfig()
+    tr, va, te = probes.split_indices(1500, 0, cfg, groups=groups)
+    assert sorted(np.concatenate([tr, va, te]).tolist()) == list(range(1500))
+    sets = [set(groups[i]) for i in (tr, va, te)]
+    assert not sets[0] & sets[1] and not sets[0] & sets[2] and not sets[1] & sets[2]
+    assert abs(len(tr) - 900) < 30 and abs(len(va) - 300) < 30
+    again = probes.split_indices(1500, 0, cfg, groups=groups)
+    for a, b in zip((tr, va, te), again):
+        np.testing.assert_array_equal(a, b)
+    assert set(groups[probes.split_indices(1500, 1, cfg, groups=groups)[2]]) != sets[2]
+    capped = probes.split_indices(1500, 0, ProbeConfig(max_train=50), groups=groups)
+    np.testing.assert_array_equal(capped[0], tr[:50])
+    with pytest.raises(ValueError, match="2 group"):
+        probes.split_indices(100, 0, cfg, groups=np.arange(100) % 2)
+    with pytest.raises(ValueError, match="one value per image"):
+        probes.split_indices(100, 0, cfg, groups=np.arange(99))
+
+
+def _user_task(name, labels, kind, group_key="identity", **kw):
+    from face_transfer.data.tasks import EvalSet
+    user = EvalSet("mine", "real", "user", group_key=group_key)
+    return Task(name, (labels,), kind, "mae" if kind == "regression" else "accuracy", "mine", False,
+                user_set=user, **kw)
+
+
+def test_evaluate_representation_splits_a_grouped_set_by_group(data):
+    labels, good, _ = data
+    verif = _user_task("verif", "identity", "verification")
+    cls = _user_task("cls", "cls", "classification")
+    res = probes.evaluate_representation({"mine": good}, {"mine": labels}, [verif, cls], CFG)
+    for seed_i, seed in enumerate(CFG.seeds):
+        alone = probes.probe_task(verif, good, labels, seed, CFG)  # probe_task follows the group key too
+        assert alone["score"] == pytest.approx(res["verif"]["scores"][seed_i])
+    ungrouped = probes.probe_task(_task("verif", "identity", "verification"), good, labels, 0, CFG)
+    assert ungrouped["score"] != pytest.approx(res["verif"]["scores"][0])
+    with pytest.raises(KeyError, match="splits by 'person'"):
+        probes.evaluate_representation({"mine": good}, {"mine": labels},
+                                       [_user_task("c", "cls", "classification", group_key="person")], CFG)
+    with pytest.raises(ValueError, match="disagree on the group key"):
+        probes.evaluate_representation({"mine": good}, {"mine": labels},
+                                       [cls, _user_task("c2", "cls", "classification", group_key=None)], CFG)
+
+
+def test_string_class_labels_score_like_int_codes(data):
+    labels, good, _ = data
+    names = np.array(["angry", "calm", "happy", "sad"])[labels["cls"]]
+    as_text = probes.probe_task(_task("cls", "mood", "classification"), good, {"mood": names}, 0, CFG)
+    as_int = probes.probe_task(_task("cls", "cls", "classification"), good, labels, 0, CFG)
+    assert as_text == as_int
+
+
+def test_class_missing_from_train_split_and_nan_class_labels(data):
+    labels, good, _ = data
+    tr, va, te = probes.split_indices(N, 0, CFG)
+    y = labels["cls"].copy()
+    y[te[:3]] = 9  # a class only the test split has: it cannot be predicted, and counts as missed
+    r = probes.probe_task(_task("cls", "y", "classification"), good, {"y": y}, 0, CFG)
+    assert 0 < r["score"] < 100 * 4 / 5 + 1 and np.isfinite(r["accuracy"])
+    yf = labels["cls"].astype(np.float64)
+    yf[::5] = np.nan  # a float class column with gaps: those images leave every split
+    r = probes.probe_task(_task("cls", "y", "classification"), good, {"y": yf}, 0, CFG)
+    assert r["accuracy"] > 0.95
+
+
+def test_tiny_set_and_unlabelled_regression_name_task_and_size(data):
+    labels, good, _ = data
+    tiny = {k: v[:4] for k, v in labels.items()}
+    with pytest.raises(ValueError, match=r"eval set 'photo' \(tasks \['cls'\]\): 4 images cannot be split"):
+        probes.evaluate_representation({"photo": good[:4]}, {"photo": tiny},
+                                       [_task("cls", "cls", "classification")], CFG)
+    with pytest.raises(ValueError, match=r"task 'cls' \(eval set 'photo'\): 4 images cannot be split"):
+        probes.probe_task(_task("cls", "cls", "classification"), good[:4], tiny, 0, CFG)
+    yaw = np.full(N, np.nan, np.float32)
+    yaw[:3] = 1.0
+    with pytest.raises(ValueError, match=r"task 'yaw' \(eval set 'photo'\): only 3 of 600 images have finite"):
+        probes.probe_task(_task("yaw", "yaw", "regression"), good, {"yaw": yaw}, 0, CFG)
+    with pytest.raises(ValueError, match=r"labels\['yaw'\] has dtype <U"):
+        probes.probe_task(_task("yaw", "yaw", "regression"), good, {"yaw": np.array(["1.0"] * N)}, 0, CFG)

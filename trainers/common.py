@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 from absl import flags
 
@@ -31,6 +32,34 @@ def define_run_flags():
     flags.DEFINE_boolean("deterministic", False, "Enable TensorFlow op determinism (same seed and config -> "
                          "same result on the same machine; slower).")
     flags.DEFINE_boolean("zoo", True, "Train and use the preset's zoo teachers (--nozoo: real teachers only).")
+    # ---- the user's own inputs: teachers, unlabelled faces, labelled datasets ----
+    flags.DEFINE_multi_string(
+        "teacher", None,
+        "A teacher reference (repeatable); given any, they replace the preset's teachers. One of: a model file "
+        "NAME=PATH[,key=value...] (.keras, .h5, SavedModel dir, .onnx, .tflite; keys: output, size, channels, "
+        "color=rgb|bgr, scale, offset (one value or a/b/c), layout=nhwc|nchw, pool=avg|max|none, "
+        "tasks=a+b (its source tasks), endpoint, trusted=1, format); a built-in pretrained model "
+        "(fer_expression, dlib_age, dlib_gender, dlib_face_descriptor); or zoo:NAME to train a zoo teacher. "
+        "Example: --teacher=expr=models/expr.onnx,output=feat,size=64,channels=1,scale=0.0078,offset=-1,"
+        "tasks=expression")
+    flags.DEFINE_string("teachers_json", None, "A JSON file with a list of teacher references (objects with the "
+                        "keys of --teacher, plus name and path); added to the --teacher ones.")
+    flags.DEFINE_multi_string("faces", None, "Your unlabelled faces (repeatable): a folder (searched recursively), "
+                              "a glob ('photos/*.jpg') or TFRecord shards ('faces-*.tfrecord'). They feed the "
+                              "embedding cache, the fusion, the distillation and the TFLite calibration.")
+    flags.DEFINE_boolean("align_faces", False, "Detect and align every --faces photo with MTCNN (once, into "
+                         "TFRecord shards in the run directory); without it photos are centre-cropped (for "
+                         "folders of face crops).")
+    flags.DEFINE_float("real_fraction", None, "Share of --faces in the cache and in every distillation batch, "
+                       "in (0, 1]; the rest is SynthFaces. Default 1 (your faces only).")
+    flags.DEFINE_integer("max_faces", None, "Use at most this many --faces files (sorted order).")
+    flags.DEFINE_multi_string("tasks", None, "A labelled dataset whose columns become transfer tasks (repeatable): "
+                              "celeba:PATH, fer2013:PATH, utkface:PATH, folder_csv:PATH, tfrecord:PATH, with "
+                              "optional ,name=...,task_file=tasks.json,max_images=N,drop_bad_rows=1,align=1. "
+                              "Example: --tasks=fer2013:data/fer2013.csv")
+    flags.DEFINE_boolean("synth_tasks", True, "Keep the SynthFaces task suite next to --tasks "
+                         "(--nosynth_tasks: only your datasets' tasks).")
+    flags.DEFINE_integer("cache_size", None, "Unlabelled faces embedded by the teachers to fit the fusion.")
     flags.mark_flag_as_required("run_dir")
 
 
@@ -51,7 +80,7 @@ def config_from_flags():
     if FLAGS.code_dim is not None:
         from face_transfer.teachers.real import REAL_TEACHERS
         concat = sum(t.embedding_dim for t in cfg.teachers) + sum(REAL_TEACHERS[n]["dim"] for n in cfg.real_teachers)
-        if not 1 <= FLAGS.code_dim < concat:
+        if not FLAGS.teacher and not FLAGS.teachers_json and not 1 <= FLAGS.code_dim < concat:
             raise flags.ValidationError(f"--code_dim={FLAGS.code_dim}: expected 1 <= d < {concat} (the "
                                         f"concatenated teacher dimension of preset {cfg.preset})")
         cfg = r(cfg, fusion=r(cfg.fusion, code_dim=FLAGS.code_dim), student=r(cfg.student, embedding_dim=FLAGS.code_dim))
@@ -87,8 +116,9 @@ def config_from_flags():
         cfg = r(cfg, real_teachers=names)
     if not FLAGS.zoo:
         cfg = r(cfg, teachers=())
-    if not cfg.teachers and not cfg.real_teachers:
-        raise flags.ValidationError("--nozoo with no --real_teachers leaves no teacher to distil from")
+    cfg = _user_inputs(cfg)
+    if not cfg.teachers and not cfg.real_teachers and not cfg.teacher_files:
+        raise flags.ValidationError("--nozoo with no --real_teachers or --teacher leaves no teacher to distil from")
     run_dir = os.path.abspath(FLAGS.run_dir)
     parent = os.path.dirname(run_dir)
     probe = parent
@@ -101,6 +131,101 @@ def config_from_flags():
     return cfg
 
 
+def _user_inputs(cfg):
+    """--teacher/--teachers_json, --faces and --tasks into the config, each checked before any work."""
+    from face_transfer.data.faces import FacesConfig
+    from face_transfer.data.tasks import EVAL_SETS
+    from face_transfer.data.tasksets import parse_task_flag
+    from face_transfer.teachers.real import REAL_TEACHERS, available_real_teachers
+    from face_transfer.teachers.refs import parse_teacher_flag, resolve_ref, teacher_refs_from_json
+    from face_transfer.teachers.adapters import TeacherLoadError
+    from face_transfer.teachers.zoo import ZOO_PRESETS
+    r = dataclasses.replace
+    refs = list(FLAGS.teacher or [])
+    if refs or FLAGS.teachers_json:
+        zoo = {s.name: s for p in (cfg.preset, *ZOO_PRESETS) if p in ZOO_PRESETS for s in reversed(ZOO_PRESETS[p])}
+        zoo.update({s.name: s for s in cfg.teachers})
+        zoo_specs, builtin, files = [], [], []
+        for text in refs:
+            if text.startswith("zoo:"):
+                if text[4:] not in zoo:
+                    raise flags.ValidationError(f"--teacher={text}: no zoo teacher {text[4:]!r}; known: {sorted(zoo)}")
+                zoo_specs.append(zoo[text[4:]])
+            elif "=" not in text:
+                if text not in REAL_TEACHERS:
+                    raise flags.ValidationError(
+                        f"--teacher={text}: not a built-in teacher ({', '.join(sorted(REAL_TEACHERS))}) and not "
+                        "NAME=PATH[,key=value...] (a model file) or zoo:NAME")
+                if text not in available_real_teachers():
+                    raise flags.ValidationError(f"--teacher={text}: not installed; {REAL_TEACHERS[text]['pip']}")
+                builtin.append(text)
+            else:
+                try:
+                    files.append(parse_teacher_flag(text))
+                except ValueError as e:
+                    raise flags.ValidationError(f"--teacher: {e}") from None
+        if FLAGS.teachers_json:
+            try:
+                files += list(teacher_refs_from_json(FLAGS.teachers_json))
+            except (OSError, ValueError) as e:
+                raise flags.ValidationError(f"--teachers_json={FLAGS.teachers_json}: {e}") from None
+        try:
+            files = [resolve_ref(f) for f in files]
+        except TeacherLoadError as e:
+            raise flags.ValidationError(f"--teacher: {e}") from None
+        names = [s.name for s in zoo_specs] + builtin + [f.name for f in files]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise flags.ValidationError(f"--teacher: teacher name(s) {dup} given twice; names must be unique")
+        cfg = r(cfg, teachers=tuple(zoo_specs), real_teachers=tuple(dict.fromkeys(builtin + list(cfg.real_teachers)
+                                                                             if FLAGS.real_teachers else builtin)),
+                teacher_files=tuple(files))
+    data = cfg.data
+    if FLAGS.faces:
+        for src in FLAGS.faces:
+            import glob as globlib
+            if not os.path.exists(src) and not globlib.glob(src):
+                raise flags.ValidationError(f"--faces={src}: no such folder or file, and no file matches it as a glob")
+        fraction = 1.0 if FLAGS.real_fraction is None else FLAGS.real_fraction
+        try:
+            faces = FacesConfig(sources=tuple(os.path.abspath(p) if os.path.exists(p) else p for p in FLAGS.faces),
+                                align=FLAGS.align_faces, real_fraction=fraction,
+                                image_size=data.synth.image_size, max_images=FLAGS.max_faces)
+        except ValueError as e:
+            raise flags.ValidationError(f"--faces/--real_fraction: {e}") from None
+        data = r(data, faces=faces)
+    elif FLAGS.real_fraction is not None or FLAGS.align_faces or FLAGS.max_faces is not None:
+        raise flags.ValidationError("--real_fraction, --align_faces and --max_faces need --faces")
+    if FLAGS.tasks:
+        sets = []
+        for text in FLAGS.tasks:
+            try:
+                sets.append(parse_task_flag(text))
+            except ValueError as e:
+                raise flags.ValidationError(f"--tasks={text}: {e}") from None
+            if not os.path.exists(sets[-1].path) and not __import__("glob").glob(sets[-1].path):
+                raise flags.ValidationError(f"--tasks={text}: {sets[-1].path} does not exist")
+            if sets[-1].set_name in EVAL_SETS:
+                raise flags.ValidationError(f"--tasks={text}: name {sets[-1].set_name!r} is a SynthFaces eval set; "
+                                            "give it another with ,name=...")
+        sets = [r(t, path=os.path.abspath(t.path)) if os.path.exists(t.path) else t for t in sets]
+        from face_transfer.data.tasksets import resolve_names
+        try:
+            sets = resolve_names(sets)
+        except ValueError as e:
+            raise flags.ValidationError(f"--tasks: {e}") from None
+        data = r(data, task_sets=tuple(sets))
+    if FLAGS["synth_tasks"].present:
+        data = r(data, synth_tasks=FLAGS.synth_tasks)
+    if not data.synth_tasks and not data.task_sets:
+        raise flags.ValidationError("--nosynth_tasks with no --tasks leaves no task to evaluate on")
+    if FLAGS.cache_size is not None:
+        if FLAGS.cache_size < 2:
+            raise flags.ValidationError(f"--cache_size={FLAGS.cache_size}: expected >= 2")
+        data = r(data, cache_size=FLAGS.cache_size)
+    return r(cfg, data=data)
+
+
 def strategy_from_flags():
     from face_transfer.distribute import make_strategy
     if FLAGS.deterministic:
@@ -108,6 +233,29 @@ def strategy_from_flags():
         tf.config.experimental.enable_op_determinism()
     name = FLAGS.strategy or "default"
     return make_strategy(name, num_cpu_replicas=FLAGS.num_cpu_replicas)
+
+
+def _user_errors():
+    from face_transfer.data.readers import DataError
+    from face_transfer.teachers.adapters import TeacherLoadError
+    return (DataError, TeacherLoadError, FloatingPointError, TimeoutError)
+
+
+USER_ERRORS = ()  # filled in main_until, after the library is importable without side effects
+
+
+def run_console(main, doc: str):
+    """Run an absl main as a console script: `--help` shows the script's docstring and its key flags.
+
+    absl's help lists the key flags of the module named by sys.argv[0]; for a console script that is the
+    stub in bin/, which defines none, so the script's key flags are registered under that name too.
+    """
+    from absl import app
+    sys.modules["__main__"].__doc__ = doc
+    caller = sys._getframe(1).f_globals.get("__name__")
+    for fl in FLAGS.get_key_flags_for_module(caller):
+        FLAGS.register_key_flag_for_module(sys.argv[0], fl)
+    app.run(main)
 
 
 def quiet_tensorflow():
@@ -127,14 +275,20 @@ def main_until(stage: str):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}")
         quiet_tensorflow()
+        global USER_ERRORS
+        USER_ERRORS = _user_errors()
         try:
             cfg = config_from_flags()
             strategy = strategy_from_flags()
         except (flags.ValidationError, ValueError) as e:  # bad flags: a message, no traceback, no work done
             raise app.UsageError(str(e)) from None
         from face_transfer.pipeline import run_pipeline  # after the strategy: logical CPUs come first
-        out = run_pipeline(cfg, FLAGS.run_dir, overwrite=FLAGS.overwrite, strategy=strategy, until=stage,
-                           flags_text=FLAGS.flags_into_string())
+        try:
+            out = run_pipeline(cfg, FLAGS.run_dir, overwrite=FLAGS.overwrite, strategy=strategy, until=stage,
+                               flags_text=FLAGS.flags_into_string())
+        except USER_ERRORS as e:  # bad input found while running: one line naming it, exit 1, nothing lost
+            print(f"\nerror: {e}", file=sys.stderr)
+            return 1
         if "report" in out:
             print("\n".join(out["report"]["summary_lines"]))
         return 0

@@ -1,6 +1,15 @@
-"""The main job, end to end: synthetic faces -> teachers -> fusion -> student -> evaluation -> export.
+"""face-transfer: the main job, end to end, into one run directory (resumable; a finished stage is skipped):
+data -> teachers -> cache -> fusion -> student -> evaluate -> export -> report.
 
-  python -m trainers.pipeline --preset=demo --run_dir=runs/demo     (or the console script `face-transfer`)
+Examples:
+  face-transfer --preset=demo --run_dir=runs/demo          (SynthFaces, the embedded default)
+  face-transfer --preset=demo --run_dir=runs/mine \\
+      --teacher=id=models/face_id.keras,output=embedding,size=112,tasks=identity \\
+      --teacher=expr=models/expr.onnx,output=feat,size=64,channels=1,scale=0.0078,offset=-1,tasks=expression \\
+      --teacher=fer_expression \\
+      --faces=photos/ --align_faces \\
+      --tasks=celeba:data/celeba --tasks=fer2013:data/fer2013.csv --nosynth_tasks
+(`python -m trainers.pipeline` is the same program.)
 """
 import os
 import sys
@@ -12,6 +21,7 @@ from absl import app, flags  # noqa: E402
 from trainers import common  # noqa: E402
 
 common.define_run_flags()
+flags.adopt_module_key_flags(common)  # --help lists the run flags, not only this script's
 flags.DEFINE_enum("until", "report", ["data", "teachers", "cache", "fusion", "student", "evaluate", "export",
                                       "report"], "Stop after this stage.")
 
@@ -22,8 +32,8 @@ def main(argv):
 
 def run():
     """Console-script entry point (`face-transfer --preset=demo --run_dir=...`)."""
-    app.run(main, argv=sys.argv)
+    common.run_console(main, __doc__)
 
 
 if __name__ == "__main__":
-    run()
+    app.run(main)

@@ -38,15 +38,19 @@ def interpreter_backend() -> str:
     return _resolve()[0]
 
 
-def load_interpreter(path_or_bytes, num_threads: int = 1, default_delegates: bool = True):
+def load_interpreter(path_or_bytes, num_threads: int = 1, default_delegates: bool = True,
+                     preserve_all_tensors: bool = False):
     """An allocated interpreter for a .tflite path or flatbuffer bytes (first importable of
     ai_edge_litert, tflite_runtime, tf.lite).
 
     default_delegates=False keeps XNNPACK out, so _get_ops_details() lists the file's own ops
-    instead of one opaque DELEGATE node.
+    instead of one opaque DELEGATE node. preserve_all_tensors=True keeps intermediate tensors
+    readable with get_tensor() after invoke() (the interpreter then runs without default delegates).
     """
     name, Interpreter = _resolve()
     kwargs = {"num_threads": num_threads}
+    if preserve_all_tensors:
+        kwargs["experimental_preserve_all_tensors"] = True
     if not default_delegates:
         if name == "ai_edge_litert":
             from ai_edge_litert.interpreter import OpResolverType

@@ -5,6 +5,9 @@ Protocol (identical for every representation, so differences come from the featu
 
 * Split: `split_indices(n, seed, cfg)` is a seeded permutation cut into train/val/test; it depends only
   on (n, seed, cfg), so every representation of an eval set sees exactly the same images in each split.
+  Where the eval set has a group key (`EvalSet.group_key`, a user set's identity column), the split goes by
+  group instead: all images of a person land in one split (so verification's val/test people are unseen
+  in train). The synthetic sets have none and keep the image-level split.
 * Features are standardised with a `StandardScaler` fitted on the train split.
 * If the dimension exceeds `cfg.max_dim` (2048), features are projected on their top `max_dim`
   principal components (fitted on the standardised train split; deterministic, no random solver).
@@ -25,6 +28,9 @@ Protocol (identical for every representation, so differences come from the featu
 * landmarks: ridge to the 10 coordinates; NME = mean point-to-point error / ground-truth inter-ocular
   distance, averaged over images; the baseline predicts the train-mean shape;
   score = 100 * max(0, 1 - nme / nme_mean_shape).
+* User data: class labels may be ints, strings or bools (a class absent from train is simply never
+  predicted); images whose label is NaN leave that task's splits; a set below MIN_IMAGES images, or a
+  task left with too few labelled images, is an error naming the set, its tasks and the counts.
 
 Speed: BLAS is limited to `cfg.blas_threads` threads while probing. On the shared 2-core machine the
 small matrix products of lbfgs ran 10-18x faster single-threaded than with OpenBLAS's 2 threads.
@@ -48,6 +54,9 @@ from face_transfer.data.tasks import KINDS, Task
 # Keys of a probe result that are chosen hyper-parameters, not metrics.
 HPARAM_KEYS = ("C", "alpha", "threshold")
 EYES = (0, 1)  # (left_eye, right_eye) rows of the [5, 2] landmark array
+# Fewest images an eval set may have: below this a probe's test split holds a handful of images and its
+# score is noise (the split itself would work from 4). A user's tiny set fails here, naming set and tasks.
+MIN_IMAGES = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,17 +92,54 @@ class ProbeConfig:
             raise ValueError(f"ProbeConfig.verification_pairs={self.verification_pairs}; expected >= 2")
 
 
-def split_indices(n: int, seed: int, cfg: ProbeConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, val, test) indices of a set of n images: disjoint, depending only on (n, seed, cfg)."""
+def split_indices(n: int, seed: int, cfg: ProbeConfig,
+                  groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) indices of a set of n images: disjoint, depending only on (n, seed, cfg, groups).
+
+    With `groups` (one value per image, e.g. a person id), every group lands in exactly one split: groups
+    are shuffled (seeded) and cut where the cumulative image count is nearest train_frac / val_frac of n,
+    each split keeping at least one group. Within a split images keep the image-level permutation's order,
+    so `cfg.max_train` still takes a random subset. Without groups the split is exactly the historical one.
+    """
     n_train = int(round(n * cfg.train_frac))
     n_val = int(round(n * cfg.val_frac))
     if n_train < 2 or n_val < 1 or n - n_train - n_val < 1:
         raise ValueError(f"split_indices: n={n} images is too few for train_frac={cfg.train_frac}, "
                          f"val_frac={cfg.val_frac} (need >= 2 train, >= 1 val and >= 1 test image)")
     perm = np.random.default_rng([seed, n]).permutation(n)
-    train, val, test = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
+    if groups is None:
+        train, val, test = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
+    else:
+        train, val, test = _group_split(perm, np.asarray(groups), n_train, n_val, seed)
     if cfg.max_train is not None:
         train = train[:cfg.max_train]
+    return train, val, test
+
+
+def _group_split(perm: np.ndarray, groups: np.ndarray, n_train: int, n_val: int, seed: int):
+    n = perm.size
+    if groups.ndim != 1 or groups.shape[0] != n:
+        raise ValueError(f"split_indices: groups has shape {groups.shape}; expected one value per image ({n},)")
+    if groups.dtype.kind == "f" and not np.all(np.isfinite(groups)):
+        raise ValueError("split_indices: groups contain NaN or inf; every image needs a group (person)")
+    ids, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    g = ids.size
+    if g < 3:
+        raise ValueError(f"split_indices: {g} group(s) over {n} images; a split by group needs >= 3 groups "
+                         "(one each for train, val and test)")
+    order = np.random.default_rng([seed, n, g, 1]).permutation(g)  # groups in split order
+    ends = np.cumsum(counts[order])  # images up to and including the k-th group of `order`
+    # Cut after group k1 (train = order[:k1+1]) and k2, nearest the image targets, >= 1 group per split.
+    k1 = int(np.argmin(np.abs(ends[:g - 2] - n_train)))
+    k2 = k1 + 1 + int(np.argmin(np.abs(ends[k1 + 1:g - 1] - (n_train + n_val))))
+    split_of_group = np.empty(g, np.int64)
+    split_of_group[order[:k1 + 1]] = 0
+    split_of_group[order[k1 + 1:k2 + 1]] = 1
+    split_of_group[order[k2 + 1:]] = 2
+    where = split_of_group[inv[perm]]
+    train, val, test = perm[where == 0], perm[where == 1], perm[where == 2]
+    if train.size < 2:
+        raise ValueError(f"split_indices: the group split left {train.size} train image(s) of {n}; need >= 2")
     return train, val, test
 
 
@@ -103,7 +149,8 @@ class _PreparedSplit:
     Shared by all tasks of the eval set, so the scaler and the eigen-decomposition are computed once.
     """
 
-    def __init__(self, features: np.ndarray, seed: int, cfg: ProbeConfig, name: str = "features"):
+    def __init__(self, features: np.ndarray, seed: int, cfg: ProbeConfig, name: str = "features",
+                 groups: np.ndarray | None = None):
         features = np.asarray(features)
         if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
             raise ValueError(f"{name}: expected a non-empty 2-D array [N, D], got shape {features.shape}")
@@ -113,7 +160,12 @@ class _PreparedSplit:
         if not np.all(np.isfinite(features)):
             raise ValueError(f"{name}: features contain NaN or inf")
         self.cfg, self.seed, self.n = cfg, seed, features.shape[0]
-        self.idx = split_indices(self.n, seed, cfg)
+        if self.n < MIN_IMAGES:
+            raise ValueError(f"{name}: {self.n} images cannot be split for probing (need >= {MIN_IMAGES})")
+        try:
+            self.idx = split_indices(self.n, seed, cfg, groups)
+        except ValueError as e:
+            raise ValueError(f"{name}: {self.n} images cannot be split for probing ({e})") from e
         scaler = StandardScaler().fit(features[self.idx[0]])
         self.x = [scaler.transform(features[i]).astype(np.float32, copy=False) for i in self.idx]
         self._basis = None
@@ -170,6 +222,10 @@ def _task_labels(task: Task, labels: dict, n: int) -> np.ndarray:
                              "expected [N, 5, 2] (left_eye, right_eye, nose_tip, mouth_left, mouth_right)")
         return y.astype(np.float64)
     if task.kind == "regression":
+        for k, a in zip(task.labels, arrays):
+            if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+                raise ValueError(f"task {task.name!r} (regression): labels[{k!r}] has dtype {a.dtype}; "
+                                 "expected numbers (NaN marks a missing value)")
         cols = [a.reshape(n, -1).astype(np.float64) for a in arrays]
         return np.concatenate(cols, axis=1)
     if len(arrays) != 1 or arrays[0].ndim != 1:
@@ -187,8 +243,17 @@ def _balanced_accuracy(pred: np.ndarray, true: np.ndarray) -> float:
     return float(np.mean([np.mean(pred[true == c] == c) for c in np.unique(true)]))
 
 
-def _classification(prep: _PreparedSplit, y: np.ndarray, cfg: ProbeConfig) -> dict:
+def _classification(prep: _PreparedSplit, y: np.ndarray, cfg: ProbeConfig, task: Task) -> dict:
+    if y.dtype.kind == "f":
+        ok = np.isfinite(y)
+        if not ok.all():
+            # A float class column with NaN: those images have no class and leave every split.
+            prep = _subset(prep, ok)
+            _check_split_sizes(prep, task, int(ok.sum()))
+    # Any label type (ints, strings, bools) becomes class indices; a class absent from the train split
+    # simply cannot be predicted (it counts as a missed class in the balanced accuracy).
     classes, y_int = np.unique(y, return_inverse=True)
+    y_int = y_int.reshape(-1)
     ytr, yva, yte = (y_int[i] for i in prep.idx)
     xtr, xva, xte = prep.x
     if np.unique(ytr).size < 2:
@@ -251,9 +316,8 @@ def _regression(prep: _PreparedSplit, y: np.ndarray, cfg: ProbeConfig, task: Tas
     if not ok.all():
         # Labels undefined for some images (NaN) are left out of every split.
         prep = _subset(prep, ok)
+        _check_split_sizes(prep, task, int(ok.sum()))
     ytr, yva, yte = (y[i] for i in prep.idx)
-    if len(ytr) < 2 or len(yva) < 1 or len(yte) < 1:
-        raise ValueError(f"task {task.name!r}: too few images with finite labels in the splits")
     mu, sd = _standardise_targets(ytr)
     val, test = _ridge_predictions(prep, (ytr - mu) / sd, cfg.alpha_grid)
     val_mse = [np.mean((p * sd + mu - yva) ** 2 / sd ** 2) for p in val]  # = mean over outputs of standardised MSE
@@ -275,6 +339,7 @@ def _landmarks(prep: _PreparedSplit, y: np.ndarray, cfg: ProbeConfig, task: Task
     ok = _finite_rows(y)
     if not ok.all():
         prep = _subset(prep, ok)
+        _check_split_sizes(prep, task, int(ok.sum()))
     ytr, yva, yte = (y[i] for i in prep.idx)
     flat = ytr.reshape(len(ytr), 10)
     mu, sd = _standardise_targets(flat)
@@ -285,6 +350,13 @@ def _landmarks(prep: _PreparedSplit, y: np.ndarray, cfg: ProbeConfig, task: Task
     nme_mean = _nme(np.broadcast_to(ytr.mean(axis=0), yte.shape), yte)
     score = 100.0 * max(0.0, 1.0 - nme / nme_mean) if nme_mean > 0 else 0.0
     return {"nme": nme, "nme_mean_shape": nme_mean, "score": score, "alpha": float(cfg.alpha_grid[k])}
+
+
+def _check_split_sizes(prep: _PreparedSplit, task: Task, n_labelled: int):
+    sizes = [len(i) for i in prep.idx]
+    if sizes[0] < 2 or sizes[1] < 1 or sizes[2] < 1:
+        raise ValueError(f"task {task.name!r} (eval set {task.eval_set!r}): only {n_labelled} of {prep.n} "
+                         f"images have finite labels, giving train/val/test = {sizes}; need >= 2/1/1")
 
 
 def _subset(prep: _PreparedSplit, keep: np.ndarray) -> _PreparedSplit:
@@ -373,7 +445,7 @@ def _probe_prepared(task: Task, prep: _PreparedSplit, labels: dict, cfg: ProbeCo
         raise ValueError(f"task {task.name!r}: kind {task.kind!r}; expected one of {KINDS}")
     y = _task_labels(task, labels, prep.n)
     if task.kind == "classification":
-        return _classification(prep, y, cfg)
+        return _classification(prep, y, cfg, task)
     if task.kind == "regression":
         return _regression(prep, y, cfg, task)
     if task.kind == "landmarks":
@@ -384,8 +456,29 @@ def _probe_prepared(task: Task, prep: _PreparedSplit, labels: dict, cfg: ProbeCo
 def probe_task(task: Task, features: np.ndarray, labels: dict, seed: int, cfg: ProbeConfig) -> dict:
     """Metrics of one task for one seed: the task's raw metrics plus "score" in [0, 100]."""
     with threadpool_limits(limits=cfg.blas_threads):
-        prep = _PreparedSplit(features, seed, cfg, name=f"features for task {task.name!r}")
+        groups = _set_groups([task], labels, np.shape(features)[0] if np.ndim(features) else 0)
+        prep = _PreparedSplit(features, seed, cfg, groups=groups,
+                              name=f"task {task.name!r} (eval set {task.eval_set!r})")
         return _probe_prepared(task, prep, labels, cfg)
+
+
+def _set_groups(tasks: list[Task], labels: dict, n: int) -> np.ndarray | None:
+    """The group labels splits go by for these tasks of one eval set (None: image-level split)."""
+    keys = {t.group_key for t in tasks}
+    if len(keys) > 1:
+        raise ValueError(f"tasks {[t.name for t in tasks]} of eval set {tasks[0].eval_set!r} disagree on "
+                         f"the group key of its split ({sorted(map(str, keys))}); one set has one split")
+    key = keys.pop()
+    if key is None:
+        return None
+    if key not in labels:
+        raise KeyError(f"eval set {tasks[0].eval_set!r} splits by {key!r} (its identity column) but the "
+                       f"labels dict has no such key (available: {sorted(labels)})")
+    groups = np.asarray(labels[key])
+    if groups.shape[:1] != (n,):
+        raise ValueError(f"eval set {tasks[0].eval_set!r}: labels[{key!r}] (split groups) has shape "
+                         f"{groups.shape}; expected one value per image ({n})")
+    return groups
 
 
 def _std(values) -> float:
@@ -407,8 +500,10 @@ def evaluate_representation(features_by_set: dict[str, np.ndarray], labels_by_se
     with threadpool_limits(limits=cfg.blas_threads):
         for set_name in dict.fromkeys(t.eval_set for t in tasks):
             set_tasks = [t for t in tasks if t.eval_set == set_name]
+            groups = _set_groups(set_tasks, labels_by_set[set_name], np.shape(features_by_set[set_name])[0])
             for seed in cfg.seeds:
-                prep = _PreparedSplit(features_by_set[set_name], seed, cfg, name=f"features[{set_name!r}]")
+                prep = _PreparedSplit(features_by_set[set_name], seed, cfg, groups=groups,
+                                      name=f"eval set {set_name!r} (tasks {[t.name for t in set_tasks]})")
                 for t in set_tasks:
                     per_task[t.name].append(_probe_prepared(t, prep, labels_by_set[set_name], cfg))
     results = {}

@@ -131,10 +131,13 @@ class _Progress:
               f"ETA {eta:.0f} s", end="" if step != self.total else "\n", file=sys.stderr, flush=True)
 
 
-def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, synth_cfg: synth.SynthConfig,
+def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
                     build_targets_fn, out_dir: str, strategy=None, decoder_fn=None, dims=None,
                     target_concat_fn=None) -> dict:
     """Train the student to reproduce the fused teacher's code; resumable; writes `student.json` last.
+
+    `source`: the unlabelled faces (face_transfer.data.sources: SynthFaces, the user's prepared faces, or a
+    mix); a `SynthConfig` is accepted and means SynthFaces in `cfg.domain`.
 
     build_targets_fn() -> frozen Keras model uint8 images -> AE code (built inside strategy.scope()).
     For loss="teacher_space", target_concat_fn() -> frozen model images -> standardised concatenation,
@@ -147,6 +150,7 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, synth_cfg: s
             return json.load(f)
     keras.utils.set_random_seed(cfg.seed)
     os.makedirs(out_dir, exist_ok=True)
+    source = _as_source(source, cfg)
 
     def build():
         student = build_student(student_cfg)
@@ -172,11 +176,11 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, synth_cfg: s
     t0 = time.time()
     hist = distribute.train_loop(
         strategy, build, loss_fn,
-        lambda ctx, start: make_distill_dataset(synth_cfg, cfg, ctx, start, gb),
+        lambda ctx, start: make_source_dataset(source, cfg, ctx, start, gb),
         lambda: _optimizer(cfg), cfg.steps, gb, checkpoint_dir=os.path.join(out_dir, "ckpt"),
         checkpoint_every=cfg.checkpoint_every, on_step=_Progress(cfg.steps, cfg.log_every, "distill"))
     student = hist["models"]["student"]
-    recalibrate_batchnorm(student, _recalibration_batches(synth_cfg, cfg))
+    recalibrate_batchnorm(student, _recalibration_batches(source, cfg))
     record = _save_student(student, student_cfg, out_dir, strategy, {
         "kind": "distilled", "distill": dataclasses.asdict(cfg), "final_loss": _tail_mean(hist["loss"]),
         "train_seconds_this_run": round(time.time() - t0, 1), "resumed_from_step": hist["start_step"]})
@@ -206,10 +210,26 @@ def recalibrate_batchnorm(model: keras.Model, batches) -> int:
     return n
 
 
-def _recalibration_batches(synth_cfg, cfg: DistillConfig, n_batches: int = 16):
-    for b in range(n_batches):
-        idx = np.arange(b * cfg.batch_size, (b + 1) * cfg.batch_size)
-        yield synth.render_faces(synth_cfg, idx, stream="bn_recalibration", domain=cfg.domain)[0]
+def _recalibration_batches(source, cfg: DistillConfig, n_batches: int = 16):
+    source = _as_source(source, cfg)
+    n = source.count(n_batches * cfg.batch_size)
+    for start in range(0, n - cfg.batch_size + 1 if n >= cfg.batch_size else 1, cfg.batch_size):
+        yield source.images(start, min(n, start + cfg.batch_size), "bn_recalibration")
+
+
+def _as_source(source, cfg: DistillConfig):
+    """A SynthConfig means SynthFaces in the distillation domain (the library's long-standing call form)."""
+    if isinstance(source, synth.SynthConfig):
+        from face_transfer.data.sources import SynthSource
+        return SynthSource(source, domain=cfg.domain)
+    return source
+
+
+def make_source_dataset(source, cfg: DistillConfig, input_context, start_step: int, global_batch: int,
+                        stream: str = "distill"):
+    """Per-replica batches of unlabelled faces from any source, augmented deterministically per position."""
+    aug = (lambda images, idx: _augment(images, idx)) if cfg.augment else None
+    return source.make_dataset(input_context, start_step, global_batch, stream, augment_fn=aug)
 
 
 def _optimizer(cfg: DistillConfig):

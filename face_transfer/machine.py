@@ -1,0 +1,53 @@
+"""What CPU a figure was measured on: its ISA flags and its single-thread fp32 matmul throughput.
+Speed figures are only comparable next to these (int8 kernels with VNNI run several times faster than AVX2)."""
+from __future__ import annotations
+
+import platform
+import time
+
+import numpy as np
+
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+             "amx_tile", "amx_int8", "neon", "asimd", "asimddp", "sve")
+
+
+def cpu_isa_flags() -> list[str]:
+    """The vector-ISA flags of this CPU that matter for TF/XNNPACK speed (from /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def matmul_gflops_one_thread(n: int = 512, repeats: int = 20) -> float:
+    """Single-thread fp32 matmul GFLOP/s (numpy's BLAS), best of three timed batches."""
+    from threadpoolctl import threadpool_limits
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    best = float("inf")
+    with threadpool_limits(limits=1):
+        a @ a
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                a @ a
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 * repeats / best / 1e9
+
+
+def describe() -> dict:
+    """{cpu, isa, matmul_gflops_one_thread, cores}: recorded next to every speed figure."""
+    info = {"machine": platform.machine(), "isa": cpu_isa_flags(),
+            "matmul_gflops_one_thread": round(matmul_gflops_one_thread(), 1)}
+    try:
+        import os
+        info["cores"] = os.cpu_count()
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return info

@@ -1,0 +1,135 @@
+"""Stage `data`: the run's image sets on disk. SynthFaces eval sets, the user's labelled datasets (as eval
+sets), the user's unlabelled faces prepared once into TFRecord shards, a sample grid and label statistics.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from face_transfer.fileio import write_json
+from face_transfer.stages import inputs
+from face_transfer.stages.rundir import Run, header, summary
+
+NAME = "data"
+
+
+def run(run: Run, ctx) -> dict:
+    from face_transfer.data.tasks import EVAL_SETS
+    cfg = run.cfg
+    dcfg = cfg.data
+    parts = (["SynthFaces eval sets"] if dcfg.synth_tasks else []) + \
+        ([f"{len(dcfg.task_sets)} labelled dataset(s)"] if dcfg.task_sets else []) + \
+        (["your face folder(s)"] if dcfg.faces.sources else [])
+    header("data: " + ", ".join(parts))
+    t0 = time.time()
+    info: dict = {"eval_sets": inputs.eval_set_names(run)}
+    outputs = []
+    if dcfg.synth_tasks:
+        from face_transfer.data.pipelines import render_eval_set
+        for name in EVAL_SETS:
+            render_eval_set(dcfg.synth, name, dcfg.eval_set_size, run.p("data", name))
+            outputs.append(run.p("data", name, "manifest.json"))
+        info["images_per_synth_set"] = dcfg.eval_set_size
+    if dcfg.task_sets:
+        from face_transfer.data.tasksets import write_task_set
+        info["task_sets"] = {}
+        for i, ts in enumerate(dcfg.task_sets):
+            name = inputs.task_set_name(run, i)
+            man = write_task_set(ts, run.p("data", name), image_size=dcfg.synth.image_size)
+            cols = sorted(man.get("columns", {}))
+            info["task_sets"][name] = {"images": man.get("n_images"), "path": ts.path, "format": ts.format,
+                                       "columns": cols, "ignored": man.get("ignored", {})}
+            outputs.append(run.p("data", name, "taskset.json"))
+            skipped = man.get("report", {}).get("skipped", 0)
+            summary(f"{name} ({ts.format}, {ts.path}): {man.get('n_images')} labelled faces, tasks from columns "
+                    f"{', '.join(cols)}" + (f"; {skipped} bad row(s) dropped and listed" if skipped else "")
+                    + (f"; not tasks: {', '.join(man['ignored'])}" if man.get("ignored") else ""))
+    if dcfg.faces.sources:
+        from face_transfer.data.faces import prepare_faces
+        worker = _worker(ctx)
+        man = prepare_faces(dcfg.faces, run.p(inputs.FACES_DIR), worker=worker)
+        if worker[0] != 0 and "report" not in man:
+            man = _wait_for_manifest(run.p(inputs.FACES_DIR, "manifest.json"))
+        rep = man.get("report", {})
+        info["faces"] = {k: rep.get(k) for k in ("found", "kept", "corrupt", "no_face")}
+        outputs.append(run.p(inputs.FACES_DIR, "manifest.json"))
+        summary(f"faces: {rep.get('found')} found, {rep.get('kept')} kept, {rep.get('corrupt')} corrupt, "
+                f"{rep.get('no_face')} without a face (list: {run.p(inputs.FACES_DIR, 'manifest.json')})")
+    grid = run.p("data", "sample_grid.png")
+    if _worker(ctx)[0] != 0:  # one writer for the shared files below
+        info["outputs"] = outputs
+        return info
+    if not os.path.exists(grid):
+        _sample_grid(run, grid)
+    outputs.append(grid)
+    stats_path = run.p("data", "stats.json")
+    if not os.path.exists(stats_path):
+        write_json(stats_path, label_statistics(run))
+    outputs.append(stats_path)
+    info["seconds"] = round(time.time() - t0, 1)
+    summary(f"eval sets {info['eval_sets']}, sample grid {grid} ({info['seconds']} s)")
+    info["outputs"] = outputs
+    return info
+
+
+def _worker(ctx) -> tuple[int, int]:
+    from face_transfer import distribute
+    return distribute.worker_index(ctx.strategy) if ctx.strategy is not None else (0, 1)
+
+
+def _wait_for_manifest(path: str, timeout_s: float = 24 * 3600) -> dict:
+    from face_transfer.fileio import read_json
+    t0 = time.time()
+    while not os.path.exists(path):
+        if time.time() - t0 > timeout_s:
+            raise TimeoutError(f"{path} did not appear within {timeout_s:.0f} s (worker 0 stopped?); rerun, it resumes")
+        time.sleep(1.0)
+    return read_json(path)
+
+
+def _sample_grid(run: Run, path: str):
+    """SynthFaces' domain grid when the run uses them, else a grid of the user's own prepared faces."""
+    from face_transfer.data import synth
+    if not inputs.uses_user_faces(run) and run.cfg.data.synth_tasks:
+        synth.save_sample_grid(path, run.cfg.data.synth)
+        return
+    from PIL import Image
+    src = inputs.image_source(run)
+    n = min(32, src.count(32))
+    faces = src.images(0, n, "grid")
+    cols = 8
+    rows = max(1, (n + cols - 1) // cols)
+    s = faces.shape[1]
+    canvas = np.full((rows * s, cols * s, 3), 255, np.uint8)
+    for i, f in enumerate(faces):
+        r, c = divmod(i, cols)
+        canvas[r * s:(r + 1) * s, c * s:(c + 1) * s] = f
+    Image.fromarray(canvas).resize((cols * s * 2, rows * s * 2), Image.NEAREST).save(path)
+
+
+def label_statistics(run: Run) -> dict:
+    """Per eval set, per label: class frequencies or ranges. What the data holds, for the report."""
+    _, labels_by_set = inputs.load_eval_data(run)
+    out = {}
+    for set_name, labels in labels_by_set.items():
+        stats = {}
+        for k, v in labels.items():
+            v = np.asarray(v)
+            if v.dtype.kind in "US":
+                vals, counts = np.unique(v, return_counts=True)
+                stats[k] = {"distinct": int(len(vals))} if len(vals) > 50 else \
+                    {"counts": {str(a): int(b) for a, b in zip(vals, counts)}}
+            elif v.ndim > 1:
+                stats[k] = {"shape": list(v.shape[1:]), "mean": v.reshape(len(v), -1).mean(0).round(4).tolist()}
+            elif k == "identity":
+                stats[k] = {"distinct": int(len(np.unique(v))), "n": int(len(v))}
+            elif np.issubdtype(v.dtype, np.integer):
+                vals, counts = np.unique(v, return_counts=True)
+                stats[k] = {"counts": {str(a): int(b) for a, b in zip(vals, counts)}}
+            else:
+                stats[k] = {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v)), "min": float(np.nanmin(v)),
+                            "max": float(np.nanmax(v))}
+        out[set_name] = stats
+    return out

@@ -1,0 +1,158 @@
+"""Stage `evaluate`: linear probes of every representation on every task of the run (SynthFaces tasks and
+the user's dataset columns), the compression curve, tables and plots.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+from face_transfer.fileio import read_json, write_json
+from face_transfer.stages import inputs
+from face_transfer.stages.features import features_cached, predict, teacher_reps
+from face_transfer.stages.rundir import Run, header, summary
+from face_transfer.stages.student import student_dirs
+
+NAME = "evaluate"
+
+
+def compression_curve(run: Run, reps: dict, labels: dict) -> dict:
+    """Mean novel-task score of AE / PCA / random projection codes vs code dim d, against concat."""
+    from face_transfer.evaluation.probes import evaluate_representation, group_means
+    from face_transfer.fusion.autoencoder import Fusion, fit_pca, random_projection, train_fusion
+    from face_transfer.teachers.cache import load_embedding_cache
+    path = run.p("metrics", "compression_curve.json")
+    if os.path.exists(path):
+        return read_json(path)
+    header(f"compression curve: d in {list(run.cfg.compression_dims)} (AE vs PCA vs random projection)")
+    tasks = inputs.novel_tasks(run) or inputs.run_tasks(run)
+    _, cache = load_embedding_cache(run.p("cache"))
+    std = Fusion.load(run.p("fusion")).standardizer
+    cache_concat = std.concat(cache)
+    concat = reps["concat"]
+    probe = run.cfg.probe
+
+    def score(feats):
+        res = evaluate_representation(feats, labels, tasks, probe)
+        g = group_means(res, tasks)
+        return g["mean_novel"], g["std_novel"]
+
+    curve = {"d": [], "ae": [], "pca": [], "random_projection": [], "ae_std": [], "pca_std": [],
+             "random_projection_std": []}
+    c, cs = score(concat)
+    curve.update({"concat": c, "concat_std": cs, "concat_dim": int(cache_concat.shape[1])})
+    for d in run.cfg.compression_dims:
+        if d >= cache_concat.shape[1]:
+            continue
+        t0 = time.time()
+        fcfg = dataclasses.replace(run.cfg.fusion, code_dim=d)
+        fus = train_fusion(cache, fcfg, run.p("fusion_curve", f"d{d}"))
+        pca = fit_pca(cache_concat, d, run.cfg.seed)
+        rp = random_projection(cache_concat.shape[1], d, run.cfg.seed)
+        for name, fn in (("ae", lambda z: fus.encoder.predict(z, verbose=0)), ("pca", pca), ("random_projection", rp)):
+            m, s = score(features_cached(run, f"{name}_d{d}", lambda st, fn=fn: fn(concat[st])))
+            curve[name].append(m)
+            curve[f"{name}_std"].append(s)
+        curve["d"].append(int(d))
+        summary(f"d={d}: AE {curve['ae'][-1]:.1f}  PCA {curve['pca'][-1]:.1f}  RP {curve['random_projection'][-1]:.1f}"
+                f"  (concat {c:.1f}; {time.time() - t0:.0f} s)")
+    write_json(path, curve)
+    return curve
+
+
+def compression_summary(curve: dict, keep: float = 0.99) -> dict:
+    """Smallest d (largest ratio) whose AE code keeps `keep` of the concatenation's novel score."""
+    best = None
+    for d, a, p in zip(curve["d"], curve["ae"], curve["pca"]):
+        if a >= keep * curve["concat"]:
+            if best is None or d < best["d"]:
+                best = {"d": d, "ratio": curve["concat_dim"] / d, "ae": a, "pca": p}
+    return best or {"d": None, "ratio": None, "note": f"no tested d keeps {keep:.0%} of concat"}
+
+
+def all_reps(run: Run, teachers, images) -> dict:
+    """Every representation the config defines, as {rep: {eval_set: features}}."""
+    from face_transfer.student.distill import load_student
+    reps = teacher_reps(run, teachers, images)
+    for rep, d in student_dirs(run).items():
+        if os.path.exists(os.path.join(d, "student.json")):
+            model = load_student(d)
+            reps[rep] = features_cached(run, rep, lambda s, m=model: predict(m, images[s]))
+    return reps
+
+
+def rep_groups(run: Run, results: dict, tasks) -> dict:
+    """Group means per representation, plus `best_teacher` (the best single teacher per group)."""
+    from face_transfer.evaluation.probes import group_means
+    groups = {rep: group_means(res, tasks) for rep, res in results.items()}
+    names = inputs.teacher_names(run)
+    for g in ("novel", "source", "all"):
+        best = max(names, key=lambda n: groups[n][f"mean_{g}"])
+        groups.setdefault("best_teacher", {})[f"mean_{g}"] = groups[best][f"mean_{g}"]
+        groups["best_teacher"][f"std_{g}"] = groups[best][f"std_{g}"]
+        groups["best_teacher"][f"which_{g}"] = best
+    return groups
+
+
+def run(run: Run, ctx) -> dict:
+    from face_transfer.evaluation import plots, tables
+    from face_transfer.evaluation.probes import evaluate_all
+    path = run.p("metrics", "transfer.json")
+    header("transfer evaluation: linear probes on every task, every representation")
+    teachers = inputs.load_teachers(run)
+    images, labels = inputs.load_eval_data(run)
+    reps = all_reps(run, teachers, images)
+    tasks = inputs.run_tasks(run)
+    results_path = run.p("metrics", "transfer_results.json")
+    done = read_json(results_path) if os.path.exists(results_path) else {}
+    todo = {k: v for k, v in reps.items() if k not in done}
+    t0 = time.time()
+    if todo:
+        done.update(evaluate_all(todo, labels, tasks, run.cfg.probe))
+        write_json(results_path, done)
+    results = {k: done[k] for k in reps}
+    groups = rep_groups(run, results, tasks)
+    curve = compression_curve(run, reps, labels)
+    meta = {"eval_sets": list(images), "preset": run.cfg.preset, "seeds": list(run.cfg.probe.seeds), "eval_set_size": run.cfg.data.eval_set_size}
+    table = tables.results_table_json(results, tasks, meta)
+    table["groups"] = groups
+    table["compression_curve"] = curve
+    table["compression_99"] = compression_summary(curve)
+    write_json(path, table)
+    order = ["pixels", "random_student"] + inputs.teacher_names(run) + \
+        ["concat", "pca", "random_projection", "ae"] + [r for r in results if r.startswith("ae_")] + \
+        [r for r in student_dirs(run) if r in results]
+    with open(run.p("metrics", "transfer.md"), "w") as f:
+        f.write(tables.results_table_markdown(results, tasks, reps_order=order))
+    plots.plot_task_bars(results, tasks, run.p("metrics", "task_bars.png"),
+                         reps=[r for r in ["pixels", "random_student", "concat", "ae", "student", "supervised_student"]
+                               if r in results])
+    plots.plot_compression_curve(curve, run.p("metrics", "compression_curve.png"))
+    if "student" in reps:
+        colour = _colouring_task(run, tasks, labels)
+        if colour is not None:
+            t = colour
+            plots.plot_embedding_2d(reps["student"][t.eval_set], labels[t.eval_set][t.labels[0]],
+                                    run.p("metrics", "student_embedding_2d.png"),
+                                    f"student embedding (PCA), coloured by {t.name} "
+                                    f"({'a novel' if not t.source else 'a source'} task)")
+    summary(f"{len(results)} representations x {len(tasks)} tasks x {len(run.cfg.probe.seeds)} seeds "
+            f"({time.time() - t0:.0f} s); table {run.p('metrics', 'transfer.md')}")
+    for rep in order:
+        if rep in groups:
+            summary(f"{rep:>22}: novel {groups[rep]['mean_novel']:.1f} ± {groups[rep]['std_novel']:.1f}   "
+                    f"source {groups[rep]['mean_source']:.1f} ± {groups[rep]['std_source']:.1f}")
+    outputs = [path, run.p("metrics", "transfer.md")]
+    return {"groups": groups, "outputs": outputs}
+
+
+def _colouring_task(run: Run, tasks, labels):
+    """The task whose labels colour the student's 2-D embedding plot: hair colour on SynthFaces, else the
+    first novel classification task (else any classification task)."""
+    by_name = {t.name: t for t in tasks}
+    if "hair_color" in by_name and run.cfg.data.synth_tasks:
+        return by_name["hair_color"]
+    cls = [t for t in tasks if t.kind == "classification"]
+    novel = [t for t in cls if not t.source]
+    return (novel or cls or [None])[0]
+

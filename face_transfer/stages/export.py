@@ -1,0 +1,259 @@
+"""Stage `export`: SavedModels (student, multi-task analyser, fused teacher), TFLite files (float32/16,
+dynamic, int8 PTQ, int8 QAT), parity and transfer drop per file, and single-thread latency.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from face_transfer.fileio import read_json, write_json
+from face_transfer.stages import inputs
+from face_transfer.stages.features import features_cached, predict
+from face_transfer.stages.rundir import Run, header, summary
+from face_transfer.stages.student import fused_teacher_builders
+
+NAME = "export"
+
+
+def analyzer_heads(run: Run, student_features: dict, labels: dict) -> tuple[dict, dict]:
+    """({output name: head}, {output name: class names}) for every task a phone app would read: the
+    SynthFaces photo tasks and every non-verification column of the user's datasets."""
+    from face_transfer.data.tasks import EVAL_SETS
+    from face_transfer.evaluation.heads import ANALYZER_TASKS, fit_heads
+    tasks = {t.name: t for t in inputs.run_tasks(run)}
+    heads, names = {}, {}
+    by_set: dict[str, list] = {}
+    for t in tasks.values():
+        if t.kind == "verification":
+            continue
+        if t.eval_set in EVAL_SETS and (t.name not in ANALYZER_TASKS or t.eval_set != "photo"):
+            continue
+        by_set.setdefault(t.eval_set, []).append(t)
+    for set_name, set_tasks in by_set.items():
+        enc_labels = dict(labels[set_name])
+        renamed = {}
+        for t in set_tasks:
+            out_name = _output_name(t.name, taken=set(heads) | set(renamed.values()))
+            renamed[t.name] = out_name
+            if t.kind == "classification":
+                raw = np.asarray(enc_labels[t.labels[0]])
+                known = inputs.class_names(run, t)
+                if raw.dtype.kind in "US" or known is None:
+                    # Heads predict class indices; keep the readable name of each index next to the file.
+                    uniq, codes = np.unique(raw, return_inverse=True)
+                    if raw.dtype.kind not in "US" and known is not None:
+                        uniq = np.asarray(known)[uniq.astype(int)]
+                    enc_labels[t.labels[0]] = codes
+                    names[out_name] = [str(u) for u in uniq]
+                else:
+                    names[out_name] = list(known)
+        fitted = fit_heads([t.name for t in set_tasks], student_features[set_name], enc_labels, tasks)
+        for k, head in fitted.items():
+            key = renamed.get(k, k)
+            heads[key] = head
+            if key in names and "classes" in head:
+                idx = head["classes"]
+                head_names = names[key]
+                names[key] = [head_names[int(c)] if int(c) < len(head_names) else str(c) for c in idx]
+    return heads, names
+
+
+def _output_name(name: str, taken: set) -> str:
+    """A SavedModel / TFLite output name: letters, digits and _, not starting with a digit, unique."""
+    out = "".join(c if c.isalnum() or c == "_" else "_" for c in name.lower()) or "task"
+    if out[0].isdigit():
+        out = "t_" + out
+    base, i = out, 2
+    while out in taken:
+        out, i = f"{base}_{i}", i + 1
+    return out
+
+
+def run(run: Run, ctx) -> dict:
+    """SavedModels, TFLite files, parity + transfer drop per file, latency; export.json written last."""
+    from face_transfer.deploy import infer, savedmodel, tflite
+    from face_transfer.evaluation.probes import evaluate_representation, group_means
+    from face_transfer.student.distill import load_student
+    header("export: SavedModels, TFLite (float, int8 PTQ, int8 QAT), parity, latency")
+    out = run.p("export")
+    final = os.path.join(out, "export.json")
+    if os.path.exists(final):
+        return {**read_json(final), "outputs": [final]}
+    os.makedirs(out, exist_ok=True)
+    ecfg = run.cfg.export
+    student = load_student(run.p("student"))
+    images, labels = inputs.load_eval_data(run)
+    feats = features_cached(run, "student", lambda s: predict(student, images[s]))
+    heads, class_names = analyzer_heads(run, feats, labels)
+    analyzer = savedmodel.build_analyzer(student, heads)
+    meta = savedmodel.analyzer_metadata(heads)
+    for name, entry in meta.items():  # readable class names for infer_tflite and apps
+        if "classes" in entry:
+            entry["classes"] = class_names.get(name) or (
+                ["no", "yes"] if len(entry["classes"]) == 2 else [str(c) for c in entry["classes"]])
+    for path in ("analyzer_heads.json", "analyzer_int8.labels.json"):
+        write_json(os.path.join(out, path), meta)
+    code_fn, _, _ = fused_teacher_builders(run)
+    fused = code_fn()
+    exported = [("student", student), ("analyzer", analyzer)]
+    if all(getattr(t, "in_graph_exportable", True) for t in inputs.load_teachers(run)):
+        exported.append(("fused_teacher", fused))
+    else:
+        summary("fused_teacher SavedModel skipped: a teacher runs outside TensorFlow (TFLite or dlib), "
+                "so the ensemble cannot be serialised")
+    for name, model in exported:
+        # export.json (written last) is absent, so anything here is from an interrupted attempt: redo it.
+        savedmodel.export_savedmodel(model, os.path.join(out, f"{name}_savedmodel"), overwrite=True)
+    src = inputs.image_source(run)
+    calib = src.images(0, src.count(ecfg.calibration_images), "calibration")
+    parity = src.images(0, src.count(ecfg.parity_images), "parity")
+
+    def ref_student(x):
+        return {"embedding": predict(student, x)}
+
+    files, reports = {}, {}
+    modes = {"float32": tflite.QuantizationConfig.for_float32(), "float16": tflite.QuantizationConfig.for_float16(),
+             "dynamic": tflite.QuantizationConfig.for_dynamic(),
+             "int8_ptq": tflite.QuantizationConfig.for_int8(calib, steps=len(calib))}
+    for mode in ("float32", "int8_ptq"):
+        if mode not in ecfg.tflite_modes:
+            raise ValueError(f"export.tflite_modes={ecfg.tflite_modes} must include {mode!r} (parity and latency use it)")
+    for mode in ecfg.tflite_modes:
+        data = tflite.convert_to_tflite(os.path.join(out, "student_savedmodel"), modes[mode])
+        reports[f"student_{mode}"] = tflite.validate_tflite(
+            data, ref_student, parity, min_cosine=ecfg.min_cosine_int8 if mode == "int8_ptq" else 0.999)
+        files[mode] = os.path.join(out, f"student_{mode}.tflite")
+        with open(files[mode], "wb") as f:
+            f.write(data)
+    # the multi-task analyser as one int8 file (the product a phone runs)
+    adata = tflite.convert_to_tflite(os.path.join(out, "analyzer_savedmodel"),
+                                     tflite.QuantizationConfig.for_int8(calib, steps=len(calib)))
+    reports["analyzer_int8_ptq"] = tflite.validate_tflite(
+        adata, lambda x: {k: np.asarray(v) for k, v in analyzer.predict(x, verbose=0).items()}, parity,
+        min_cosine=ecfg.min_cosine_analyzer)
+    with open(os.path.join(out, "analyzer_int8.tflite"), "wb") as f:
+        f.write(adata)
+    # quantisation-aware training (tf_keras twin; tfmot flips the TF keras alias to legacy process-wide,
+    # so it runs in a subprocess)
+    qat_info = _qat_subprocess(run)
+    if qat_info.get("ok"):
+        with open(qat_info["path"], "rb") as f:
+            qdata = f.read()
+        reports["student_int8_qat"] = tflite.validate_tflite(qdata, ref_student, parity,
+                                                             min_cosine=ecfg.min_cosine_int8)
+        files["int8_qat"] = qat_info["path"]
+    # transfer score drop per task when the probes run on the TFLite embeddings
+    tasks = inputs.run_tasks(run)
+    base = evaluate_representation(feats, labels, tasks, run.cfg.probe)
+    base_g = group_means(base, tasks)
+    drops = {}
+    for mode in ("int8_ptq", "int8_qat"):
+        if mode not in files:
+            continue
+        interp = infer.load_interpreter(files[mode], num_threads=2)
+        tfe = features_cached(run, f"student_tflite_{mode}",
+                              lambda s, it=interp: next(iter(infer.run_tflite(it, images[s]).values())))
+        res = evaluate_representation(tfe, labels, tasks, run.cfg.probe)
+        g = group_means(res, tasks)
+        drops[mode] = {"mean_novel_drop": base_g["mean_novel"] - g["mean_novel"],
+                       "mean_source_drop": base_g["mean_source"] - g["mean_source"],
+                       "per_task_drop": {t.name: base[t.name]["score_mean"] - res[t.name]["score_mean"] for t in tasks}}
+        reports[f"student_{mode}"]["mean_novel_drop"] = drops[mode]["mean_novel_drop"]
+    tflite.write_validation_report(reports, out)
+    latency = _latency(run, files, fused, parity)
+    info = {"files": {k: os.path.relpath(v, run.dir) for k, v in files.items()},
+            "bytes": {k: os.path.getsize(v) for k, v in files.items()},
+            "analyzer_int8_bytes": len(adata), "cosine": {k: v["cosine_mean"] for k, v in reports.items()},
+            "drops": drops, "latency": latency, "qat": qat_info, "interpreter": infer.interpreter_backend(),
+            "analyzer_outputs": sorted(meta)}
+    write_json(final, info)
+    summary(f"int8 PTQ {info['bytes']['int8_ptq'] / 1024:.0f} KB (cos {reports['student_int8_ptq']['cosine_mean']:.4f}), "
+            f"float32 {info['bytes']['float32'] / 1024:.0f} KB; novel drop "
+            + ", ".join(f"{k} {v['mean_novel_drop']:+.2f}" for k, v in drops.items())
+            + f"; latency int8 {latency['int8_ms_per_face']:.2f} ms/face, ensemble/int8 x{latency['ensemble_over_int8']:.0f}")
+    return {**info, "outputs": [final] + [os.path.join(out, f) for f in ("analyzer_int8.tflite", "parity.json")]
+            + list(files.values())}
+
+
+def _qat_subprocess(run: Run) -> dict:
+    """Quantisation-aware fine-tune + int8 conversion in a child process (see deploy/qat.py)."""
+    import subprocess
+    out = run.p("export", "student_int8_qat.tflite")
+    if os.path.exists(out):
+        return {"ok": True, "path": out}
+    cmd = [sys.executable, "-m", "export.qat_student", f"--run_dir={run.dir}", f"--out={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not os.path.exists(out):
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise RuntimeError(f"QAT export failed (exit {proc.returncode}); command: {' '.join(cmd)}")
+    return {"ok": True, "path": out, "log_tail": proc.stderr[-500:]}
+
+
+def _latency(run: Run, files: dict, fused, images) -> dict:
+    """Per-face latency on one face at a time: int8 and float student (TFLite, 1 thread) vs the
+    fused teacher ensemble in TF (Keras), measured in one run."""
+    from face_transfer.deploy import infer
+    runs = run.cfg.export.latency_runs
+    one = images[:1]
+    res = {}
+    for mode in ("int8_ptq", "float32"):
+        it = infer.load_interpreter(files[mode], num_threads=1)
+        res[f"{mode}_ms"] = infer.benchmark_latency(lambda x, it=it: infer.run_tflite(it, x), one, warmup=3, runs=runs)
+    fn = fused.__call__
+    res["ensemble_tf_ms"] = infer.benchmark_latency(lambda x: fn(x, training=False), one, warmup=3, runs=runs)
+    # Compute lower bound: the student's multiply-adds at this CPU's measured single-thread fp32 matmul
+    # throughput (int8 kernels with VNNI can go below it; memory-bound layers stay above it).
+    from face_transfer.machine import cpu_isa_flags, matmul_gflops_one_thread
+    gflops = matmul_gflops_one_thread()
+    mflops = read_json(run.p("student", "student.json"))["mflops"]
+    res["cpu_fp32_gflops_one_thread"] = gflops
+    res["cpu_isa"] = cpu_isa_flags()
+    res["flop_bound_ms"] = 2 * mflops * 1e6 / (gflops * 1e9) * 1e3
+    res["int8_ms_per_face"] = res["int8_ptq_ms"]
+    res["ensemble_over_int8"] = res["ensemble_tf_ms"] / res["int8_ptq_ms"]
+    res["float_over_int8"] = res["float32_ms"] / res["int8_ptq_ms"]
+    return res
+
+
+
+def qat_export(run_dir: str, out: str, steps: int | None = None) -> int:
+    """Quantisation-aware fine-tune of a run's student on its own face source, then int8 TFLite to `out`.
+
+    Imports tfmot, which switches TF's keras alias to tf_keras for the whole process: call it in a
+    process of its own (export/qat_student.py). Returns the file size.
+    """
+    import dataclasses
+
+    from face_transfer.configs import ExperimentConfig
+    from face_transfer.student.distill import load_student
+    cfg = ExperimentConfig.from_dict(read_json(os.path.join(run_dir, "config.json")))
+    run = Run(run_dir, cfg)
+    student = load_student(run.p("student"))
+    fused = fused_teacher_builders(run)[0]()
+    from face_transfer.deploy.qat import convert_qat_to_tflite, qat_finetune  # tfmot: after Keras 3 loads
+    scfg = dataclasses.replace(cfg.student, embedding_dim=cfg.fusion.code_dim)
+    bs = cfg.distill.batch_size
+    src = inputs.image_source(run, "distill")
+    n = src.count(10**9)
+
+    def images_fn(step):
+        if n < 10**9:  # a finite set of the user's faces: walk through it, wrapping around
+            start = (step * bs) % max(1, n - bs + 1)
+            return src.images(start, start + min(bs, n), "qat")
+        return src.images(step * bs, (step + 1) * bs, "qat")
+
+    steps = steps if steps is not None else cfg.export.qat_steps
+    qat = qat_finetune(student, scfg, images_fn, lambda x: np.asarray(fused(x, training=False)), steps, bs,
+                       cfg.export.qat_learning_rate)
+    calib_src = inputs.image_source(run)
+    calib = calib_src.images(0, calib_src.count(cfg.export.calibration_images), "calibration")
+    data = convert_qat_to_tflite(qat, calib)
+    tmp = out + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, out)
+    return len(data)

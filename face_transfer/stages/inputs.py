@@ -1,0 +1,127 @@
+"""The run's three inputs as the stages receive them: its teachers, its unlabelled face source, its tasks.
+No stage calls SynthFaces or a reader directly; they ask here, and here the config decides.
+"""
+from __future__ import annotations
+
+from face_transfer.data import tasks as task_registry
+from face_transfer.fileio import read_json
+from face_transfer.stages.rundir import Run
+
+FACES_DIR = "faces"
+
+
+# ---- teachers -----------------------------------------------------------------------------------------
+
+def teacher_names(run: Run) -> list[str]:
+    cfg = run.cfg
+    return [s.name for s in cfg.teachers] + list(cfg.real_teachers) + [r.name for r in cfg.teacher_files]
+
+
+def load_teachers(run: Run):
+    """Every frozen teacher of the run: the trained zoo, the built-in pretrained models, the user's files.
+
+    A user's file is checked against the size and SHA-256 recorded in config.json first.
+    """
+    if "teachers" not in run._cache:
+        from face_transfer.teachers.real import load_real_teacher
+        from face_transfer.teachers.refs import load_teacher_ref
+        from face_transfer.teachers.train import load_zoo_teacher
+        run._cache["teachers"] = (
+            [load_zoo_teacher(run.p("teachers", s.name)) for s in run.cfg.teachers]
+            + [load_real_teacher(n) for n in run.cfg.real_teachers]
+            + [load_teacher_ref(r) for r in run.cfg.teacher_files])
+    return run._cache["teachers"]
+
+
+def declared_source_tasks(run: Run) -> set[str]:
+    """Task (or label) names some teacher of this run was trained on: those tasks are *source*, the rest novel."""
+    from face_transfer.teachers.real import REAL_TEACHERS
+    out: set[str] = set()
+    for s in run.cfg.teachers:
+        out.update(task_registry.ZOO_SOURCE_TASKS.get(s.source_task, (s.source_task,)))
+    for n in run.cfg.real_teachers:
+        out.update(REAL_TEACHERS[n].get("source_tasks", ()))
+    for r in run.cfg.teacher_files:
+        out.update(r.source_tasks)
+    return {t.lower() for t in out}
+
+
+# ---- unlabelled faces ------------------------------------------------------------------------------------
+
+def uses_user_faces(run: Run) -> bool:
+    return bool(run.cfg.data.faces.sources)
+
+
+def image_source(run: Run, purpose: str = "cache"):
+    """The run's unlabelled face source: SynthFaces, the prepared user faces, or their mix.
+
+    `purpose="distill"` renders SynthFaces in the distillation's domain (`distill.domain`, e.g. "mixed").
+    """
+    key = f"source:{purpose}"
+    if key not in run._cache:
+        from face_transfer.data.sources import FaceSetSource, MixedSource, SynthSource
+        dcfg = run.cfg.data
+        domain = run.cfg.distill.domain if purpose == "distill" else dcfg.cache_domain
+        synth_src = SynthSource(dcfg.synth, domain=domain)
+        if not uses_user_faces(run):
+            src = synth_src
+        else:
+            from face_transfer.data.faces import FaceSet
+            real = FaceSetSource(FaceSet.open(run.p(FACES_DIR)), seed=run.cfg.seed)
+            f = dcfg.faces.real_fraction
+            src = real if f >= 1.0 else MixedSource(real, synth_src, f)
+        run._cache[key] = src
+    return run._cache[key]
+
+
+# ---- labelled tasks --------------------------------------------------------------------------------------
+
+def task_set_name(run: Run, i: int) -> str:
+    """The eval-set name of the i-th user dataset (names were made unique when the config was built)."""
+    return run.cfg.data.task_sets[i].set_name
+
+
+def eval_set_names(run: Run) -> list[str]:
+    """Every labelled image set the probes read: the SynthFaces sets and the user's datasets."""
+    names = list(task_registry.EVAL_SETS) if run.cfg.data.synth_tasks else []
+    return names + [task_set_name(run, i) for i in range(len(run.cfg.data.task_sets))]
+
+
+def run_tasks(run: Run) -> list:
+    """This run's transfer tasks, with *source* computed from its teachers' declared source tasks."""
+    if "tasks" not in run._cache:
+        from face_transfer.data.tasksets import tasks_of_set
+        tasks = list(task_registry.TASKS.values()) if run.cfg.data.synth_tasks else []
+        for i in range(len(run.cfg.data.task_sets)):
+            name = task_set_name(run, i)
+            meta = read_json(run.p("data", name, "taskset.json"))
+            tasks += tasks_of_set(name, meta, taken_names={t.name for t in tasks})
+        run._cache["tasks"] = task_registry.with_sources(tasks, declared_source_tasks(run))
+    return run._cache["tasks"]
+
+
+def novel_tasks(run: Run) -> list:
+    return [t for t in run_tasks(run) if not t.source]
+
+
+def load_eval_data(run: Run):
+    """({set: images}, {set: labels}) of every eval set of the run (loaded once per process)."""
+    if "eval" not in run._cache:
+        from face_transfer.data.pipelines import load_eval_set
+        images, labels = {}, {}
+        for name in eval_set_names(run):
+            images[name], labels[name] = load_eval_set(run.p("data", name))
+        run._cache["eval"] = (images, labels)
+    return run._cache["eval"]
+
+
+def class_names(run: Run, task) -> list[str] | None:
+    """Readable class names of a classification task (None when the labels are their own names)."""
+    from face_transfer.data import synth
+    if getattr(task, "class_names", None):
+        return list(task.class_names)
+    if task.eval_set in task_registry.EVAL_SETS:
+        named = {"expression": synth.EXPRESSIONS, "hair_color": synth.HAIR_COLORS, "gender": ("female", "male")}
+        key = task.labels[0]
+        return list(named[key]) if key in named else None
+    return None

@@ -1,0 +1,259 @@
+"""Stage `report`: the headline figures (benchmarks/results.json keys) read back from the run directory,
+and `report.md`, what a person reads first.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from face_transfer.fileio import read_json, write_json
+from face_transfer.stages import inputs
+from face_transfer.stages.rundir import Run, header, summary
+from face_transfer.stages.student import student_dirs
+from face_transfer.stages.teachers import teacher_records
+
+NAME = "report"
+
+
+def headline(run: Run) -> dict:
+    """The figures the issues name (benchmarks/results.json keys), read back from the run directory."""
+    tasks = inputs.run_tasks(run)
+    out = {"tasks.count": len(tasks), "tasks.novel_count": len(inputs.novel_tasks(run))}
+    teachers = teacher_records(run)
+    out["teachers.total_params"] = sum(r["params_embedding"] for r in teachers.values())
+    out["teachers.source_scores"] = {k: r["metrics"] for k, r in teachers.items()}
+    cache = read_json(run.p("cache", "manifest.json"))
+    if cache.get("images_per_s"):
+        out["cache.images_per_s"] = cache["images_per_s"]
+    fus = read_json(run.p("fusion", "fusion.json"))
+    out["fusion.code_dim"] = fus["code_dim"]
+    out["fusion.compression_ratio"] = fus["compression_ratio"]
+    tpath = run.p("metrics", "transfer.json")
+    if os.path.exists(tpath):
+        table = read_json(tpath)
+        groups = table["groups"]
+        for rep, g in groups.items():
+            out[f"transfer.mean_novel.{rep}"] = g["mean_novel"]
+            out[f"transfer.mean_source.{rep}"] = g["mean_source"]
+            out[f"transfer.std_novel.{rep}"] = g["std_novel"]
+        out["fusion.retained_fraction"] = groups["ae"]["mean_novel"] / groups["concat"]["mean_novel"]
+        out["fusion.compression_99"] = table.get("compression_99")
+    spath = run.p("student", "student.json")
+    if os.path.exists(spath):
+        st = read_json(spath)
+        out["student.params"] = st["params"]
+        out["student.mflops"] = st["mflops"]
+        enc_params = _encoder_params(run)
+        out["teachers_plus_encoder.params"] = out["teachers.total_params"] + enc_params
+        out["params_ratio"] = out["teachers_plus_encoder.params"] / st["params"]
+        out["teachers_plus_encoder.mflops"] = _teacher_mflops(run) + enc_params / 1e6
+        out["flops_ratio"] = out["teachers_plus_encoder.mflops"] / st["mflops"]
+        for rep in student_dirs(run):
+            p = os.path.join(student_dirs(run)[rep], "student.json")
+            if os.path.exists(p) and rep != "student":
+                out[f"student.final_loss.{rep}"] = read_json(p)["final_loss"]
+        out["student.final_loss.student"] = st["final_loss"]
+    epath = run.p("export", "export.json")
+    if os.path.exists(epath):
+        ex = read_json(epath)
+        for mode, key in (("float32", "float32"), ("int8_ptq", "int8_ptq"), ("int8_qat", "int8_qat"),
+                          ("float16", "float16"), ("dynamic", "dynamic")):
+            if mode in ex["bytes"]:
+                out[f"tflite.{key}.bytes"] = ex["bytes"][mode]
+        for mode in ("int8_ptq", "int8_qat"):
+            if f"student_{mode}" in ex["cosine"]:
+                out[f"tflite.{mode}.cosine_mean"] = ex["cosine"][f"student_{mode}"]
+            if mode in ex["drops"]:
+                out[f"tflite.{mode}.mean_novel_drop"] = ex["drops"][mode]["mean_novel_drop"]
+        out["latency.ensemble_over_int8"] = ex["latency"]["ensemble_over_int8"]
+        out["latency.int8_ms_per_face"] = ex["latency"]["int8_ms_per_face"]
+        out["latency.float_over_int8"] = ex["latency"]["float_over_int8"]
+        if "flop_bound_ms" in ex["latency"]:
+            out["latency.flop_bound_ms"] = ex["latency"]["flop_bound_ms"]
+    return out
+
+
+def _encoder_params(run: Run) -> int:
+    import keras
+    return int(keras.models.load_model(run.p("fusion", "encoder.keras")).count_params())
+
+
+def _teacher_mflops(run: Run) -> float:
+    """Multiply-adds of every teacher's feature extractor (conv/separable/depthwise/dense), analytic."""
+    import math
+    total = 0
+    for t in inputs.load_teachers(run):
+        fm = t.feature_model
+        if fm is None:
+            continue
+        for layer in _all_layers(fm):
+            kind = type(layer).__name__
+            w = layer.get_weights()
+            if not w or kind not in ("Conv2D", "Dense", "SeparableConv2D", "DepthwiseConv2D"):
+                continue
+            shape = tuple(layer.output.shape)
+            pix = math.prod(shape[1:-1]) if len(shape) > 2 else 1
+            if kind == "SeparableConv2D":
+                total += pix * (math.prod(w[0].shape) + math.prod(w[1].shape))
+            else:
+                total += pix * math.prod(w[0].shape)
+    return total / 1e6
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+def _fmt(v, nd=1):
+    return "n/a" if v is None else (f"{v:,.{nd}f}" if isinstance(v, float) else f"{v:,}")
+
+
+def data_section(run: Run) -> list[str]:
+    """Where the run's faces and labels came from, and what was skipped on the way in."""
+    d = run.cfg.data
+    L = ["## Data", ""]
+    src = inputs.image_source(run)
+    if d.faces.sources:
+        man = read_json(run.p(inputs.FACES_DIR, "manifest.json"))
+        rep = man.get("report", {})
+        L.append(f"- Unlabelled faces: {', '.join(d.faces.sources)} ({'MTCNN-aligned' if d.faces.align else 'centre crop'}): "
+                 f"{rep.get('found', '?')} found, {rep.get('kept', '?')} kept, {rep.get('corrupt', 0)} corrupt, "
+                 f"{rep.get('no_face', 0)} without a face (listed in `faces/manifest.json`); "
+                 f"{100 * d.faces.real_fraction:.0f}% of the cache and of every distillation batch"
+                 + (", the rest SynthFaces." if d.faces.real_fraction < 1 else "."))
+    else:
+        L.append("- Unlabelled faces: SynthFaces (the embedded default).")
+    L.append(f"- Face source of this run: `{src.kind}`.")
+    if d.synth_tasks:
+        L.append(f"- SynthFaces task suite: {d.eval_set_size} rendered faces per eval set.")
+    for i, ts in enumerate(d.task_sets):
+        name = inputs.task_set_name(run, i)
+        meta = read_json(run.p("data", name, "taskset.json"))
+        ntasks = [t.name for t in inputs.run_tasks(run) if t.eval_set == name]
+        rep = meta.get("report", {})
+        L.append(f"- Dataset `{name}` ({ts.format}, `{ts.path}`, {meta.get('selection', '')}): "
+                 f"{meta.get('n_images', '?')} faces; tasks {', '.join(ntasks)}"
+                 + (f"; {rep.get('skipped')} bad item(s) skipped (listed in `data/{name}/taskset.json`)"
+                    if rep.get("skipped") else "")
+                 + (f"; not tasks: " + "; ".join(f"{k} ({v})" for k, v in meta["ignored"].items())
+                    if meta.get("ignored") else "") + ".")
+    L.append("")
+    return L
+
+
+def run(run: Run, ctx) -> dict:
+    return {**write_report(run, wall_s=ctx.wall_s()), "outputs": [run.p("report.md")]}
+
+
+def write_report(run: Run, wall_s: float | None = None) -> dict:
+    """report.md: what a person reads first. Returns the summary lines `make demo` prints."""
+    header("report")
+    h = headline(run)
+    cfg = run.cfg
+    teachers = teacher_records(run)
+    fus = read_json(run.p("fusion", "fusion.json"))
+    table = read_json(run.p("metrics", "transfer.json"))
+    groups = table["groups"]
+    ex = read_json(run.p("export", "export.json")) if os.path.exists(run.p("export", "export.json")) else None
+    g = lambda rep, k="mean_novel": groups.get(rep, {}).get(k)  # noqa: E731
+    bt = groups["best_teacher"]
+    L = [f"# face-transfer run report: preset `{cfg.preset}`", ""]
+    if wall_s is not None:
+        L.append(f"Wall time of this invocation: {wall_s / 60:.1f} min (stages skipped when already complete). ")
+    L += ["Everything here was produced by the pipeline into this directory; `config.json` holds the full "
+          "configuration and `metrics/` the raw numbers.", "",
+          "![sample faces](data/sample_grid.png)", ""] + data_section(run) + ["## Teachers (frozen)", "",
+          "| teacher | arch | source task | input | params (feature extractor) | source-task metrics |",
+          "|---|---|---|---|---:|---|"]
+    for n, r in teachers.items():
+        sp = r["input_spec"]
+        L.append(f"| {n} | {r['arch']} | {r['source_task']} | {sp['size']}x{sp['size']}x{sp['channels']} "
+                 f"{sp['color_order']} | {r['params_embedding']:,} | "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in r["metrics"].items()) + " |")
+    c99 = table.get("compression_99") or {}
+    L += ["", "## Fusion auto-encoder", "",
+          f"Concatenated (standardised, {fus['config']['standardize']}) teacher embeddings: {fus['concat_dim']} dims "
+          f"-> code d = {fus['code_dim']} (compression x{fus['compression_ratio']:.1f}). Validation R² of the "
+          "reconstruction per teacher: " + ", ".join(f"{k} {v:.3f}" for k, v in fus["val_r2_per_teacher"].items()) + ".",
+          "",
+          f"Mean novel-task score at d = {fus['code_dim']}: AE {_fmt(g('ae'))}, PCA {_fmt(g('pca'))}, random projection "
+          f"{_fmt(g('random_projection'))}, concatenation {_fmt(g('concat'))} (AE keeps "
+          f"{100 * h['fusion.retained_fraction']:.1f}% of the concatenation).",
+          "",
+          (f"Smallest tested d where the AE keeps >= 99% of the concatenation's novel score: d = {c99.get('d')} "
+           f"(compression x{c99.get('ratio'):.1f}; AE {c99.get('ae'):.1f} vs PCA {c99.get('pca'):.1f})."
+           if c99.get("d") else f"No tested d keeps 99% of the concatenation's novel score ({c99.get('note')})."),
+          "", "Standardisation before the AE: " + ", ".join(
+              f"`{r}` {groups[r]['mean_novel']:.1f} ± {groups[r]['std_novel']:.1f}" for r in groups if r.startswith("ae"))
+          + f" (mean novel score; `ae` uses {fus['config']['standardize']}).",
+          "", "![compression curve](metrics/compression_curve.png)", ""]
+    if "student.params" in h:
+        L += ["## Student", "",
+              f"{cfg.student.arch}, width {cfg.student.width}, input {cfg.student.input_size}: "
+              f"{h['student.params']:,} params, {h['student.mflops']:.1f} MFLOPs (multiply-adds). Teachers + encoder: "
+              f"{h['teachers_plus_encoder.params']:,} params, {h['teachers_plus_encoder.mflops']:.1f} MFLOPs. "
+              f"**Parameter ratio x{h['params_ratio']:.1f}**, FLOP ratio x{h['flops_ratio']:.1f}.", ""]
+        for rep in student_dirs(run):
+            if f"student.final_loss.{rep}" in h:
+                L.append(f"- `{rep}`: final training loss {h[f'student.final_loss.{rep}']:.4f}")
+        L += ["", "![student embedding](metrics/student_embedding_2d.png)", ""]
+    L += ["## Transfer to every task (linear probes, mean ± std over seeds, 0-100 scores)", "",
+          open(run.p("metrics", "transfer.md")).read(), "", "![per-task scores](metrics/task_bars.png)", ""]
+    if ex:
+        lat = ex["latency"]
+        L += ["## Export", "", "| file | bytes | cosine vs float (mean) | novel-score drop |", "|---|---:|---:|---:|"]
+        for mode, b in ex["bytes"].items():
+            L.append(f"| student_{mode}.tflite | {b:,} | {ex['cosine'].get(f'student_{mode}', float('nan')):.4f} | "
+                     f"{ex['drops'].get(mode, {}).get('mean_novel_drop', float('nan')):+.2f} |")
+        L += ["", f"Multi-task analyser (student + {len(json.load(open(run.p('export', 'analyzer_heads.json'))))} "
+              f"heads), int8: {ex['analyzer_int8_bytes']:,} bytes. TFLite interpreter: {ex['interpreter']}.", "",
+              f"Latency, one face, one thread: int8 student {lat['int8_ptq_ms']:.2f} ms, float32 student "
+              f"{lat['float32_ms']:.2f} ms, fused teacher ensemble in TF {lat['ensemble_tf_ms']:.2f} ms "
+              f"(x{lat['ensemble_over_int8']:.1f} the int8 student)."
+              + (f" FLOP lower bound for the student on this CPU: {lat['flop_bound_ms']:.3f} ms "
+                 f"({lat['cpu_fp32_gflops_one_thread']:.0f} GFLOP/s single-thread fp32 matmul)."
+                 if "flop_bound_ms" in lat else ""), "", "Parity details: `export/parity.md`.", ""]
+    # the paper's claims, checked on this run
+    claims = ["## The paper's claims on this run", ""]
+    st, st_sd = g("student"), g("student", "std_novel")
+    ae, conc, btn = g("ae"), g("concat"), bt["mean_novel"]
+    if st is not None:
+        verdict = "holds" if st > conc else "does not hold"
+        claims.append(f"- *The student outperforms its teacher on novel tasks*: student {st:.1f} ± {st_sd:.1f} vs "
+                      f"concatenated teachers {conc:.1f}, AE code {ae:.1f}, best single teacher "
+                      f"({bt['which_novel']}) {btn:.1f} -> {verdict} against the concatenation, "
+                      f"{'holds' if st > ae else 'does not hold'} against the AE code.")
+        for ctrl in ("random_student", "supervised_student"):
+            if g(ctrl) is not None:
+                claims.append(f"- student vs `{ctrl}` (same architecture): {st:.1f} vs {g(ctrl):.1f} "
+                              f"({st - g(ctrl):+.1f} points).")
+        claims.append(f"- *75x fewer parameters*: x{h['params_ratio']:.1f} here -> "
+                      f"{'holds' if h['params_ratio'] >= 75 else 'does not hold at this preset'}.")
+    claims.append(f"- *The AE code is efficient in compression and transfer*: x{fus['compression_ratio']:.1f} "
+                  f"smaller than the concatenation, keeping {100 * h['fusion.retained_fraction']:.1f}% of its "
+                  f"novel-task score; AE {'beats' if (ae or 0) > (g('pca') or 0) else 'does not beat'} PCA at this d "
+                  f"({ae:.1f} vs {g('pca'):.1f}).")
+    claims.append("- Differences within the seeds' spread are marked in the transfer table's footnote; treat them as ties.")
+    L += claims
+    with open(run.p("report.md"), "w") as f:
+        f.write("\n".join(L) + "\n")
+    lines = [f"report: {run.p('report.md')}"]
+    if "params_ratio" in h:
+        lines.append(f"parameter ratio (teachers + encoder / student): x{h['params_ratio']:.1f} "
+                     f"({h['teachers_plus_encoder.params']:,} / {h['student.params']:,})")
+        lines.append(f"novel-task score: student {st:.1f} ± {st_sd:.1f} vs teacher concat {conc:.1f}, AE {ae:.1f}, "
+                     f"best teacher {btn:.1f}, supervised student {_fmt(g('supervised_student'))}, "
+                     f"random student {_fmt(g('random_student'))}")
+    if ex:
+        lines.append(f"int8 TFLite student: {ex['bytes']['int8_ptq']:,} bytes, novel-score drop "
+                     f"{ex['drops'].get('int8_ptq', {}).get('mean_novel_drop', float('nan')):+.2f} points "
+                     f"(cosine {ex['cosine']['student_int8_ptq']:.4f})")
+    write_json(run.p("metrics", "headline.json"), h)
+    for line in lines:
+        summary(line)
+    return {"summary_lines": lines, "headline": h}
+
