@@ -1,4 +1,5 @@
 """face_transfer.data.faces: enumeration, the resumable prepare pre-pass, FaceSet and the seeded face stream."""
+import dataclasses
 import json
 import os
 
@@ -38,12 +39,6 @@ def _folder(root, n, start=0):
 
 def _prepare(cfg, out, **kw):
     return prepare_faces(cfg, str(out), progress=False, **kw)
-
-
-def dataclass_replace(cfg, **kw):
-    import dataclasses
-
-    return dataclasses.replace(cfg, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +90,7 @@ def test_folder_glob_and_tfrecords_in_sorted_item_order(tmp_path):
     assert manifest["report"]["found"] == 10 and manifest["n"] == 7 and manifest["report"]["corrupt"] == 3
     assert all("expected one encoded image in bytes feature 'img'" in s["message"]
                for s in manifest["report"]["skipped"])
-    cfg = dataclass_replace(cfg, image_key="image")
+    cfg = dataclasses.replace(cfg, image_key="image")
     manifest = _prepare(cfg, tmp_path / "out2")
     assert manifest["n"] == 8 and manifest["report"]["corrupt"] == 2
     fs = FaceSet.open(str(tmp_path / "out2"))
@@ -106,7 +101,7 @@ def test_folder_glob_and_tfrecords_in_sorted_item_order(tmp_path):
     np.testing.assert_array_equal(fs.read(0, 8), expected)
     assert fs.sources(5, 8) == [f"{tmp_path / 'c' / 'faces.tfrecord'} record {i}" for i in range(3)]
     # max_images counts items in sorted order (a record is an item).
-    assert list_face_files(dataclass_replace(cfg, max_images=4)) == sorted(nested) + globbed[:1]
+    assert list_face_files(dataclasses.replace(cfg, max_images=4)) == sorted(nested) + globbed[:1]
     with pytest.raises(DataError, match="nowhere/at-all"):
         list_face_files(FacesConfig(sources=(str(a), "nowhere/at-all")))
 
@@ -139,9 +134,14 @@ def test_empty_and_all_corrupt_folders_raise_naming_the_folder(tmp_path):
     empty = tmp_path / "empty_photos"
     (empty / "nested").mkdir(parents=True)
     (empty / "readme.txt").write_text("no photos here")
-    with pytest.warns(UserWarning, match="empty_photos"):
-        with pytest.raises(DataError, match=r"empty_photos: no face images found \(expected image files"):
-            prepare_faces(FacesConfig(sources=(str(empty),)), str(tmp_path / "o1"), progress=False)
+    with pytest.raises(DataError, match=r"empty_photos: no face images found in it \(expected image files"):
+        prepare_faces(FacesConfig(sources=(str(empty),)), str(tmp_path / "o1"), progress=False)
+    # an empty source next to a good one is still named: it is a wrong path, not "fewer faces"
+    good = tmp_path / "good_photos"
+    good.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good / "a.png")
+    with pytest.raises(DataError, match="empty_photos: no face images found"):
+        prepare_faces(FacesConfig(sources=(str(good), str(empty))), str(tmp_path / "o3"), progress=False)
     broken = tmp_path / "broken_photos"
     broken.mkdir()
     for i in range(3):
@@ -163,7 +163,7 @@ def test_resume_rewrites_only_the_missing_shard_and_other_configs_are_refused(tm
     with pytest.raises(FileNotFoundError, match=str(out)):
         FaceSet.open(str(out))
     with pytest.raises(ValueError, match=f"{out} already holds faces prepared differently.*shard_size"):
-        _prepare(dataclass_replace(cfg, shard_size=4), out)
+        _prepare(dataclasses.replace(cfg, shard_size=4), out)
     manifest = _prepare(cfg, out, worker=(0, 2))
     assert manifest["complete"] is True and manifest["n"] == 10
     assert [s["count"] for s in manifest["shards"]] == [3, 3, 3, 1]
@@ -178,12 +178,12 @@ def test_resume_rewrites_only_the_missing_shard_and_other_configs_are_refused(tm
     np.testing.assert_array_equal(FaceSet.open(str(out)).read(0, 10), _crops(paths))
     # Settings that change the shards are refused; the training-time mix (real_fraction) is not one of them.
     with pytest.raises(ValueError, match=f"{out} already holds faces prepared differently.*image_size"):
-        _prepare(dataclass_replace(cfg, image_size=16), out)
+        _prepare(dataclasses.replace(cfg, image_size=16), out)
     _write(os.path.join(tmp_path, "in", "zz_new.jpg"), _photos(1, 99)[0])
     with pytest.raises(ValueError, match="inputs.items: 10 there, 11 now"):
         _prepare(cfg, out)
     os.remove(tmp_path / "in" / "zz_new.jpg")
-    assert _prepare(dataclass_replace(cfg, real_fraction=0.5), out)["n"] == 10
+    assert _prepare(dataclasses.replace(cfg, real_fraction=0.5), out)["n"] == 10
 
 
 def test_config_is_validated():
@@ -251,18 +251,6 @@ def test_two_input_pipelines_take_disjoint_slices_of_the_global_stream(face_set)
     np.testing.assert_array_equal(again, single[3][2:])
 
 
-def test_mixed_dataset_puts_real_faces_first_then_synth(face_set):
-    fs, _ = face_set
-    cfg = synth.SynthConfig(image_size=S)
-    mixed = list(faces.make_mixed_dataset(fs, cfg, 4, real_fraction=0.5, seed=2, start_step=1).take(2)
-                 .as_numpy_iterator())
-    real = list(make_faces_dataset(fs, 2, seed=2, start_step=1).take(2).as_numpy_iterator())
-    fake, _ = synth.render_faces(cfg, np.arange(2, 6))
-    np.testing.assert_array_equal(np.stack([m[:2] for m in mixed]), np.stack(real))
-    np.testing.assert_array_equal(np.concatenate([m[2:] for m in mixed]), fake)
-    assert faces.split_batch(0.1, 4) == (1, 3) and faces.split_batch(1.0, 4) == (4, 0)
-
-
 def test_measure_stream_reports_a_rate(face_set):
     assert faces.measure_stream(face_set[0], 8, 3) > 0
 
@@ -286,4 +274,4 @@ def test_align_keeps_the_face_and_counts_a_blank_photo_as_no_face(tmp_path):
     np.testing.assert_array_equal(FaceSet.open(str(tmp_path / "out")).read(0, 1)[0], expected)
     with pytest.raises(DataError, match=r"no face found in any of 1 images under .*blank_only"):
         _write(str(tmp_path / "blank_only" / "x.png"), np.full((160, 160, 3), 30, np.uint8), "PNG")
-        _prepare(dataclass_replace(cfg, sources=(str(tmp_path / "blank_only"),)), tmp_path / "out2")
+        _prepare(dataclasses.replace(cfg, sources=(str(tmp_path / "blank_only"),)), tmp_path / "out2")

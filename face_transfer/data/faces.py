@@ -165,7 +165,8 @@ def _segments(cfg: FacesConfig, exclude: str | None = None) -> list[_Segment]:
     for source in cfg.sources:
         found = _expand(source)
         if not found:
-            warnings.warn(f"{source}: no {_EXPECTED} found", stacklevel=3)
+            # A named source that holds nothing is a typo or the wrong folder: say so rather than train on less.
+            raise DataError(f"{source}: no face images found in it (expected {_EXPECTED})")
         files.update(found)
     if exclude is not None:
         # A prepared directory inside a source folder must not read its own shards back as input.
@@ -324,7 +325,7 @@ def _bounded_map(pool, fn, items: Iterable, in_flight: int):
 def _example(png: bytes, source: str) -> bytes:
     feature = {
         "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
-        "source": tf.train.Feature(bytes_list=tf.train.BytesList(value=[source.encode("utf-8")])),
+        "source": tf.train.Feature(bytes_list=tf.train.BytesList(value=[source.encode("utf-8", "surrogateescape")])),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
@@ -398,6 +399,9 @@ def _shard_done(out_dir: str, s: int) -> bool:
 
 def _write_shard(out_dir, s, items, pool, threads, cfg) -> dict:
     path = os.path.join(out_dir, _shard_name(s))
+    # Leftovers of a killed run of this shard (only this worker writes shard s, workers split s % W).
+    for stale in glob.glob(glob.escape(path[: -len(".tfrecord")]) + ".*.tmp*"):
+        os.remove(stale)
     tmp = f"{path}.tmp{os.getpid()}"
     info = {"shard": s, "file": _shard_name(s), "count": 0, "corrupt": [], "no_face": []}
     fn = lambda item: _canonical_png(item, cfg.image_size, cfg.align, cfg.image_key)  # noqa: E731
@@ -613,7 +617,8 @@ def make_faces_dataset(face_set: FaceSet, batch_size: int, start_step: int = 0, 
     Global step g covers positions [g*B, (g+1)*B), B = batch_size * num_replicas_in_sync; replica r takes
     [g*B + r*batch_size, ...) (distribute.make_step_index_dataset's convention), so a trainer resumed at
     ``start_step`` sees exactly the batches of an uninterrupted run, and input pipelines are disjoint.
-    ``augment_fn(images uint8 [b,S,S,3], positions int64 [b]) -> images`` runs per batch (numpy).
+    ``augment_fn(images uint8 [b,S,S,3], positions int64 [b]) -> images`` runs per batch (numpy); it runs in
+    a parallel map, ahead of the consumer, so it must be a pure function of its inputs (seed it by position).
     """
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"make_faces_dataset: batch_size must be a positive int, got {batch_size!r}")
@@ -685,39 +690,6 @@ def make_faces_dataset(face_set: FaceSet, batch_size: int, start_step: int = 0, 
     else:
         ds = ds.map(lambda images, positions: images)
     return ds.prefetch(prefetch)
-
-
-def split_batch(real_fraction: float, batch_size: int) -> tuple[int, int]:
-    """(real, synthetic) faces per batch for a real_fraction mix; at least one real face."""
-    if not 0.0 < real_fraction <= 1.0:
-        raise ValueError(f"real_fraction must be in (0, 1], got {real_fraction!r}")
-    real = max(1, min(batch_size, int(round(real_fraction * batch_size))))
-    return real, batch_size - real
-
-
-def make_mixed_dataset(face_set: FaceSet, synth_cfg, batch_size: int, real_fraction: float,
-                       start_step: int = 0, seed: int = 0, input_context=None, stream: str = "train",
-                       domain: str = "photo") -> tf.data.Dataset:
-    """uint8 [batch_size, S, S, 3] batches: split_batch(...)[0] real faces, then SynthFaces for the rest.
-
-    Both halves are functions of the global step, so the mix resumes and shards like its parts.
-    """
-    from face_transfer.data import pipelines
-
-    if synth_cfg.image_size != face_set.image_size:
-        raise ValueError(f"make_mixed_dataset: SynthConfig.image_size={synth_cfg.image_size} but the face set "
-                         f"{face_set.out_dir} is {face_set.image_size}px")
-    n_real, n_synth = split_batch(real_fraction, batch_size)
-    real = make_faces_dataset(face_set, n_real, start_step=start_step, seed=seed, input_context=input_context)
-    if not n_synth:
-        return real
-    replicas = input_context.num_replicas_in_sync if input_context is not None else 1
-    # make_stream_dataset's element k of pipeline p renders batch p + k*P from start_index, so starting at
-    # start_step * n_synth * replicas gives the same faces as an uninterrupted run.
-    synthetic = pipelines.make_stream_dataset(synth_cfg, n_synth, stream=stream, domain=domain,
-                                              start_index=start_step * n_synth * replicas,
-                                              input_context=input_context).map(lambda images, labels: images)
-    return tf.data.Dataset.zip(real, synthetic).map(lambda a, b: tf.concat([a, b], axis=0)).prefetch(2)
 
 
 def measure_stream(face_set: FaceSet, batch_size: int, n_batches: int, seed: int = 0) -> float:

@@ -42,7 +42,8 @@ class SynthSource:
             out = tf.numpy_function(render, [idx], tf.uint8, stateful=False)
             return tf.ensure_shape(out, [None, size, size, 3])
 
-        ds = distribute.make_step_index_dataset(input_context, global_batch, start_step=start_step)
+        ctx = input_context if input_context is not None else tf.distribute.InputContext()
+        ds = distribute.make_step_index_dataset(ctx, global_batch, start_step=start_step)
         return ds.map(tf_render, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
 
     def images_at(self, idx: np.ndarray, stream: str) -> np.ndarray:
@@ -84,7 +85,7 @@ class FaceSetSource:
                                   augment_fn=augment_fn)
 
     def describe(self) -> dict:
-        return {"kind": "faces", "n": self.n, "dir": self.face_set.dir if hasattr(self.face_set, "dir") else None}
+        return {"kind": "faces", "n": self.n, "dir": self.face_set.out_dir}
 
 
 class MixedSource:
