@@ -36,6 +36,31 @@ def _preset_rows(h: dict) -> list[str]:
     return rows
 
 
+def _machine_line(m: dict) -> str:
+    return (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, ISA {' '.join(m.get('isa', [])) or '?'}, "
+            f"single-thread fp32 matmul {_f(m.get('matmul_gflops_one_thread'))} GFLOP/s")
+
+
+def _folder_section(res: dict) -> list[str]:
+    runs = res.get("data.folder_runs")
+    if not runs:
+        return []
+    L = ["## Streaming from a face folder (your own unlabelled faces)", "",
+         f"Command: `python -m benchmarks.bench_folder` ({res.get('data.folder_protocol', '')}). Machine: "
+         f"{_machine_line(res.get('data.machine', {}))}.", "",
+         "| faces on disk | peak RSS (MB) | pre-pass (images/s) | distillation (images/s) | stream alone (images/s) "
+         "| wall (s) |", "|---:|---:|---:|---:|---:|---:|"]
+    for n, r in sorted(runs.items(), key=lambda kv: int(kv[0])):
+        L.append(f"| {int(n):,} | {_f(r['peak_rss_mb'], 0)} | {_f(r['prepare_images_per_s'], 0)} | "
+                 f"{_f(r['distill_images_per_s'], 0)} | {_f(r['stream_images_per_s'], 0)} | {_f(r['wall_s'], 0)} |")
+    if res.get("data.peak_rss_ratio_100k_over_20k"):
+        L += ["", f"Peak RSS 100k / 20k = {res['data.peak_rss_ratio_100k_over_20k']:.3f} "
+                  "(`data.peak_rss_mb_20k`, `data.peak_rss_mb_100k`; target: within 10%). "
+                  f"`data.folder_images_per_s` = {_f(res.get('data.folder_images_per_s'), 0)} (distillation from the "
+                  "100k folder)."]
+    return L + [""]
+
+
 def benchmarks_markdown(res: dict) -> str:
     m = res.get("machine", {})
     L = ["# Benchmarks", "",
@@ -49,6 +74,7 @@ def benchmarks_markdown(res: dict) -> str:
          f"(`synth.faces_per_s_per_core`, target >= 2000)",
          f"- Tasks: {res.get('tasks.count')} (`tasks.count`), of which {res.get('tasks.novel_count')} novel "
          "(`tasks.novel_count`)", ""]
+    L += _folder_section(res)
     for preset in ("demo", "paper"):
         h = res.get(f"presets.{preset}")
         if not h:

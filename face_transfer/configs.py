@@ -24,6 +24,7 @@ class DataConfig:
     synth: SynthConfig = SynthConfig()
     eval_set_size: int = 2000  # images per pre-rendered eval set (5 sets)
     cache_size: int = 20000  # unlabelled faces embedded by the teachers to train the fusion
+    cache_shard_size: int = 2048  # the unit of resumption, and of the split across workers
     cache_domain: str = "photo"
     # The user's unlabelled faces (folders, globs, TFRecords): cache, fusion, distillation, calibration.
     # No sources = SynthFaces only; real_fraction < 1 mixes them with SynthFaces.

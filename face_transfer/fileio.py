@@ -20,7 +20,7 @@ def json_default(o):
 def write_json(path: str, obj, indent: int = 1) -> str:
     """Write `obj` as JSON atomically (parents created); returns the path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.tmp{os.getpid()}"  # per process: two writers never share (and steal) one temp file
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=indent, default=json_default)
     os.replace(tmp, path)

@@ -11,6 +11,17 @@ from face_transfer.stages import ALWAYS_RUN, STAGE_NAMES, STAGES, Run, StageCont
 STAGES_BY_NAME = dict(zip(STAGE_NAMES, STAGES))
 
 
+def _wait_for_record(run: Run, name: str, timeout_s: float = 7 * 24 * 3600, poll_s: float = 2.0) -> dict:
+    t0 = time.time()
+    while True:
+        rec = run.stage_done(name)
+        if rec is not None:
+            return rec["record"]
+        if time.time() - t0 > timeout_s:
+            raise TimeoutError(f"stage {name}: the chief did not finish it within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
 def run_pipeline(cfg: ExperimentConfig, run_dir: str, overwrite: bool = False, strategy=None,
                  until: str = "report", flags_text: str = "") -> dict:
     """Run the stages up to and including `until`; returns {stage: record}."""
@@ -22,8 +33,15 @@ def run_pipeline(cfg: ExperimentConfig, run_dir: str, overwrite: bool = False, s
     chief = distribute.is_chief(strategy) if strategy is not None else True
     ctx = StageContext(strategy=strategy)
     out, times = {}, {}
-    for stage in STAGES[:STAGE_NAMES.index(until) + 1]:
+    todo = STAGES[:STAGE_NAMES.index(until) + 1]
+    for i, stage in enumerate(todo):
         t0 = time.time()
+        if not chief and stage.WORKERS == "chief":
+            # A worker's part ends with the last stage it shares; before that it waits for the chief's record.
+            if not any(s.WORKERS == "all" for s in todo[i + 1:]):
+                break
+            out[stage.NAME] = _wait_for_record(run, stage.NAME)
+            continue
         done = None if stage.NAME in ALWAYS_RUN else run.stage_done(stage.NAME)
         if done is not None:
             summary(f"{stage.NAME}: complete ({run.stage_record_path(stage.NAME)}), skipped")

@@ -154,3 +154,17 @@ def test_files_only_run_through_the_cli(tmp_path):
     assert not (run_dir / "data" / "photo").exists()  # no SynthFaces eval set was rendered
     head = json.load(open(run_dir / "metrics" / "headline.json"))
     assert np.isfinite(head["transfer.mean_novel.student"])
+
+
+@pytest.mark.parametrize("module, needles", [
+    ("trainers.pipeline", ["--teacher", "--teachers_json", "--faces", "--align_faces", "--real_fraction", "--tasks",
+                           "--nosynth_tasks", "--preset: <smoke|demo|paper|real>", "--until", "Examples:"]),
+    ("trainers.train_student", ["--teacher", "--faces", "--strategy"]),
+    ("export.infer_tflite", ["--model", "--images", "python -m export.infer_tflite"]),
+])
+def test_every_script_help_lists_its_flags_and_an_example(module, needles):
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    text = proc.stdout + proc.stderr
+    for needle in needles:
+        assert needle in text, (needle, text[-3000:])

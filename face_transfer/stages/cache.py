@@ -7,6 +7,7 @@ from face_transfer.stages import inputs
 from face_transfer.stages.rundir import Run, header, summary
 
 NAME = "cache"
+WORKERS = "all"  # under multi-worker training every worker runs it (its share, or collectively)
 
 
 def run(run: Run, ctx) -> dict:
@@ -25,7 +26,8 @@ def run(run: Run, ctx) -> dict:
         return src.images(int(idx[0]), int(idx[-1]) + 1, "fusion")
 
     manifest = build_embedding_cache(teachers, image_fn, n, run.p("cache"),
-                                     meta={"source": src.describe(), "stream": "fusion"}, worker=worker)
+                                     meta={"source": src.describe(), "stream": "fusion"}, worker=worker,
+                                     shard_size=run.cfg.data.cache_shard_size)
     rate = manifest.get("images_per_s")
     summary(f"dims {manifest['dims']}" + (f", {rate:,.0f} images/s" if rate else " (already complete)"))
     return {**manifest, "outputs": [run.p("cache", "manifest.json")]}

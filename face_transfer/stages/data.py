@@ -8,11 +8,12 @@ import time
 
 import numpy as np
 
-from face_transfer.fileio import write_json
+from face_transfer.fileio import read_json, write_json
 from face_transfer.stages import inputs
 from face_transfer.stages.rundir import Run, header, summary
 
 NAME = "data"
+WORKERS = "all"  # under multi-worker training every worker runs it (its share, or collectively)
 
 
 def run(run: Run, ctx) -> dict:
@@ -26,6 +27,23 @@ def run(run: Run, ctx) -> dict:
     t0 = time.time()
     info: dict = {"eval_sets": inputs.eval_set_names(run)}
     outputs = []
+    if dcfg.faces.sources:
+        from face_transfer.data.faces import prepare_faces
+        worker = _worker(ctx)
+        man = prepare_faces(dcfg.faces, run.p(inputs.FACES_DIR), worker=worker)
+        # Split across workers: each prepares its shards; worker 0 writes the manifest once all exist.
+        while not man.get("complete"):
+            time.sleep(2.0)
+            mpath = run.p(inputs.FACES_DIR, "manifest.json")
+            man = prepare_faces(dcfg.faces, run.p(inputs.FACES_DIR), worker=worker, progress=False) \
+                if worker[0] == 0 else (read_json(mpath) if os.path.exists(mpath) else man)
+        rep = man.get("report", {})
+        info["faces"] = {k: rep.get(k) for k in ("found", "kept", "corrupt", "no_face")}
+        outputs.append(run.p(inputs.FACES_DIR, "manifest.json"))
+        summary(f"faces: {rep.get('found')} found, {rep.get('kept')} kept, {rep.get('corrupt')} corrupt, "
+                f"{rep.get('no_face')} without a face (list: {run.p(inputs.FACES_DIR, 'manifest.json')})")
+    if _worker(ctx)[0] != 0:  # other workers only share the face pre-pass; the chief writes the rest
+        return {"worker": _worker(ctx), "outputs": []}
     if dcfg.synth_tasks:
         from face_transfer.data.pipelines import render_eval_set
         for name in EVAL_SETS:
@@ -46,21 +64,7 @@ def run(run: Run, ctx) -> dict:
             summary(f"{name} ({ts.format}, {ts.path}): {man.get('n_images')} labelled faces, tasks from columns "
                     f"{', '.join(cols)}" + (f"; {skipped} bad row(s) dropped and listed" if skipped else "")
                     + (f"; not tasks: {', '.join(man['ignored'])}" if man.get("ignored") else ""))
-    if dcfg.faces.sources:
-        from face_transfer.data.faces import prepare_faces
-        worker = _worker(ctx)
-        man = prepare_faces(dcfg.faces, run.p(inputs.FACES_DIR), worker=worker)
-        if worker[0] != 0 and "report" not in man:
-            man = _wait_for_manifest(run.p(inputs.FACES_DIR, "manifest.json"))
-        rep = man.get("report", {})
-        info["faces"] = {k: rep.get(k) for k in ("found", "kept", "corrupt", "no_face")}
-        outputs.append(run.p(inputs.FACES_DIR, "manifest.json"))
-        summary(f"faces: {rep.get('found')} found, {rep.get('kept')} kept, {rep.get('corrupt')} corrupt, "
-                f"{rep.get('no_face')} without a face (list: {run.p(inputs.FACES_DIR, 'manifest.json')})")
     grid = run.p("data", "sample_grid.png")
-    if _worker(ctx)[0] != 0:  # one writer for the shared files below
-        info["outputs"] = outputs
-        return info
     if not os.path.exists(grid):
         _sample_grid(run, grid)
     outputs.append(grid)
@@ -77,16 +81,6 @@ def run(run: Run, ctx) -> dict:
 def _worker(ctx) -> tuple[int, int]:
     from face_transfer import distribute
     return distribute.worker_index(ctx.strategy) if ctx.strategy is not None else (0, 1)
-
-
-def _wait_for_manifest(path: str, timeout_s: float = 24 * 3600) -> dict:
-    from face_transfer.fileio import read_json
-    t0 = time.time()
-    while not os.path.exists(path):
-        if time.time() - t0 > timeout_s:
-            raise TimeoutError(f"{path} did not appear within {timeout_s:.0f} s (worker 0 stopped?); rerun, it resumes")
-        time.sleep(1.0)
-    return read_json(path)
 
 
 def _sample_grid(run: Run, path: str):

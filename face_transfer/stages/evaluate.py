@@ -14,6 +14,7 @@ from face_transfer.stages.rundir import Run, header, summary
 from face_transfer.stages.student import student_dirs
 
 NAME = "evaluate"
+WORKERS = "chief"  # under multi-worker training only the chief runs it; the others wait for its record
 
 
 def compression_curve(run: Run, reps: dict, labels: dict) -> dict:

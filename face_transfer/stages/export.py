@@ -17,6 +17,7 @@ from face_transfer.stages.rundir import Run, header, summary
 from face_transfer.stages.student import fused_teacher_builders
 
 NAME = "export"
+WORKERS = "chief"  # under multi-worker training only the chief runs it; the others wait for its record
 
 
 def analyzer_heads(run: Run, student_features: dict, labels: dict) -> tuple[dict, dict]:

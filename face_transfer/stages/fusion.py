@@ -8,6 +8,7 @@ import time
 from face_transfer.stages.rundir import Run, header, summary
 
 NAME = "fusion"
+WORKERS = "chief"  # under multi-worker training only the chief runs it; the others wait for its record
 
 
 def run(run: Run, ctx) -> dict:

@@ -13,6 +13,7 @@ from face_transfer.stages.student import student_dirs
 from face_transfer.stages.teachers import teacher_records
 
 NAME = "report"
+WORKERS = "chief"  # under multi-worker training only the chief runs it; the others wait for its record
 
 
 def headline(run: Run) -> dict:

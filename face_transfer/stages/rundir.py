@@ -65,12 +65,12 @@ class Run:
         os.makedirs(run_dir, exist_ok=True)
         if not os.access(run_dir, os.W_OK):
             raise PermissionError(f"--run_dir={run_dir} is not writable")
-        with open(path + ".tmp", "w") as f:
-            f.write(cfg.to_json())
-        os.replace(path + ".tmp", path)
-        if flags_text:
-            with open(os.path.join(run_dir, "flags.txt"), "w") as f:
-                f.write(flags_text)
+        for name, text in ((CONFIG_JSON, cfg.to_json()), ("flags.txt", flags_text)):
+            if text:
+                tmp = os.path.join(run_dir, f"{name}.tmp{os.getpid()}")  # workers of one run open it together
+                with open(tmp, "w") as f:
+                    f.write(text)
+                os.replace(tmp, os.path.join(run_dir, name))
         return cls(run_dir, cfg)
 
     # ---- the completeness protocol -----------------------------------------------------------------

@@ -12,6 +12,7 @@ from face_transfer.stages import inputs
 from face_transfer.stages.rundir import Run, header, summary
 
 NAME = "student"
+WORKERS = "all"  # under multi-worker training every worker runs it (its share, or collectively)
 
 
 def supervised_control(run: Run) -> bool:

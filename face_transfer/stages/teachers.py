@@ -13,6 +13,7 @@ from face_transfer.stages.inputs import teacher_names
 from face_transfer.stages.rundir import Run, header, summary
 
 NAME = "teachers"
+WORKERS = "all"  # under multi-worker training every worker runs it (its share, or collectively)
 
 
 def run(run: Run, ctx) -> dict:
@@ -28,6 +29,9 @@ def run(run: Run, ctx) -> dict:
         rec = train_teacher(spec, cfg.data.synth, cfg.teacher_train, run.p("teachers", spec.name), ctx.strategy)
         records[spec.name] = rec
         summary(f"{spec.name}: {rec['params_total']:,} params, {rec['metrics']} ({time.time() - t0:.0f} s)")
+    from face_transfer import distribute
+    if ctx.strategy is not None and not distribute.is_chief(ctx.strategy):
+        return {"teachers": records, "outputs": []}  # the chief records the imported teachers
     for name, rec in imported_teacher_records(run).items():
         records[name] = rec
         summary(f"{name} (imported {rec['arch']}, source tasks {rec['source_task'] or 'none declared'}): "
