@@ -23,14 +23,14 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["20000", "100000"], "Folder sizes (faces) to run.")
 flags.DEFINE_integer("distill_steps", 300, "Distillation steps per run (the same for every size).")
 flags.DEFINE_integer("cache_size", 4000, "Faces in the embedding cache (the same for every size).")
-flags.DEFINE_string("bench_dir", os.path.join(ROOT, "runs", "bench", "folder"), "Where folders and runs go.")
+flags.DEFINE_string("folder_bench_dir", os.path.join(ROOT, "runs", "bench", "folder"), "Where folders and runs go.")
 flags.DEFINE_list("teachers", ["fer_expression", "dlib_age"], "Teachers (built-in pretrained: no training).")
 
 
 def write_folder(n: int) -> str:
     """n SynthFaces renders as 64x64 JPEGs in subfolders of 1000 (reused when already complete)."""
     from face_transfer.data import synth, synth_datasets
-    folder = os.path.join(FLAGS.bench_dir, f"faces_{n}")
+    folder = os.path.join(FLAGS.folder_bench_dir, f"faces_{n}")
     done = os.path.join(folder, ".complete")
     if os.path.exists(done):
         return folder
@@ -44,7 +44,7 @@ def write_folder(n: int) -> str:
 
 def run_one(n: int) -> dict:
     folder = write_folder(n)
-    run_dir = os.path.join(FLAGS.bench_dir, f"run_{n}")
+    run_dir = os.path.join(FLAGS.folder_bench_dir, f"run_{n}")
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "trainers.pipeline", "--preset=smoke",
            f"--run_dir={run_dir}", *[f"--teacher={t}" for t in FLAGS.teachers], f"--faces={folder}",
@@ -72,7 +72,7 @@ def run_one(n: int) -> dict:
 def main(argv):
     del argv
     from benchmarks.run import load_results, machine, save_results, write_markdown
-    os.makedirs(FLAGS.bench_dir, exist_ok=True)
+    os.makedirs(FLAGS.folder_bench_dir, exist_ok=True)
     res = load_results()
     runs = {}
     for size in [int(s) for s in FLAGS.sizes]:

@@ -61,6 +61,22 @@ def _folder_section(res: dict) -> list[str]:
     return L + [""]
 
 
+def _robustness_section(res: dict) -> list[str]:
+    if "infer.peak_rss_mb_8000px" not in res and "runs.hash_seconds" not in res:
+        return []
+    L = ["## What the safety nets cost", "",
+         f"Command: `python -m benchmarks.bench_robustness`. Machine: {_machine_line(res.get('robustness.machine', {}))}.", ""]
+    if "runs.hash_seconds" in res:
+        L.append(f"- Verifying a run directory on resume (size + SHA-256 of every artifact): "
+                 f"**{_f(res['runs.hash_seconds'], 2)} s** for {_f(res.get('runs.hash_mb'))} MB in "
+                 f"{_f(res.get('runs.hash_files'))} files (`{res.get('runs.hash_run_dir')}`; `runs.hash_seconds`).")
+    if "infer.peak_rss_mb_8000px" in res:
+        L.append(f"- `export.infer_tflite` on one 8000 x 8000 px photo: peak RSS **{_f(res['infer.peak_rss_mb_8000px'], 0)} MB**, "
+                 f"{_f(res.get('infer.seconds_8000px'))} s, face found: {res.get('infer.face_found_8000px')} "
+                 "(`infer.peak_rss_mb_8000px`; before the bounded detection: 6.6 GB and 92 s).")
+    return L + [""]
+
+
 def benchmarks_markdown(res: dict) -> str:
     m = res.get("machine", {})
     L = ["# Benchmarks", "",
@@ -74,7 +90,7 @@ def benchmarks_markdown(res: dict) -> str:
          f"(`synth.faces_per_s_per_core`, target >= 2000)",
          f"- Tasks: {res.get('tasks.count')} (`tasks.count`), of which {res.get('tasks.novel_count')} novel "
          "(`tasks.novel_count`)", ""]
-    L += _folder_section(res)
+    L += _folder_section(res) + _robustness_section(res)
     for preset in ("demo", "paper"):
         h = res.get(f"presets.{preset}")
         if not h:

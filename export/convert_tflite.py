@@ -11,6 +11,8 @@ import shutil
 
 from absl import app, flags
 
+from trainers.common import define_verbose_flag, guarded  # noqa: E402  (one error boundary per script)
+
 MODES = ("float32", "float16", "dynamic", "int8", "qat")
 # Mean cosine vs the float model below which the file is refused.
 DEFAULT_MIN_COSINE = {"float32": 0.9999, "float16": 0.999, "dynamic": 0.99, "int8": 0.95, "qat": 0.95}
@@ -26,6 +28,7 @@ flags.DEFINE_float("min_cosine", None, "Refuse the file below this mean cosine (
 flags.DEFINE_integer("seed", 0, "Synthetic face seed for calibration/validation images.")
 flags.DEFINE_string("out", None, "The .tflite file to write.")
 FLAGS = flags.FLAGS
+define_verbose_flag()
 
 
 def synthetic_faces(n, size, stream, seed):
@@ -46,6 +49,7 @@ def _update_report(out, name, report):
     return write_validation_report(reports, out_dir)
 
 
+@guarded
 def main(argv):
     del argv
     if bool(FLAGS.saved_model_dir) == bool(FLAGS.keras_model):

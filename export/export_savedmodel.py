@@ -9,12 +9,15 @@ import os
 
 from absl import app, flags
 
+from trainers.common import define_verbose_flag, guarded  # noqa: E402  (one error boundary per script)
+
 flags.DEFINE_string("student_dir", None, "Directory holding the trained student as exactly one *.keras file.")
 flags.DEFINE_string("keras_model", None, "Path of the student .keras file (instead of --student_dir).")
 flags.DEFINE_string("heads", None, "JSON file {task: linear-probe parameters}: export the multi-task analyser.")
 flags.DEFINE_string("out_dir", None, "SavedModel directory to write.")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --out_dir.")
 FLAGS = flags.FLAGS
+define_verbose_flag()
 
 LABELS_FILE = "labels.json"  # per-output kinds and class names, read by convert_tflite / infer_tflite
 
@@ -33,6 +36,7 @@ def find_keras_model(student_dir, keras_model):
     return found[0]
 
 
+@guarded
 def main(argv):
     del argv
     if not FLAGS.out_dir:

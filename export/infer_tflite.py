@@ -8,6 +8,8 @@ import os
 
 from absl import app, flags
 
+from trainers.common import define_verbose_flag, guarded  # noqa: E402  (one error boundary per script)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 flags.DEFINE_string("model", None, "The .tflite file.")
@@ -19,6 +21,7 @@ flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
 flags.DEFINE_integer("benchmark_runs", 0, "If > 0, also report the median latency (ms per face) over this many runs.")
 flags.DEFINE_string("out", None, "Also write the predictions JSON here.")
 FLAGS = flags.FLAGS
+define_verbose_flag()
 
 
 def image_paths(spec):
@@ -67,6 +70,7 @@ def decode(outputs, labels, i):
     return row
 
 
+@guarded
 def main(argv):
     del argv
     if not FLAGS.model or not os.path.isfile(FLAGS.model) or not FLAGS.model.endswith(".tflite"):
@@ -84,8 +88,14 @@ def main(argv):
 
     interpreter = infer.load_interpreter(FLAGS.model, num_threads=FLAGS.num_threads)
     key = next(iter(interpreter.get_signature_list()))
-    (detail,) = interpreter.get_signature_runner(key).get_input_details().values()
-    images, sources = load_images(int(detail["shape_signature"][1]))
+    inputs = list(interpreter.get_signature_runner(key).get_input_details().values())
+    shape = list(inputs[0]["shape_signature"]) if len(inputs) == 1 else []
+    if len(shape) != 4 or shape[3] not in (1, 3) or shape[1] != shape[2] or shape[1] < 8:
+        # Checked before any photo is read or any face detected: the file is not an image model.
+        raise app.UsageError(f"--model={FLAGS.model}: its input is {[[int(d) for d in i['shape_signature']] for i in inputs]}; "
+                             "expected one square image input [N, S, S, 3] (a face-transfer student or analyser)",
+                             exitcode=2)
+    images, sources = load_images(int(shape[1]))
     outputs = infer.run_tflite(interpreter, images)
     result = {"model": FLAGS.model, "interpreter": infer.interpreter_backend(),
               "predictions": [dict(source=s, **decode(outputs, labels, i)) for i, s in enumerate(sources)]}

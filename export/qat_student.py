@@ -14,7 +14,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from trainers.common import define_verbose_flag, guarded  # noqa: E402  (one error boundary per script)
+
 FLAGS = flags.FLAGS
+define_verbose_flag()
 flags.DEFINE_string("run_dir", None, "A run directory with a trained student (student/student.json).")
 flags.DEFINE_string("out", None, "Output .tflite path (refuses to overwrite unless --overwrite).")
 flags.DEFINE_boolean("overwrite", False, "Replace --out if it exists.")
@@ -22,6 +25,7 @@ flags.DEFINE_integer("steps", None, "QAT steps (default: the run config's export
 flags.mark_flags_as_required(["run_dir", "out"])
 
 
+@guarded
 def main(argv):
     from face_transfer.stages.export import qat_export
     cfg_path = os.path.join(FLAGS.run_dir, "config.json")

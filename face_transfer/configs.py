@@ -19,6 +19,14 @@ from face_transfer.teachers.train import TeacherTrainConfig
 from face_transfer.teachers.zoo import ZOO_PRESETS, TeacherSpec
 
 
+class ConfigError(ValueError):
+    """A configuration file that cannot be read as an ExperimentConfig; the message names the file and fields."""
+
+
+def _field_names(klass) -> set:
+    return {f.name for f in dataclasses.fields(klass)}
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     synth: SynthConfig = SynthConfig()
@@ -102,6 +110,34 @@ class ExperimentConfig:
     @classmethod
     def from_json(cls, text: str) -> "ExperimentConfig":
         return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_file(cls, path: str) -> "ExperimentConfig":
+        """A config.json, with errors that name the file and the missing, unknown or bad fields."""
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+        if not text.strip():
+            raise ConfigError(f"{path}: empty file (expected a face-transfer config.json)")
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+                              "truncated or edited by hand?") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a JSON object with the fields {sorted(_field_names(cls))}")
+        missing = sorted(_field_names(cls) - set(d) - {"teacher_files"})
+        unknown = sorted(set(d) - _field_names(cls))
+        if missing or unknown:
+            raise ConfigError(f"{path}: " + "; ".join(
+                ([f"missing field(s) {missing}"] if missing else []) + ([f"unknown field(s) {unknown}"] if unknown else []))
+                + " (expected a config.json written by face-transfer)")
+        try:
+            return cls.from_dict(d)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"{path}: bad field ({type(e).__name__}: {e})") from None
 
 
 def _preset(name: str) -> ExperimentConfig:

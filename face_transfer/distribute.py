@@ -236,9 +236,8 @@ def train_loop(
 
     manager, chief, write_dir, last_saved = None, is_chief(strategy), None, None
     if checkpoint_dir:
-        latest = tf.train.latest_checkpoint(checkpoint_dir)
-        if latest:
-            checkpoint.restore(latest).assert_existing_objects_matched()
+        from face_transfer.integrity import restore_newest_intact
+        latest = restore_newest_intact(checkpoint, checkpoint_dir)
         write_dir = worker_dir(checkpoint_dir, strategy)
         manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=max_to_keep if chief else 1)
     start_step = int(step.numpy())

@@ -1,12 +1,15 @@
 """The main job: every stage in order into one run directory (resumable; nothing complete is recomputed)."""
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 
 from face_transfer import distribute
 from face_transfer.configs import ExperimentConfig
 from face_transfer.fileio import write_json
 from face_transfer.stages import ALWAYS_RUN, STAGE_NAMES, STAGES, Run, StageContext, summary
+from face_transfer.stages.rundir import RunLock
 
 STAGES_BY_NAME = dict(zip(STAGE_NAMES, STAGES))
 
@@ -27,11 +30,18 @@ def run_pipeline(cfg: ExperimentConfig, run_dir: str, overwrite: bool = False, s
     """Run the stages up to and including `until`; returns {stage: record}."""
     if until not in STAGE_NAMES:
         raise ValueError(f"until={until!r}; expected one of {STAGE_NAMES}")
+    chief = distribute.is_chief(strategy) if strategy is not None else True
+    # The chief holds the run directory for the whole invocation; other workers of a multi-worker run share it.
+    with (RunLock(run_dir) if chief else contextlib.nullcontext()):
+        return _run_stages(cfg, run_dir, overwrite, strategy, until, flags_text, chief)
+
+
+def _run_stages(cfg, run_dir, overwrite, strategy, until, flags_text, chief) -> dict:
     run = Run.open(run_dir, cfg, overwrite=overwrite, flags_text=flags_text)
     import keras
     keras.utils.set_random_seed(cfg.seed)  # python, numpy and TF seeds; the data itself is seeded per index
-    chief = distribute.is_chief(strategy) if strategy is not None else True
     ctx = StageContext(strategy=strategy)
+    rebuilt: set[str] = set()  # stages that ran again over an earlier record: what depends on them is stale
     out, times = {}, {}
     todo = STAGES[:STAGE_NAMES.index(until) + 1]
     for i, stage in enumerate(todo):
@@ -42,15 +52,21 @@ def run_pipeline(cfg: ExperimentConfig, run_dir: str, overwrite: bool = False, s
                 break
             out[stage.NAME] = _wait_for_record(run, stage.NAME)
             continue
+        had_record = os.path.exists(run.stage_record_path(stage.NAME))
+        if had_record and rebuilt & set(stage.DEPENDS_ON):
+            summary(f"{stage.NAME}: recomputed, because {', '.join(sorted(rebuilt & set(stage.DEPENDS_ON)))} was")
+            run.reset_stage(stage.NAME, cascade=True)
         done = None if stage.NAME in ALWAYS_RUN else run.stage_done(stage.NAME)
         if done is not None:
-            summary(f"{stage.NAME}: complete ({run.stage_record_path(stage.NAME)}), skipped")
+            summary(f"{stage.NAME}: complete and verified ({run.stage_record_path(stage.NAME)}), skipped")
             out[stage.NAME] = done["record"]
         else:
+            if had_record and stage.NAME not in ALWAYS_RUN:
+                rebuilt.add(stage.NAME)
             record = dict(stage.run(run, ctx))
-            outputs = record.pop("outputs", [])
+            outputs, artifacts, reset = (record.pop(k, []) for k in ("outputs", "artifacts", "reset"))
             if chief:
-                run.mark_done(stage.NAME, record, outputs)
+                run.mark_done(stage.NAME, record, outputs, artifacts, reset)
             out[stage.NAME] = record
         times[stage.NAME] = round(time.time() - t0, 1)
     if chief:

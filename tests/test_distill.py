@@ -1,4 +1,5 @@
 """Distillation: code / teacher-space losses, DistillConfig checks, tiny distilled and supervised runs."""
+import dataclasses
 import json
 import os
 
@@ -10,8 +11,14 @@ from face_transfer.data import synth
 from face_transfer.student.distill import (
     STUDENT_JSON,
     DistillConfig,
+    block_sq_loss,
+    build_teacher_heads,
+    cos_smooth_l1_loss,
     cosine_code_loss,
+    degrade,
     distill_student,
+    find_encoder,
+    make_source_dataset,
     l2_code_loss,
     load_student,
     teacher_space_loss,
@@ -137,3 +144,146 @@ def test_recalibrate_batchnorm_sets_exact_batch_statistics():
     np.testing.assert_allclose(np.asarray(bn.moving_mean), np.mean([b.mean(0) for b in batches], 0), atol=1e-4)
     np.testing.assert_allclose(np.asarray(bn.moving_variance), np.mean([b.var(0) for b in batches], 0), rtol=0.05)
     assert bn.momentum == 0.99  # restored
+
+
+# ---- the levers: noisy student, per-teacher heads, cos + smooth-L1 ----------------------------------
+
+def test_cos_smooth_l1_loss_zero_at_target_and_balanced_per_block():
+    dims = {"a": 2, "b": 4}
+    t = RNG.normal(size=(5, 6)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(cos_smooth_l1_loss(t, t, dims)), 0.0, atol=1e-5)
+    assert np.all(np.asarray(cos_smooth_l1_loss(t + 1.0, t, dims)) > 1e-3)
+    # identity decoder: block_sq_loss is the teacher-space loss
+    dec = _identity_decoder(6)
+    p = t + RNG.normal(size=(5, 6)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(block_sq_loss(p, t, dims)), np.asarray(teacher_space_loss(p, t, dec, dims)),
+                               rtol=1e-5)
+    # a sign flip of one block costs cosine 2 of that block -> 0.5 * 2 / 2 teachers + its smooth-L1 share
+    q = t.copy()
+    q[:, :2] *= -1
+    got = np.asarray(cos_smooth_l1_loss(q, t, dims, w_cos=1.0, w_sl1=0.0))
+    np.testing.assert_allclose(got, 1.0, atol=1e-4)
+
+
+def test_distill_config_new_options_validate():
+    with pytest.raises(ValueError, match="noise"):
+        DistillConfig(noise=1.5)
+    with pytest.raises(ValueError, match="code_weight"):
+        DistillConfig(code_weight=-1.0)
+    c = DistillConfig(loss="cos_sl1", heads=True, noise=0.5)
+    assert c.heads and c.noise == 0.5
+    # backward compatible defaults: the paper's plain L2, no noise, no heads
+    d = DistillConfig()
+    assert (d.loss, d.noise, d.heads, d.code_weight) == ("l2", 0.0, False, 0.0)
+
+
+def test_degrade_is_deterministic_per_position_and_changes_only_some_faces():
+    images, _ = synth.render_faces(SYNTH, np.arange(16))
+    pos = np.arange(100, 116)
+    a = degrade(images, pos, prob=0.5, seed=3)
+    assert a.shape == images.shape and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, degrade(images, pos, prob=0.5, seed=3))
+    # per position, not per batch: the same face at the same position degrades the same in another batch
+    np.testing.assert_array_equal(a[4:9], degrade(images[4:9], pos[4:9], prob=0.5, seed=3))
+    changed = np.array([not np.array_equal(x, y) for x, y in zip(a, images)])
+    assert 0 < changed.sum() < 16
+    assert not np.array_equal(a, degrade(images, pos, prob=0.5, seed=4))
+    np.testing.assert_array_equal(degrade(images, pos, prob=0.0), images)
+    assert all(not np.array_equal(x, y) for x, y in zip(degrade(images, pos, prob=1.0), images))
+
+
+def test_noisy_dataset_yields_clean_and_degraded_pairs_resumable():
+    cfg = dataclasses.replace(TINY, noise=1.0)
+    from face_transfer.student.distill import _as_source
+    src = _as_source(SYNTH, cfg)
+    batches = [b for b in make_source_dataset(src, cfg, None, 0, 8).take(3)]
+    clean, noisy = (np.asarray(x) for x in batches[2])
+    assert clean.shape == noisy.shape == (8, 32, 32, 3)
+    assert not np.array_equal(clean, noisy)
+    # the targets' faces are the plain (clean) stream
+    plain = np.asarray(next(iter(make_source_dataset(src, TINY, None, 2, 8))))
+    np.testing.assert_array_equal(clean, plain)
+    # resumed at step 2: the same pair
+    c2, n2 = (np.asarray(x) for x in next(iter(make_source_dataset(src, cfg, None, 2, 8))))
+    np.testing.assert_array_equal(c2, clean)
+    np.testing.assert_array_equal(n2, noisy)
+
+
+def test_teacher_heads_shapes():
+    heads = build_teacher_heads(8, {"face id": 3, "expr": 5}, hidden=16)
+    out = heads(np.zeros((2, 8), np.float32))
+    assert tuple(out.shape) == (2, 8)
+
+
+def _concat_targets():
+    # A frozen "standardised concatenation": uint8 images -> 6-d (blocks a: 2, b: 4).
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((32, 32, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255.0)(inp)
+    x = keras.layers.Conv2D(4, 3, strides=4)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(6)(x), name="concat")
+    model.trainable = False
+    return model
+
+
+def _fused():
+    # concat -> "encoder" nested model -> 8-d code, as build_fused_teacher nests the AE encoder.
+    concat = _concat_targets()
+    e_in = keras.Input((6,))
+    encoder = keras.Model(e_in, keras.layers.Dense(8)(e_in), name="encoder")
+    model = keras.Model(concat.input, encoder(concat.output), name="fused")
+    model.trainable = False
+    return model
+
+
+def _toy_decoder():
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((8,))
+    return keras.Model(inp, keras.layers.Dense(6)(inp), name="decoder")
+
+
+def test_find_encoder_in_fused_teacher():
+    enc = find_encoder(_fused(), 6, 8)
+    assert enc.name == "encoder"
+    with pytest.raises(ValueError, match="no nested model"):
+        find_encoder(_fused(), 7, 8)
+
+
+def test_heads_noisy_cos_sl1_tiny_run_drops_heads_and_learns(tmp_path):
+    dims = {"a": 2, "b": 4}
+    cfg = DistillConfig(steps=12, batch_size=8, checkpoint_every=6, log_every=6, learning_rate=1e-2,
+                        loss="cos_sl1", heads=True, head_hidden=16, noise=0.5, code_weight=0.5)
+    out = str(tmp_path / "heads")
+    record = distill_student(STUDENT, cfg, SYNTH, _fused, out, dims=dims, target_concat_fn=_concat_targets)
+    assert record["teacher_heads_params"] > 0 and np.isfinite(record["final_loss"])
+    student = load_student(out)
+    # the heads are not part of the saved student: image -> embedding only
+    assert student.output.shape[-1] == 8
+    assert all(not layer.name.startswith("head") or layer.name == "head_conv" for layer in student.layers)
+    assert record["params"] == student.count_params()
+
+
+def test_block_losses_decrease_on_a_toy_target(tmp_path):
+    """Teacher space through trainable heads (and through the frozen decoder): the loss goes down."""
+    import face_transfer.student.distill as distill_mod
+    dims = {"a": 2, "b": 4}
+    seen = {}
+    for heads in (True, False):
+        cfg = DistillConfig(steps=30, batch_size=8, checkpoint_every=30, log_every=30, learning_rate=1e-2,
+                            loss="cos_sl1", heads=heads, head_hidden=16, augment=False)
+        losses = []
+        orig = distill_mod.distribute.train_loop
+
+        def spy(*a, **k):
+            hist = orig(*a, **k)
+            losses.extend(hist["loss"])
+            return hist
+        distill_mod.distribute.train_loop = spy
+        try:
+            distill_student(STUDENT, cfg, SYNTH, _fused, str(tmp_path / f"h{heads}"), dims=dims,
+                            target_concat_fn=_concat_targets, decoder_fn=_toy_decoder)
+        finally:
+            distill_mod.distribute.train_loop = orig
+        seen[heads] = losses
+        assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), (heads, losses[:5], losses[-5:])

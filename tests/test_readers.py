@@ -319,3 +319,14 @@ def test_write_tfrecord_rejects_bad_arrays(tmp_path):
     with pytest.raises(ValueError, match="has 2 rows"):
         readers.write_tfrecord(str(tmp_path / "x.tfrecord"), np.zeros((1, 4, 4, 3), np.uint8), {"a": np.zeros(2)})
     assert not os.path.exists(tmp_path / "x.tfrecord")  # validated before anything is written
+
+
+def test_utkface_age_outside_0_120_is_a_bad_label_naming_the_file(tmp_path):
+    from face_transfer.data.readers import DataError, read_utkface_folder
+    _save(tmp_path / "25_0_2_20170116174525125.jpg.chip.jpg", _rgb(0))
+    _save(tmp_path / "999_0_0_20170116174525126.jpg.chip.jpg", _rgb(1))
+    with pytest.raises(DataError, match=r"999_0_0_.*age 999 in the file name is outside 0..120"):
+        read_utkface_folder(tmp_path)
+    with pytest.warns(UserWarning):
+        images, labels, report = read_utkface_folder(tmp_path, on_error="skip")
+    assert len(images) == 1 and report.skipped_by_kind() == {"bad_label": 1}

@@ -168,3 +168,27 @@ def test_every_script_help_lists_its_flags_and_an_example(module, needles):
     text = proc.stdout + proc.stderr
     for needle in needles:
         assert needle in text, (needle, text[-3000:])
+
+
+def _infer(*args):
+    return subprocess.run([sys.executable, "-m", "export.infer_tflite", *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_infer_names_a_truncated_tflite_and_refuses_a_non_image_model(tmp_path):
+    import tensorflow as tf
+    import keras
+    inp = keras.Input((10,))
+    model = keras.Model(inp, keras.layers.Dense(2)(inp))
+    path = tmp_path / "vector.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+    Image.fromarray(user_files.rng_images(1, 64)[0]).save(photo)
+    out = _infer(f"--model={path}", f"--images={photo}")
+    assert out.returncode == 2 and "its input is [[-1, 10]]" in out.stderr and "Traceback" not in out.stderr
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    out = _infer(f"--model={path}", f"--images={photo}")
+    assert out.returncode == 4, out.stderr[-2000:]
+    assert f"{path}: not a readable .tflite model" in out.stderr and "Traceback" not in out.stderr

@@ -10,6 +10,11 @@ from absl import flags
 FLAGS = flags.FLAGS
 
 
+def define_verbose_flag():
+    if "verbose" not in FLAGS:
+        flags.DEFINE_boolean("verbose", False, "On an error, also print the traceback (or FACE_TRANSFER_VERBOSE=1).")
+
+
 def define_run_flags():
     from face_transfer.configs import PRESETS
     from face_transfer.distribute import STRATEGIES
@@ -60,6 +65,7 @@ def define_run_flags():
     flags.DEFINE_boolean("synth_tasks", True, "Keep the SynthFaces task suite next to --tasks "
                          "(--nosynth_tasks: only your datasets' tasks).")
     flags.DEFINE_integer("cache_size", None, "Unlabelled faces embedded by the teachers to fit the fusion.")
+    define_verbose_flag()
     flags.mark_flag_as_required("run_dir")
 
 
@@ -69,7 +75,10 @@ def config_from_flags():
     if FLAGS.config_json:
         if not os.path.exists(FLAGS.config_json):
             raise flags.ValidationError(f"--config_json={FLAGS.config_json}: no such file")
-        cfg = ExperimentConfig.from_json(open(FLAGS.config_json).read())
+        try:
+            cfg = ExperimentConfig.from_file(FLAGS.config_json)
+        except ValueError as e:
+            raise flags.ValidationError(f"--config_json={FLAGS.config_json}: {e}") from None
     else:
         cfg = preset_config(FLAGS.preset)
     r = dataclasses.replace
@@ -120,6 +129,9 @@ def config_from_flags():
     if not cfg.teachers and not cfg.real_teachers and not cfg.teacher_files:
         raise flags.ValidationError("--nozoo with no --real_teachers or --teacher leaves no teacher to distil from")
     run_dir = os.path.abspath(FLAGS.run_dir)
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise flags.ValidationError(f"--run_dir={FLAGS.run_dir}: is a file, not a directory (expected a run "
+                                    "directory, new or existing)")
     parent = os.path.dirname(run_dir)
     probe = parent
     while not os.path.exists(probe):
@@ -235,13 +247,49 @@ def strategy_from_flags():
     return make_strategy(name, num_cpu_replicas=FLAGS.num_cpu_replicas)
 
 
-def _user_errors():
+# Exit codes of every script (README, "When something goes wrong"); anything else exits 1 with its traceback.
+EXIT_USAGE, EXIT_BAD_INPUT, EXIT_CORRUPT, EXIT_LOCKED, EXIT_INVALID, EXIT_TIMEOUT = 2, 3, 4, 5, 6, 7
+
+
+def _exit_codes() -> list:
+    """(exception types, exit code, what it means), most specific first; imported late (TF is heavy)."""
+    from face_transfer.configs import ConfigError
     from face_transfer.data.readers import DataError
+    from face_transfer.deploy.tflite import TFLiteValidationError
+    from face_transfer.integrity import CorruptArtifactError
+    from face_transfer.stages.rundir import RunConfigError, RunLockedError
     from face_transfer.teachers.adapters import TeacherLoadError
-    return (DataError, TeacherLoadError, FloatingPointError, TimeoutError)
+    return [((ConfigError, RunConfigError, flags.ValidationError), EXIT_USAGE, "usage"),
+            ((CorruptArtifactError,), EXIT_CORRUPT, "corrupt file"),
+            ((DataError, TeacherLoadError), EXIT_BAD_INPUT, "bad input"),
+            ((RunLockedError,), EXIT_LOCKED, "run directory in use"),
+            ((TFLiteValidationError, FloatingPointError), EXIT_INVALID, "validation failed"),
+            ((TimeoutError,), EXIT_TIMEOUT, "timed out")]
 
 
-USER_ERRORS = ()  # filled in main_until, after the library is importable without side effects
+def guarded(main):
+    """One error boundary per script: the project's own errors become one line (what, which file/flag/row,
+    what was expected) and a distinct exit code; --verbose or FACE_TRANSFER_VERBOSE=1 adds the traceback.
+    Unknown exceptions keep their traceback."""
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except Exception as e:
+            import traceback
+            for types, code, what in _exit_codes():
+                if isinstance(e, types):
+                    if _verbose():
+                        traceback.print_exc()
+                    print(f"error ({what}): {e}", file=sys.stderr, flush=True)
+                    return code
+            raise
+    return wrapped
+
+
+def _verbose() -> bool:
+    if os.environ.get("FACE_TRANSFER_VERBOSE", "") not in ("", "0"):
+        return True
+    return bool(getattr(FLAGS, "verbose", False)) if "verbose" in FLAGS else False
 
 
 def run_console(main, doc: str):
@@ -270,25 +318,20 @@ def quiet_tensorflow():
 
 def main_until(stage: str):
     """The absl main of a stage script: run the pipeline up to `stage` (earlier stages when missing)."""
+    @guarded
     def main(argv):
         from absl import app
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}")
         quiet_tensorflow()
-        global USER_ERRORS
-        USER_ERRORS = _user_errors()
         try:
             cfg = config_from_flags()
             strategy = strategy_from_flags()
         except (flags.ValidationError, ValueError) as e:  # bad flags: a message, no traceback, no work done
-            raise app.UsageError(str(e)) from None
+            raise app.UsageError(str(e), exitcode=EXIT_USAGE) from None
         from face_transfer.pipeline import run_pipeline  # after the strategy: logical CPUs come first
-        try:
-            out = run_pipeline(cfg, FLAGS.run_dir, overwrite=FLAGS.overwrite, strategy=strategy, until=stage,
-                               flags_text=FLAGS.flags_into_string())
-        except USER_ERRORS as e:  # bad input found while running: one line naming it, exit 1, nothing lost
-            print(f"\nerror: {e}", file=sys.stderr)
-            return 1
+        out = run_pipeline(cfg, FLAGS.run_dir, overwrite=FLAGS.overwrite, strategy=strategy, until=stage,
+                           flags_text=FLAGS.flags_into_string())
         if "report" in out:
             print("\n".join(out["report"]["summary_lines"]))
         return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -138,9 +139,15 @@ def load_shards(out_dir: str, what: str, resume_with: str) -> dict[str, np.ndarr
         manifest = json.load(f)
     arrays: dict[str, list] = {}
     for s in range(manifest["shards"]):
-        with np.load(os.path.join(out_dir, f"shard-{s:05d}.npz")) as z:
-            for k in z.files:
-                arrays.setdefault(k, []).append(z[k])
+        path = os.path.join(out_dir, f"shard-{s:05d}.npz")
+        try:
+            with np.load(path) as z:
+                for k in z.files:
+                    arrays.setdefault(k, []).append(z[k])
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            from face_transfer.integrity import CorruptArtifactError
+            raise CorruptArtifactError(f"{path}: corrupt {what} shard ({type(e).__name__}: {e}); delete it and "
+                                       f"run {resume_with} again to rebuild it") from None
     return {k: np.concatenate(v) for k, v in arrays.items()}
 
 

@@ -36,6 +36,7 @@ FER_SIDE = 48
 
 # UTKFace race codes (from the dataset's README); gender is converted, see read_utkface_folder.
 UTK_RACES = ("white", "black", "asian", "indian", "others")
+AGE_RANGE = (0, 120)  # years: anything outside is a typo in a label, not a person
 _UTK_NAME = re.compile(
     r"^(?P<age>\d{1,3})_(?P<gender>[01])_(?P<race>[0-4])_(?P<date>\d+)"
     r"\.(?:jpg|jpeg|png)(?:\.chip\.jpg)?$",
@@ -564,6 +565,10 @@ def read_utkface_folder(
                 "file name does not match UTKFace's 'age_gender_race_date.jpg[.chip.jpg]' "
                 "(age int, gender 0/1, race 0..4)",
             )
+            continue
+        if not AGE_RANGE[0] <= parsed["age"] <= AGE_RANGE[1]:
+            errors.bad(path, "bad_label", f"age {parsed['age']:.0f} in the file name is outside "
+                                          f"{AGE_RANGE[0]}..{AGE_RANGE[1]} years")
             continue
         try:
             image = _read_canonical(path, image_size, align)

@@ -67,7 +67,12 @@ def load_interpreter(path_or_bytes, num_threads: int = 1, default_delegates: boo
         path = os.fspath(path_or_bytes)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"load_interpreter: {path} is not a .tflite file")
-        interpreter = Interpreter(model_path=path, **kwargs)
+        try:
+            interpreter = Interpreter(model_path=path, **kwargs)
+        except (ValueError, RuntimeError) as e:  # "not a valid Flatbuffer buffer", truncated files, ...
+            from face_transfer.integrity import CorruptArtifactError
+            raise CorruptArtifactError(f"{path}: not a readable .tflite model (truncated or damaged? "
+                                       f"{str(e).splitlines()[0][:200]})") from None
     interpreter.allocate_tensors()
     return interpreter
 

@@ -13,6 +13,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from face_transfer.integrity import load_keras_model
+
 from face_transfer.fusion.standardize import Standardizer
 
 FUSION_JSON = "fusion.json"
@@ -114,8 +116,8 @@ class Fusion:
         with open(path) as f:
             record = json.load(f)
         return cls(Standardizer.load(os.path.join(out_dir, "standardizer.npz")),
-                   keras.models.load_model(os.path.join(out_dir, "encoder.keras")),
-                   keras.models.load_model(os.path.join(out_dir, "decoder.keras")), record)
+                   load_keras_model(os.path.join(out_dir, "encoder.keras"), "fusion encoder"),
+                   load_keras_model(os.path.join(out_dir, "decoder.keras"), "fusion decoder"), record)
 
 
 def train_fusion(embeddings: dict[str, np.ndarray], cfg: FusionConfig, out_dir: str | None = None) -> Fusion:

@@ -8,6 +8,7 @@ from face_transfer.stages.rundir import Run, header, summary
 
 NAME = "cache"
 WORKERS = "all"  # under multi-worker training every worker runs it (its share, or collectively)
+DEPENDS_ON = ("data", "teachers")  # rebuilt upstream stages make this one stale
 
 
 def run(run: Run, ctx) -> dict:
@@ -30,4 +31,5 @@ def run(run: Run, ctx) -> dict:
                                      shard_size=run.cfg.data.cache_shard_size)
     rate = manifest.get("images_per_s")
     summary(f"dims {manifest['dims']}" + (f", {rate:,.0f} images/s" if rate else " (already complete)"))
-    return {**manifest, "outputs": [run.p("cache", "manifest.json")]}
+    return {**manifest, "outputs": [run.p("cache", "manifest.json")], "artifacts": [run.p("cache")],
+            "reset": [run.p("cache")]}

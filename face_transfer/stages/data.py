@@ -14,6 +14,7 @@ from face_transfer.stages.rundir import Run, header, summary
 
 NAME = "data"
 WORKERS = "all"  # under multi-worker training every worker runs it (its share, or collectively)
+DEPENDS_ON = ()  # rebuilt upstream stages make this one stale
 
 
 def run(run: Run, ctx) -> dict:
@@ -75,6 +76,7 @@ def run(run: Run, ctx) -> dict:
     info["seconds"] = round(time.time() - t0, 1)
     summary(f"eval sets {info['eval_sets']}, sample grid {grid} ({info['seconds']} s)")
     info["outputs"] = outputs
+    info["artifacts"] = [run.p("data")] + ([run.p(inputs.FACES_DIR)] if dcfg.faces.sources else [])
     return info
 
 

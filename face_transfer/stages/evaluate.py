@@ -15,6 +15,7 @@ from face_transfer.stages.student import student_dirs
 
 NAME = "evaluate"
 WORKERS = "chief"  # under multi-worker training only the chief runs it; the others wait for its record
+DEPENDS_ON = ("data", "teachers", "cache", "fusion", "student")  # rebuilt upstream stages make this one stale
 
 
 def compression_curve(run: Run, reps: dict, labels: dict) -> dict:
@@ -144,7 +145,10 @@ def run(run: Run, ctx) -> dict:
             summary(f"{rep:>22}: novel {groups[rep]['mean_novel']:.1f} ± {groups[rep]['std_novel']:.1f}   "
                     f"source {groups[rep]['mean_source']:.1f} ± {groups[rep]['std_source']:.1f}")
     outputs = [path, run.p("metrics", "transfer.md")]
-    return {"groups": groups, "outputs": outputs}
+    derived = [results_path, run.p("metrics", "compression_curve.json"), run.p("features"),
+               run.p("fusion_curve"), run.p("fusion_zscore"), run.p("fusion_phi_s")]
+    return {"groups": groups, "outputs": outputs, "reset": derived,
+            "artifacts": [results_path, run.p("metrics", "compression_curve.json")]}
 
 
 def _colouring_task(run: Run, tasks, labels):

@@ -18,6 +18,7 @@ from face_transfer.stages.student import fused_teacher_builders
 
 NAME = "export"
 WORKERS = "chief"  # under multi-worker training only the chief runs it; the others wait for its record
+DEPENDS_ON = ("data", "teachers", "fusion", "student", "evaluate")  # rebuilt upstream stages make this one stale
 
 
 def analyzer_heads(run: Run, student_features: dict, labels: dict) -> tuple[dict, dict]:
@@ -83,7 +84,7 @@ def run(run: Run, ctx) -> dict:
     out = run.p("export")
     final = os.path.join(out, "export.json")
     if os.path.exists(final):
-        return {**read_json(final), "outputs": [final]}
+        return {**read_json(final), "outputs": [final], "artifacts": [out]}
     os.makedirs(out, exist_ok=True)
     ecfg = run.cfg.export
     student = load_student(run.p("student"))
@@ -176,8 +177,9 @@ def run(run: Run, ctx) -> dict:
             f"float32 {info['bytes']['float32'] / 1024:.0f} KB; novel drop "
             + ", ".join(f"{k} {v['mean_novel_drop']:+.2f}" for k, v in drops.items())
             + f"; latency int8 {latency['int8_ms_per_face']:.2f} ms/face, ensemble/int8 x{latency['ensemble_over_int8']:.0f}")
-    return {**info, "outputs": [final] + [os.path.join(out, f) for f in ("analyzer_int8.tflite", "parity.json")]
-            + list(files.values())}
+    return {**info, "outputs": [final], "artifacts": [out],
+            "reset": [os.path.join(out, "student_int8_qat.tflite")]
+            + [run.p("features", f"student_tflite_{m}") for m in ("int8_ptq", "int8_qat")]}
 
 
 def _qat_subprocess(run: Run) -> dict:

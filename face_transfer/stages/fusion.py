@@ -9,6 +9,7 @@ from face_transfer.stages.rundir import Run, header, summary
 
 NAME = "fusion"
 WORKERS = "chief"  # under multi-worker training only the chief runs it; the others wait for its record
+DEPENDS_ON = ("cache",)  # rebuilt upstream stages make this one stale
 
 
 def run(run: Run, ctx) -> dict:
@@ -22,4 +23,5 @@ def run(run: Run, ctx) -> dict:
     summary(f"concat {rec['concat_dim']} -> code {rec['code_dim']} (x{rec['compression_ratio']:.1f}), "
             f"val R2 per teacher {({k: round(v, 3) for k, v in rec['val_r2_per_teacher'].items()})} "
             f"({time.time() - t0:.0f} s)")
-    return {**rec, "outputs": [run.p("fusion", "fusion.json"), run.p("fusion", "encoder.keras")]}
+    return {**rec, "outputs": [run.p("fusion", "fusion.json")], "artifacts": [run.p("fusion")],
+            "reset": [run.p("fusion")]}

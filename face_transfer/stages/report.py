@@ -14,6 +14,7 @@ from face_transfer.stages.teachers import teacher_records
 
 NAME = "report"
 WORKERS = "chief"  # under multi-worker training only the chief runs it; the others wait for its record
+DEPENDS_ON = ("data", "teachers", "cache", "fusion", "student", "evaluate", "export")  # rebuilt upstream stages make this one stale
 
 
 def headline(run: Run) -> dict:

@@ -12,6 +12,69 @@ from face_transfer.configs import ExperimentConfig
 from face_transfer.fileio import read_json, write_json
 
 CONFIG_JSON = "config.json"
+LOCK_FILE = ".lock"
+
+
+class RunConfigError(ValueError):
+    """The run directory holds a run with another configuration."""
+
+
+class RunLockedError(RuntimeError):
+    """Another live invocation holds the run directory."""
+
+
+class RunLock:
+    """An exclusive `fcntl.flock` on <run_dir>/.lock for a whole invocation, holding its PID, host and start.
+
+    The kernel drops the lock when its holder dies, so a lock file that still names a process but is not
+    locked was left by a run that crashed or was killed: it is taken over, with a notice.
+    """
+
+    def __init__(self, run_dir: str):
+        self.run_dir, self.path, self.fd = run_dir, os.path.join(run_dir, LOCK_FILE), None
+
+    def __enter__(self):
+        import fcntl
+        import json
+        import socket
+        os.makedirs(self.run_dir, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise RunLockedError(f"run_dir {self.run_dir} is in use by PID {holder.get('pid', '?')} on "
+                                 f"{holder.get('host', '?')} since {holder.get('since', '?')}; wait for it to "
+                                 "finish or use another --run_dir") from None
+        stale = _holder(fd)
+        if stale.get("pid"):
+            from face_transfer.integrity import notice
+            notice(f"taking over the lock of {self.run_dir} left by PID {stale['pid']} on {stale.get('host', '?')} "
+                   f"(since {stale.get('since', '?')}), which is no longer running")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # released cleanly: nothing stale left behind
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
+def _holder(fd) -> dict:
+    import json
+    try:
+        text = os.pread(fd, 4096, 0).decode()
+        return json.loads(text) if text.strip() else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def header(title: str):
@@ -50,18 +113,26 @@ class Run:
         import json
         path = os.path.join(run_dir, CONFIG_JSON)
         if os.path.exists(path):
+            from face_transfer.configs import ConfigError
+            from face_transfer.integrity import CorruptArtifactError
+            try:
+                have = ExperimentConfig.from_file(path)
+            except ConfigError as e:  # the run's own record of its configuration is damaged
+                raise CorruptArtifactError(f"{e}; this run directory's configuration is damaged: restore "
+                                           f"{path} (a copy of the flags is in flags.txt) or use another --run_dir") from None
             have_dict = read_json(path)
-            have = ExperimentConfig.from_dict(have_dict)
             if have != cfg and not overwrite:
                 diff = _differences(have_dict, json.loads(cfg.to_json()))
                 teacher_diff = _teacher_file_changes(have, cfg)
-                raise ValueError(
+                raise RunConfigError(
                     f"{run_dir} holds a run with a different configuration ({path}; differs in "
                     f"{', '.join(diff[:8]) or '?'}{' ...' if len(diff) > 8 else ''})"
                     + (f". {teacher_diff}" if teacher_diff else "")
                     + "; pass --overwrite to replace it, or use another --run_dir")
             if overwrite:
-                shutil.rmtree(run_dir)
+                for entry in os.listdir(run_dir):  # everything but the lock this invocation holds
+                    if entry != LOCK_FILE:
+                        _remove(os.path.join(run_dir, entry))
         os.makedirs(run_dir, exist_ok=True)
         if not os.access(run_dir, os.W_OK):
             raise PermissionError(f"--run_dir={run_dir} is not writable")
@@ -79,22 +150,66 @@ class Run:
         return self.p("metrics", "stages", f"{name}.json")
 
     def stage_done(self, name: str) -> dict | None:
-        """The stage's record if it finished and every output it lists is still there, else None."""
+        """The stage's record if it finished and every artifact it recorded is intact, else None.
+
+        A damaged or missing artifact is named in a one-line notice, deleted together with the stage's
+        completion markers (its `outputs`), and the stage runs again: it rebuilds what is gone.
+        """
+        from face_transfer.integrity import notice, verify_artifacts
         path = self.stage_record_path(name)
         if not os.path.exists(path):
             return None
-        rec = read_json(path)
-        missing = [o for o in rec.get("outputs", []) if not os.path.exists(self.p(o))]
-        if missing:
-            summary(f"stage {name}: {len(missing)} output(s) missing ({missing[0]}); running it again")
+        try:
+            rec = read_json(path)
+        except ValueError as e:
+            notice(f"{e}; running stage {name} again")
+            os.remove(path)
             return None
-        return rec
+        bad = verify_artifacts(self.dir, rec.get("artifacts", {}))
+        missing = [o for o in rec.get("outputs", []) if not os.path.exists(self.p(o))]
+        if not bad and not missing:
+            return rec
+        for rel, why in bad:
+            notice(f"{self.p(rel)}: {why}; recomputing stage {name} and what depends on it")
+        for rel in missing:
+            notice(f"{self.p(rel)}: missing; recomputing stage {name} and what depends on it")
+        self.reset_stage(name, [rel for rel, _ in bad] + missing, rec)
+        return None
 
-    def mark_done(self, name: str, record: dict, outputs=()):
-        """Write the stage's record last: outputs are paths relative to the run directory."""
-        rel = [os.path.relpath(o, self.dir) if os.path.isabs(o) else o for o in outputs]
-        write_json(self.stage_record_path(name), {"stage": name, "record": record, "outputs": rel,
-                                                  "finished": time.time()})
+    def reset_stage(self, name: str, bad=(), rec: dict | None = None, cascade: bool = False):
+        """Delete a stage's record, its completion markers and the given damaged files, so it runs again.
+
+        `cascade`: an upstream stage was rebuilt, so the stage's derived state (its `reset` list: checkpoints,
+        caches) is stale too and goes; after its own damage the stage keeps it and resumes from it."""
+        if rec is None:
+            path = self.stage_record_path(name)
+            try:
+                rec = read_json(path) if os.path.exists(path) else {}
+            except ValueError:
+                rec = {}
+        for rel in list(bad) + rec.get("outputs", []) + (rec.get("reset", []) if cascade else []):
+            _remove(self.p(rel))
+            stem, ext = os.path.splitext(self.p(rel))
+            if ext in (".tfrecord", ".npz"):  # a shard's own sidecar record says it is done: it goes too
+                _remove(stem + ".json")
+        _remove(self.stage_record_path(name))
+
+    def mark_done(self, name: str, record: dict, outputs=(), artifacts=(), reset=()):
+        """Write the stage's record last. `outputs`: completion markers (files whose presence makes the stage's
+        own code skip work); `artifacts`: files or directories whose every file is recorded with its size and
+        SHA-256 and verified on resume; `reset`: derived caches to delete when the stage must run again."""
+        from face_transfer.integrity import digest_artifacts
+        rel = lambda paths: [os.path.relpath(o, self.dir) if os.path.isabs(o) else o for o in paths]  # noqa: E731
+        write_json(self.stage_record_path(name), {
+            "stage": name, "record": record, "outputs": rel(outputs), "reset": rel(reset),
+            "artifacts": digest_artifacts(self.dir, list(outputs) + list(artifacts)), "finished": time.time()})
+
+
+def _remove(path: str):
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def _teacher_file_changes(have: ExperimentConfig, want: ExperimentConfig) -> str:

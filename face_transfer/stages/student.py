@@ -13,6 +13,7 @@ from face_transfer.stages.rundir import Run, header, summary
 
 NAME = "student"
 WORKERS = "all"  # under multi-worker training every worker runs it (its share, or collectively)
+DEPENDS_ON = ("data", "teachers", "fusion")  # rebuilt upstream stages make this one stale
 
 
 def supervised_control(run: Run) -> bool:
@@ -88,5 +89,7 @@ def run(run: Run, ctx) -> dict:
         records[rep] = rec
         summary(f"{rep}: {rec['params']:,} params, {rec['mflops']:.1f} MFLOPs, final loss {rec['final_loss']} "
                 f"({time.time() - t0:.0f} s)")
-    return {"students": records, "outputs": [os.path.join(d, "student.json") for d in student_dirs(run).values()]}
+    return {"students": records, "outputs": [os.path.join(d, "student.json") for d in student_dirs(run).values()],
+            "artifacts": [os.path.join(d, "model.keras") for d in student_dirs(run).values()],
+            "reset": [os.path.join(d, sub) for d in student_dirs(run).values() for sub in ("ckpt", "model.keras")]}
 

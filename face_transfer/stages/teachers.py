@@ -14,6 +14,7 @@ from face_transfer.stages.rundir import Run, header, summary
 
 NAME = "teachers"
 WORKERS = "all"  # under multi-worker training every worker runs it (its share, or collectively)
+DEPENDS_ON = ()  # rebuilt upstream stages make this one stale
 
 
 def run(run: Run, ctx) -> dict:
@@ -36,7 +37,8 @@ def run(run: Run, ctx) -> dict:
         records[name] = rec
         summary(f"{name} (imported {rec['arch']}, source tasks {rec['source_task'] or 'none declared'}): "
                 f"{rec['params_embedding']:,} params, {rec['embedding_dim']}-d")
-    return {"teachers": records, "outputs": [run.p("teachers", n, "teacher.json") for n in teacher_names(run)]}
+    return {"teachers": records, "outputs": [run.p("teachers", n, "teacher.json") for n in teacher_names(run)],
+            "artifacts": [run.p("teachers", s.name, "model.keras") for s in cfg.teachers]}
 
 
 def _record(teacher, arch: str, source_tasks, extra: dict) -> dict:

@@ -20,7 +20,9 @@ from face_transfer import distribute
 from face_transfer.data import synth
 from face_transfer.student.model import StudentConfig, build_student, count_flops, count_params
 
-LOSSES = ("l2", "cosine", "teacher_space")
+LOSSES = ("l2", "cosine", "teacher_space", "cos_sl1")
+CODE_LOSSES = ("l2", "cosine")  # on the AE code itself
+BLOCK_LOSSES = ("teacher_space", "cos_sl1")  # per standardised teacher block (decoder or trainable heads)
 STUDENT_JSON = "student.json"
 
 
@@ -52,6 +54,106 @@ def teacher_space_loss(pred_code, target_concat, decoder, dims: dict):
     return total / len(dims)
 
 
+def _blocks(x, dims: dict):
+    i = 0
+    for d in dims.values():
+        yield x[:, i:i + d], d
+        i += d
+
+
+def block_sq_loss(pred_concat, target_concat, dims: dict):
+    """Mean over teachers of each standardised block's squared error (each block's relative error)."""
+    total = 0.0
+    for (p, _), (t, _) in zip(_blocks(pred_concat, dims), _blocks(target_concat, dims)):
+        total = total + ops.sum(ops.square(p - t), axis=-1)
+    return total / len(dims)
+
+
+def smooth_l1(x, beta: float = 1.0):
+    """Huber / smooth-L1 with threshold beta (PyTorch's smooth_l1_loss convention), elementwise."""
+    a = ops.abs(x)
+    return ops.where(a < beta, 0.5 * ops.square(x) / beta, a - 0.5 * beta)
+
+
+def cos_smooth_l1_loss(pred_concat, target_concat, dims: dict, w_cos: float = 0.5, w_sl1: float = 0.5):
+    """UNIC / Theia: per teacher block, w_cos * (1 - cosine) + w_sl1 * smooth-L1, mean over teachers.
+
+    Our blocks carry unit *total* variance (per-dim variance ~1/d), so the smooth-L1 term is taken on
+    the block times sqrt(d), i.e. at unit per-dim scale, where it is what UNIC computes on its
+    standardised teacher features (otherwise it would vanish next to the cosine term).
+    """
+    total = 0.0
+    for (p, d), (t, _) in zip(_blocks(pred_concat, dims), _blocks(target_concat, dims)):
+        cos = ops.sum(p * t, -1) / (ops.norm(p, axis=-1) * ops.norm(t, axis=-1) + 1e-6)
+        scale = float(np.sqrt(d))
+        total = total + w_cos * (1.0 - cos) + w_sl1 * ops.mean(smooth_l1((p - t) * scale), axis=-1)
+    return total / len(dims)
+
+
+def build_teacher_heads(embedding_dim: int, dims: dict, hidden: int = 256, name: str = "teacher_heads"):
+    """One small MLP per teacher (AM-RADIO's adaptor MLP: Dense -> LayerNorm -> GELU -> Dense) from the
+    student's embedding to that teacher's standardised block; outputs the concatenation of the blocks.
+    Trained with the student and dropped at inference (never part of the saved student)."""
+    inp = keras.Input((embedding_dim,), name="embedding")
+    outs = []
+    for j, (teacher, d) in enumerate(dims.items()):
+        tag = "".join(c if c.isalnum() else "_" for c in str(teacher))
+        x = keras.layers.Dense(hidden, name=f"head{j}_{tag}_fc1")(inp)
+        x = keras.layers.LayerNormalization(name=f"head{j}_{tag}_ln")(x)
+        x = keras.layers.Activation("gelu", name=f"head{j}_{tag}_gelu")(x)
+        outs.append(keras.layers.Dense(d, name=f"head{j}_{tag}_fc2")(x))
+    out = outs[0] if len(outs) == 1 else keras.layers.Concatenate(name="blocks")(outs)
+    return keras.Model(inp, out, name=name)
+
+
+# ---- noisy student: generic degradations of the student's input only ---------------------------------
+
+def degrade(images: np.ndarray, positions: np.ndarray, prob: float, seed: int = 0) -> np.ndarray:
+    """Degrade a fraction `prob` of the faces with generic image ops (colour jitter, grayscale, blur or
+    down-up-sampling, a random occlusion patch, Gaussian noise; each degraded face gets a random subset,
+    at least one). Each face's degradation is a pure function of (seed, its stream position), so
+    resumed and multi-replica runs degrade exactly as an uninterrupted one. Not the SynthFaces domain
+    renderers (the evaluation's sketch / infrared / low-resolution sets): plain image processing.
+    """
+    from PIL import Image, ImageFilter
+
+    out = np.array(images, dtype=np.uint8, copy=True)
+    n, h, w = out.shape[:3]
+    for i in range(n):
+        rng = np.random.default_rng([int(seed) & 0x7FFFFFFF, 0xD15, int(positions[i]) & 0x7FFFFFFFFFFFFFFF])
+        if rng.random() >= prob:
+            continue
+        ops_on = rng.random(5) < np.array([0.5, 0.35, 0.4, 0.3, 0.35])  # colour, gray, blur, occlude, noise
+        if not ops_on.any():
+            ops_on[rng.integers(5)] = True
+        x = out[i].astype(np.float32)
+        if ops_on[0]:  # colour: per-channel gain, gamma, saturation
+            x = x * rng.uniform(0.7, 1.3, 3).astype(np.float32)
+            x = 255.0 * (np.clip(x, 0, 255) / 255.0) ** rng.uniform(0.7, 1.5)
+            gray = x.mean(-1, keepdims=True)
+            x = gray + (x - gray) * rng.uniform(0.3, 1.5)
+        if ops_on[1]:  # grayscale
+            x = np.repeat((x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None], 3, -1)
+        if ops_on[2]:  # blur, or down-up-sampling
+            img = Image.fromarray(np.clip(x, 0, 255).astype(np.uint8))
+            if rng.random() < 0.5:
+                img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.6, 2.0))))
+            else:
+                f = float(rng.uniform(2.0, 5.0))
+                small = img.resize((max(4, int(w / f)), max(4, int(h / f))), Image.BILINEAR)
+                img = small.resize((w, h), Image.BILINEAR if rng.random() < 0.5 else Image.NEAREST)
+            x = np.asarray(img, np.float32)
+        if ops_on[3]:  # occlusion: a random rectangle of flat colour or noise
+            ph, pw = (rng.uniform(0.15, 0.4, 2) * (h, w)).astype(int)
+            y0, x0 = rng.integers(0, h - ph + 1), rng.integers(0, w - pw + 1)
+            fill = rng.uniform(0, 255, 3) if rng.random() < 0.5 else rng.uniform(0, 255, (ph, pw, 3))
+            x[y0:y0 + ph, x0:x0 + pw] = fill
+        if ops_on[4]:  # additive Gaussian noise
+            x = x + rng.normal(0.0, rng.uniform(4.0, 24.0), x.shape)
+        out[i] = np.clip(x, 0, 255).astype(np.uint8)
+    return out
+
+
 # ---- configuration ---------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +168,25 @@ class DistillConfig:
     checkpoint_every: int = 200
     seed: int = 0
     log_every: int = 50
+    # Noisy student: probability that a face is degraded (generic ops, `degrade`) for the student only;
+    # the targets are computed on the clean face. 0 = off.
+    noise: float = 0.0
+    # Block losses (teacher_space, cos_sl1) read the student's prediction of each standardised teacher
+    # block from trainable per-teacher MLP heads (heads=True, AM-RADIO / UNIC; dropped after training)
+    # or from the frozen AE decoder applied to the student's embedding (heads=False).
+    # The code losses (l2, cosine) ignore heads and code_weight.
+    heads: bool = False
+    head_hidden: int = 256
+    code_weight: float = 0.0  # block losses: + code_weight * L2 to the AE code on the student's embedding
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"DistillConfig.loss={self.loss!r}; expected one of {LOSSES}")
+        if not 0.0 <= self.noise <= 1.0:
+            raise ValueError(f"DistillConfig.noise={self.noise!r}; expected a probability in [0, 1]")
+        if self.head_hidden < 1 or self.code_weight < 0:
+            raise ValueError(f"DistillConfig: head_hidden={self.head_hidden!r} must be >= 1 and "
+                             f"code_weight={self.code_weight!r} >= 0")
 
 
 def _augment(images: np.ndarray, indices: np.ndarray, flip: bool = True) -> np.ndarray:
@@ -140,8 +257,10 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
     mix); a `SynthConfig` is accepted and means SynthFaces in `cfg.domain`.
 
     build_targets_fn() -> frozen Keras model uint8 images -> AE code (built inside strategy.scope()).
-    For loss="teacher_space", target_concat_fn() -> frozen model images -> standardised concatenation,
-    decoder_fn() -> the frozen decoder, and dims the per-teacher block sizes.
+    For the block losses (teacher_space, cos_sl1), target_concat_fn() -> frozen model images ->
+    standardised concatenation, dims the per-teacher block sizes, and decoder_fn() -> the frozen decoder
+    (unless cfg.heads: trainable per-teacher heads, dropped when saving). cfg.code_weight > 0 also finds
+    the AE encoder inside build_targets_fn()'s fused teacher. cfg.noise > 0: noisy student.
     """
     strategy = strategy or tf.distribute.get_strategy()
     done = os.path.join(out_dir, STUDENT_JSON)
@@ -152,25 +271,43 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
     os.makedirs(out_dir, exist_ok=True)
     source = _as_source(source, cfg)
 
+    block = cfg.loss in BLOCK_LOSSES
+    code_w = cfg.code_weight if block else 0.0
+    if block and (target_concat_fn is None or dims is None or (decoder_fn is None and not cfg.heads)):
+        raise ValueError(f"distill_student: loss={cfg.loss!r} needs target_concat_fn, dims and "
+                         f"{'' if cfg.heads else 'decoder_fn'}")
+
     def build():
         student = build_student(student_cfg)
-        targets = build_targets_fn() if cfg.loss != "teacher_space" else target_concat_fn()
+        targets = target_concat_fn() if block else build_targets_fn()
         targets.trainable = False
         extras = {"targets": targets}
-        if cfg.loss == "teacher_space":
+        if block and cfg.heads:
+            extras["heads"] = build_teacher_heads(student_cfg.embedding_dim, dims, cfg.head_hidden)
+        elif block:
             dec = decoder_fn()
             dec.trainable = False
             extras["decoder"] = dec
+        if code_w > 0:
+            enc = find_encoder(build_targets_fn(), sum(dims.values()), student_cfg.embedding_dim)
+            enc.trainable = False
+            extras["encoder"] = enc
         return {"student": student, **extras}
 
-    def loss_fn(models, images):
-        target = models["targets"](images, training=False)
-        pred = models["student"](images, training=True)
+    def loss_fn(models, batch):
+        clean, seen = batch if cfg.noise > 0 else (batch, batch)
+        target = models["targets"](clean, training=False)
+        pred = models["student"](seen, training=True)
         if cfg.loss == "l2":
             return l2_code_loss(pred, target)
         if cfg.loss == "cosine":
             return cosine_code_loss(pred, target)
-        return teacher_space_loss(pred, target, models["decoder"], dims)
+        blocks = models["heads"](pred, training=True) if cfg.heads else models["decoder"](pred, training=False)
+        loss = block_sq_loss(blocks, target, dims) if cfg.loss == "teacher_space" else \
+            cos_smooth_l1_loss(blocks, target, dims)
+        if code_w > 0:
+            loss = loss + code_w * l2_code_loss(pred, models["encoder"](target, training=False))
+        return loss
 
     gb = cfg.batch_size
     t0 = time.time()
@@ -181,10 +318,21 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
         checkpoint_every=cfg.checkpoint_every, on_step=_Progress(cfg.steps, cfg.log_every, "distill"))
     student = hist["models"]["student"]
     recalibrate_batchnorm(student, _recalibration_batches(source, cfg))
+    extra = {"teacher_heads_params": count_params(hist["models"]["heads"])} if "heads" in hist["models"] else {}
     record = _save_student(student, student_cfg, out_dir, strategy, {
         "kind": "distilled", "distill": dataclasses.asdict(cfg), "final_loss": _tail_mean(hist["loss"]),
-        "train_seconds_this_run": round(time.time() - t0, 1), "resumed_from_step": hist["start_step"]})
+        "train_seconds_this_run": round(time.time() - t0, 1), "resumed_from_step": hist["start_step"], **extra})
     return record
+
+
+def find_encoder(fused: keras.Model, concat_dim: int, code_dim: int) -> keras.Model:
+    """The AE encoder inside a fused teacher (images -> concat -> encoder -> code): the nested model
+    mapping the standardised concatenation to the code, so a code target costs no second teacher pass."""
+    for layer in fused.layers:
+        if isinstance(layer, keras.Model) and len(layer.inputs) == 1 and \
+                tuple(layer.inputs[0].shape[1:]) == (concat_dim,) and tuple(layer.outputs[0].shape[1:]) == (code_dim,):
+            return layer
+    raise ValueError(f"find_encoder: {fused.name} has no nested model [{concat_dim}] -> [{code_dim}]")
 
 
 def recalibrate_batchnorm(model: keras.Model, batches) -> int:
@@ -227,9 +375,27 @@ def _as_source(source, cfg: DistillConfig):
 
 def make_source_dataset(source, cfg: DistillConfig, input_context, start_step: int, global_batch: int,
                         stream: str = "distill"):
-    """Per-replica batches of unlabelled faces from any source, augmented deterministically per position."""
+    """Per-replica batches of unlabelled faces from any source, augmented deterministically per position.
+
+    With cfg.noise > 0 each element is a pair (clean, degraded): the targets see the clean faces, the
+    student the degraded ones; the degradation is a function of the stream position (the global step's
+    example indices, make_step_index_dataset's convention, which every source follows).
+    """
     aug = (lambda images, idx: _augment(images, idx)) if cfg.augment else None
-    return source.make_dataset(input_context, start_step, global_batch, stream, augment_fn=aug)
+    ds = source.make_dataset(input_context, start_step, global_batch, stream, augment_fn=aug)
+    if cfg.noise <= 0:
+        return ds
+    ctx = input_context if input_context is not None else tf.distribute.InputContext()
+    positions = distribute.make_step_index_dataset(ctx, global_batch, start_step=start_step)
+    seed = cfg.seed * 1_000_003 + 7
+
+    def pair(images, idx):
+        noisy = tf.numpy_function(lambda x, i: degrade(x, i, cfg.noise, seed), [images, idx], tf.uint8,
+                                  stateful=False)
+        return images, tf.ensure_shape(noisy, images.shape)
+
+    return tf.data.Dataset.zip((ds, positions)).map(pair, num_parallel_calls=tf.data.AUTOTUNE,
+                                                     deterministic=True).prefetch(2)
 
 
 def _optimizer(cfg: DistillConfig):
@@ -256,7 +422,8 @@ def _save_student(student, student_cfg, out_dir, strategy, extra):
 def load_student(out_dir: str) -> keras.Model:
     if not os.path.exists(os.path.join(out_dir, STUDENT_JSON)):
         raise FileNotFoundError(f"{out_dir}: no {STUDENT_JSON}; the student is not trained (yet)")
-    return keras.models.load_model(os.path.join(out_dir, "model.keras"))
+    from face_transfer.integrity import load_keras_model
+    return load_keras_model(os.path.join(out_dir, "model.keras"), "student model")
 
 
 # ---- the supervised multi-task control --------------------------------------------------------------

@@ -241,7 +241,12 @@ class Teacher:
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
         parts = [self._embed_batch(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-        return np.concatenate(parts, axis=0)
+        out = np.concatenate(parts, axis=0)
+        if not np.all(np.isfinite(out)):
+            bad = int(np.sum(~np.all(np.isfinite(out), axis=-1)))
+            raise FloatingPointError(f"teacher {self.name!r} produced NaN/Inf embeddings for {bad} of {len(out)} "
+                                     "images; check its input spec and its output layer")
+        return out
 
     @property
     def in_graph_exportable(self) -> bool:

@@ -48,12 +48,42 @@ class _EpochCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not self.write:
             return
-        tmp = os.path.join(self.ckpt_dir, "last.tmp.keras")
+        # The previous checkpoint stays as prev.keras (+ prev_state.json): a damaged last.keras falls back to it.
+        last, prev = os.path.join(self.ckpt_dir, "last.keras"), os.path.join(self.ckpt_dir, "prev.keras")
+        state, prev_state = os.path.join(self.ckpt_dir, "state.json"), os.path.join(self.ckpt_dir, "prev_state.json")
+        tmp = os.path.join(self.ckpt_dir, f"last.tmp{os.getpid()}.keras")
         self.model.save(tmp)
-        os.replace(tmp, os.path.join(self.ckpt_dir, "last.keras"))
-        with open(os.path.join(self.ckpt_dir, "state.json.tmp"), "w") as f:
+        if os.path.exists(last) and os.path.exists(state):
+            os.replace(last, prev)
+            os.replace(state, prev_state)
+        os.replace(tmp, last)
+        with open(state + f".tmp{os.getpid()}", "w") as f:
             json.dump({"epochs_done": epoch + 1, "time": time.time()}, f)
-        os.replace(os.path.join(self.ckpt_dir, "state.json.tmp"), os.path.join(self.ckpt_dir, "state.json"))
+        os.replace(state + f".tmp{os.getpid()}", state)
+
+
+def _resume(ckpt_dir):
+    """(compiled model, epochs done) from the newest intact epoch checkpoint, or (None, 0)."""
+    from face_transfer.integrity import CorruptArtifactError, load_keras_model, notice
+    tried = []
+    for model_name, state_name in (("last.keras", "state.json"), ("prev.keras", "prev_state.json")):
+        path, state = os.path.join(ckpt_dir, model_name), os.path.join(ckpt_dir, state_name)
+        if not (os.path.exists(path) and os.path.exists(state)):
+            continue
+        try:
+            with open(state) as f:
+                epochs = json.load(f)["epochs_done"]
+            # Compiled reload: the optimizer's moments and iteration count come back too.
+            model = load_keras_model(path, "teacher checkpoint")
+        except (CorruptArtifactError, ValueError, KeyError, OSError) as e:
+            tried.append((path, str(e).splitlines()[0][:200]))
+            continue
+        if tried:
+            notice(f"checkpoint {tried[0][0]} is corrupt; resumed from {path} (epoch {epochs}) instead")
+        return model, epochs
+    if tried:
+        notice(f"no intact checkpoint in {ckpt_dir} (newest {tried[0][0]}: {tried[0][1]}); training from the start")
+    return None, 0
 
 
 def _dataset(spec, synth_cfg, cfg, start_index, stream):
@@ -93,12 +123,10 @@ def train_teacher(spec: zoo.TeacherSpec, synth_cfg: synth.SynthConfig, cfg: Teac
     initial_epoch = 0
     with strategy.scope():
         state = os.path.join(ckpt_dir, "state.json")
+        model = None
         if os.path.exists(state) and os.path.exists(os.path.join(ckpt_dir, "last.keras")):
-            with open(state) as f:
-                initial_epoch = json.load(f)["epochs_done"]
-            # Compiled reload: the optimizer's moments and iteration count come back too.
-            model = keras.models.load_model(os.path.join(ckpt_dir, "last.keras"))
-        else:
+            model, initial_epoch = _resume(ckpt_dir)
+        if model is None:
             model = zoo.build_teacher(spec, synth_cfg.n_train_identities)
             _compile(model, spec, cfg, epochs * spe)
     start = initial_epoch * spe * cfg.batch_size
@@ -148,7 +176,8 @@ def load_zoo_teacher(teacher_dir: str):
         raise FileNotFoundError(f"{teacher_dir}: no {TEACHER_JSON}; the teacher is not trained (yet)")
     with open(path) as f:
         record = json.load(f)
-    model = keras.models.load_model(os.path.join(teacher_dir, "model.keras"), compile=False)
+    from face_transfer.integrity import load_keras_model
+    model = load_keras_model(os.path.join(teacher_dir, "model.keras"), "teacher model", compile=False)
     spec = InputSpec(**record["input_spec"])
     teacher = keras_model_teacher(zoo.embedding_model(model), None, record["name"], spec)
     teacher.metadata.update({"source": teacher_dir, "record": record})

@@ -1,0 +1,166 @@
+"""Ablation of the distillation levers on a finished run (teachers, cache and fusion done).
+
+Trains each student variant into `<run_dir>/ablation/<variant>/` with the run's own distillation budget
+(same steps, batch, schedule), extracts its features on the run's eval sets and probes them exactly as
+the pipeline's evaluate stage does (same tasks, seeds, probe config), next to the run's baselines (every
+single teacher, the concatenation, the AE code; their features are shared with the pipeline's cache).
+Prints and saves `<run_dir>/ablation/ablation.json` and `ablation.md`. Resumable: finished students and
+probed variants are skipped.
+
+    .venv/bin/python -m benchmarks.ablate_distill --run_dir=runs/ablation_demo \
+        --variants=l2,teacher_space,noisy_l2,heads_cos_sl1,noisy_heads_cos_sl1
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+# name -> DistillConfig overrides (on top of the run's own distill config)
+VARIANTS = {
+    "l2": dict(loss="l2", noise=0.0, heads=False, code_weight=0.0),  # the paper's recipe
+    "cosine": dict(loss="cosine", noise=0.0, heads=False, code_weight=0.0),
+    "teacher_space": dict(loss="teacher_space", noise=0.0, heads=False, code_weight=0.0),
+    "cos_sl1": dict(loss="cos_sl1", noise=0.0, heads=False, code_weight=0.0),  # through the frozen decoder
+    "noisy_l2": dict(loss="l2", noise=0.5, heads=False, code_weight=0.0),
+    "noisy_teacher_space": dict(loss="teacher_space", noise=0.5, heads=False, code_weight=0.0),
+    "heads_teacher_space": dict(loss="teacher_space", noise=0.0, heads=True, code_weight=0.0),
+    "heads_cos_sl1": dict(loss="cos_sl1", noise=0.0, heads=True, code_weight=0.0),
+    "heads_cos_sl1_code": dict(loss="cos_sl1", noise=0.0, heads=True, code_weight=1.0),
+    "noisy_heads_cos_sl1": dict(loss="cos_sl1", noise=0.5, heads=True, code_weight=0.0),
+    "noisy_heads_cos_sl1_code": dict(loss="cos_sl1", noise=0.5, heads=True, code_weight=1.0),
+}
+DEFAULT_VARIANTS = "l2,teacher_space,noisy_l2,heads_cos_sl1,noisy_heads_cos_sl1"
+
+
+def _json(path, default=None):
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return default
+
+
+def _write(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run_dir", required=True)
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma list of {sorted(VARIANTS)}")
+    ap.add_argument("--steps", type=int, default=None, help="override the run's distill steps")
+    ap.add_argument("--no_baselines", action="store_true")
+    args = ap.parse_args(argv)
+
+    from face_transfer.configs import ExperimentConfig
+    from face_transfer.evaluation.probes import evaluate_representation, group_means
+    from face_transfer.fusion.autoencoder import Fusion
+    from face_transfer.stages import inputs
+    from face_transfer.stages.features import features_cached, predict
+    from face_transfer.stages.rundir import Run
+    from face_transfer.stages.student import fused_teacher_builders
+    from face_transfer.student.distill import distill_student, load_student
+
+    with open(os.path.join(args.run_dir, "config.json")) as f:
+        cfg = ExperimentConfig.from_json(f.read())
+    run = Run(args.run_dir, cfg)  # read-only use of a finished run: never rewrites its config
+    out_root = run.p("ablation")
+    os.makedirs(out_root, exist_ok=True)
+    results_path = os.path.join(out_root, "ablation.json")
+    saved = _json(results_path, {"variants": {}, "baselines": {}})
+
+    images, labels = inputs.load_eval_data(run)
+    tasks = inputs.run_tasks(run)
+    sets = inputs.eval_set_names(run)
+
+    def probe(name, feats):
+        t0 = time.time()
+        res = evaluate_representation(feats, labels, tasks, cfg.probe)
+        g = group_means(res, tasks)
+        row = {"mean_novel": g["mean_novel"], "std_novel": g["std_novel"], "mean_source": g["mean_source"],
+               "std_source": g["std_source"], "scores_novel": g["scores_novel"],
+               "per_task": {t: r["score_mean"] for t, r in res.items()}, "probe_seconds": round(time.time() - t0, 1)}
+        print(f"[ablation] {name}: novel {row['mean_novel']:.1f}±{row['std_novel']:.1f}  "
+              f"source {row['mean_source']:.1f}  ({row['probe_seconds']:.0f} s probing)", flush=True)
+        return row
+
+    if not args.no_baselines:
+        fusion = Fusion.load(run.p("fusion"))
+        std, d = fusion.standardizer, fusion.code_dim
+        teachers = inputs.load_teachers(run)
+        per_teacher = {t.name: features_cached(run, f"teacher__{t.name}", lambda s, t=t: t.embed(images[s]))
+                       for t in teachers}
+        concat = {s: std.concat({k: per_teacher[k][s] for k in std.teachers}) for s in sets}
+        base = {**per_teacher, "concat": concat,
+                "ae": features_cached(run, f"ae_d{d}", lambda s: fusion.encoder.predict(concat[s], verbose=0))}
+        for name, feats in base.items():
+            if name not in saved["baselines"]:
+                saved["baselines"][name] = probe(name, feats)
+                _write(results_path, saved)
+        names = [t.name for t in teachers]
+        best = max(names, key=lambda n: saved["baselines"][n]["mean_novel"])
+        saved["best_teacher"] = best
+
+    dims = Fusion.load(run.p("fusion")).standardizer.dims
+    code_fn, concat_fn, dec_fn = fused_teacher_builders(run)
+    src = inputs.image_source(run, "distill")
+    scfg = dataclasses.replace(cfg.student, embedding_dim=cfg.fusion.code_dim)
+    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        if variant not in VARIANTS:
+            raise SystemExit(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
+        if variant in saved["variants"]:
+            continue
+        dcfg = dataclasses.replace(cfg.distill, **VARIANTS[variant], **({"steps": args.steps} if args.steps else {}))
+        out = os.path.join(out_root, variant)
+        print(f"\n[ablation] {variant}: {VARIANTS[variant]} ({dcfg.steps} steps)", file=sys.stderr, flush=True)
+        t0 = time.time()
+        rec = distill_student(scfg, dcfg, src, code_fn, out, decoder_fn=dec_fn, dims=dims,
+                              target_concat_fn=concat_fn)
+        wall = time.time() - t0
+        model = load_student(out)
+        feats = {}
+        for s in sets:
+            path = os.path.join(out, "features", f"{s}.npy")
+            if not os.path.exists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                np.save(path, predict(model, images[s]))
+            feats[s] = np.load(path)
+        row = probe(variant, feats)
+        row.update({"overrides": VARIANTS[variant], "steps": dcfg.steps,
+                    "train_seconds": rec.get("train_seconds_this_run", round(wall, 1)),
+                    "final_loss": rec.get("final_loss"), "params": rec["params"],
+                    "teacher_heads_params": rec.get("teacher_heads_params")})
+        saved["variants"][variant] = row
+        _write(results_path, saved)
+
+    text = table(saved)
+    print("\n" + text)
+    with open(os.path.join(out_root, "ablation.md"), "w") as f:
+        f.write(text + "\n")
+    return saved
+
+
+def table(saved: dict) -> str:
+    lines = ["| representation | mean novel ± std (seeds) | mean source | train s |", "|---|---|---|---|"]
+    for name, r in saved["variants"].items():
+        lines.append(f"| student: {name} | {r['mean_novel']:.1f} ± {r['std_novel']:.1f} | {r['mean_source']:.1f} "
+                     f"| {r['train_seconds']:.0f} |")
+    base = saved.get("baselines", {})
+    best = saved.get("best_teacher")
+    for name in ("concat", "ae") + ((best,) if best else ()):
+        if name in base:
+            r = base[name]
+            label = f"best single teacher ({name})" if name == best else name
+            lines.append(f"| {label} | {r['mean_novel']:.1f} ± {r['std_novel']:.1f} | {r['mean_source']:.1f} | |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
