@@ -88,7 +88,10 @@ def build_embedding_cache(teachers: Sequence, image_fn: Callable[[np.ndarray], n
         images = image_fn(idx)
         arrays = {}
         for t in teachers:
-            e = np.asarray(t.embed(images, batch_size=batch_size), np.float32)
+            try:
+                e = np.asarray(t.embed(images, batch_size=batch_size), np.float32)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"{err} (images {idx[0]}..{idx[-1]} of the cache, {path})") from None
             _check_finite(e, t.name, path)
             _check_varies(e, t.name, path)
             arrays[t.name] = e
