@@ -172,7 +172,7 @@ def test_two_workers_split_the_shards_and_worker0_writes_the_manifest(tmp_path):
 
     def work(k):
         results[k] = build_embedding_cache(teachers, lambda idx: _images(idx), 20, out, shard_size=4,
-                                           progress=False, worker=(k, 2), wait_timeout_s=120)
+                                           progress=False, worker=(k, 2), wait_timeout_s=600)
     threads = [threading.Thread(target=work, args=(k,)) for k in (1, 0)]
     for t in threads:
         t.start()
