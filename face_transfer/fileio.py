@@ -36,3 +36,15 @@ def read_json(path: str):
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
                          "the file is truncated or was edited by hand") from None
+
+
+def dict_differences(have: dict, want: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """[(dotted key, value in `have`, value in `want`)] for every key of `want` whose value differs (nested)."""
+    out = []
+    for key in want:
+        a, b = have.get(key), want[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += dict_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out

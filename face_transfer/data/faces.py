@@ -335,11 +335,9 @@ def _shard_name(s: int) -> str:
 
 
 def _atomic_json(path: str, obj) -> None:
-    # A per-process tmp name: several workers may finish the manifest at the same moment.
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    # fileio's tmp name is per process: several workers may finish the manifest at the same moment.
+    from face_transfer.fileio import write_json
+    write_json(path, obj)
 
 
 def _config_dict(cfg: FacesConfig) -> dict:
@@ -359,15 +357,9 @@ def _want(cfg: FacesConfig, segments: list[_Segment]) -> dict:
             "inputs": {"items": sum(s.count for s in segments), "files": len(segments), "sha1": digest.hexdigest()}}
 
 
-def _differences(have: dict, want: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in want:
-        a, b = have.get(key), want[key]
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} there, {b!r} now")
-    return out
+def _differences(have: dict, want: dict) -> list[str]:
+    from face_transfer.fileio import dict_differences
+    return [f"{k}: {a!r} there, {b!r} now" for k, a, b in dict_differences(have, want)]
 
 
 def _claim(out_dir: str, want: dict) -> None:

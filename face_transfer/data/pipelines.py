@@ -72,25 +72,29 @@ def render_eval_set(cfg: synth.SynthConfig, eval_set: EvalSet | str, n: int, out
     if complete_manifest(out_dir, want, "eval set") is not None:
         return out_dir
     claim_shard_dir(out_dir, want)
-    mpath = os.path.join(out_dir, MANIFEST)
+    write_labelled_shards(out_dir, n, shard_size, lambda idx: synth.render_faces(
+        cfg, idx, stream=stream, pool=eval_set.pool, domain=eval_set.domain), want, progress)
+    return out_dir
+
+
+def write_labelled_shards(out_dir: str, n: int, shard_size: int, images_fn, manifest: dict, progress=None) -> int:
+    """Write images [0, n) as `shard-XXXXX.npz` (images, index, label__<k>) from `images_fn(idx) -> (images,
+    labels)`, skipping finished shards; the manifest goes last (it marks completion). Returns the shard count."""
     n_shards = (n + shard_size - 1) // shard_size
     for s in range(n_shards):
         path = os.path.join(out_dir, f"shard-{s:05d}.npz")
         if os.path.exists(path):
             continue
         idx = np.arange(s * shard_size, min(n, (s + 1) * shard_size))
-        images, labels = synth.render_faces(cfg, idx, stream=stream, pool=eval_set.pool,
-                                            domain=eval_set.domain)
-        tmp = path + ".tmp.npz"
+        images, labels = images_fn(idx)
+        tmp = path + f".tmp{os.getpid()}.npz"
         np.savez(tmp, images=images, index=idx, **{f"label__{k}": v for k, v in labels.items()})
         os.replace(tmp, path)  # atomic: a killed run never leaves a half shard under the final name
         if progress:
             progress(s + 1, n_shards)
-    want["shards"] = n_shards
-    with open(mpath + ".tmp", "w") as f:
-        json.dump(want, f, indent=1)
-    os.replace(mpath + ".tmp", mpath)
-    return out_dir
+    from face_transfer.fileio import write_json
+    write_json(os.path.join(out_dir, MANIFEST), {**manifest, "shards": n_shards})
+    return n_shards
 
 
 def complete_manifest(out_dir: str, want: dict, what: str) -> dict | None:

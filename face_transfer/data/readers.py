@@ -239,6 +239,19 @@ def _infer_column_kinds(rows: list[tuple[int, dict]], columns: Sequence[str]) ->
 # --------------------------------------------------------------------------- image folder + CSV
 
 
+def read_csv_rows(csv_path: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(header, [(line number, row dict)]) of a CSV with a header row; DataError naming the file if unreadable."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            return header, [(reader.line_num, row) for row in reader]
+    except OSError as e:
+        raise DataError(f"{csv_path}: cannot open CSV file ({e.strerror or e})") from e
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise DataError(f"{csv_path}: not a readable CSV file ({e})") from e
+
+
 def read_image_folder_csv(
     root: str | os.PathLike,
     csv_path: str | os.PathLike,
@@ -262,15 +275,7 @@ def read_image_folder_csv(
     root, csv_path = os.fspath(root), os.fspath(csv_path)
     report = ReadReport(source=csv_path)
     errors = _Errors(report, on_error)
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = [(reader.line_num, row) for row in reader]
-    except OSError as e:
-        raise DataError(f"{csv_path}: cannot open CSV file ({e.strerror or e})") from e
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise DataError(f"{csv_path}: not a readable CSV file ({e})") from e
+    header, rows = read_csv_rows(csv_path)
     if not header:
         raise DataError(f"{csv_path}: empty CSV, expected a header row with an {image_column!r} column")
 

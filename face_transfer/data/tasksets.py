@@ -476,15 +476,7 @@ def _parse_folder_csv(cfg: TaskSetConfig, drop: bool, spec: dict) -> _CsvTable:
     regression); then the other values are bad labels, reported only if the column turns out to be a task."""
     root, csv_path = _csv_paths(cfg.path)
     image_column = spec.get("image_column", "image")
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = [(reader.line_num, row) for row in reader]
-    except OSError as e:
-        raise DataError(f"{csv_path}: cannot open CSV file ({e.strerror or e})") from e
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise DataError(f"{csv_path}: not a readable CSV file ({e})") from e
+    header, rows = readers.read_csv_rows(csv_path)
     if image_column not in header:
         raise DataError(f"{csv_path}: no {image_column!r} column (the relative image paths); the header has "
                         f"{header}" + ("" if cfg.task_file else "; name it with a task file's 'image_column'"))
@@ -914,23 +906,15 @@ def write_task_set(cfg: TaskSetConfig, out_dir: str, image_size: int = 64, shard
                              f"{cfg.path} gives now (did the dataset change?); delete {out_dir} and run again")
     _write_json(meta_path, meta)
     n = images.shape[0]
-    n_shards = (n + shard_size - 1) // shard_size
-    for s in range(n_shards):
-        path = os.path.join(out_dir, f"shard-{s:05d}.npz")
-        if os.path.exists(path):
-            continue
-        idx = np.arange(s * shard_size, min(n, (s + 1) * shard_size))
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, images=images[idx], index=idx, **{f"label__{k}": v[idx] for k, v in labels.items()})
-        os.replace(tmp, path)  # atomic: a killed run never leaves a half shard under the final name
-    _write_json(os.path.join(out_dir, pipelines.MANIFEST), {**want, "shards": n_shards, "n": int(n)})  # last: complete
+    pipelines.write_labelled_shards(out_dir, n, shard_size,
+                                    lambda idx: (images[idx], {k: v[idx] for k, v in labels.items()}),
+                                    {**want, "n": int(n)})
     return meta
 
 
 def _write_json(path: str, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)
+    from face_transfer.fileio import write_json
+    write_json(path, obj)
 
 
 def read_task_meta(out_dir: str) -> dict:

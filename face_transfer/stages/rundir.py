@@ -9,7 +9,7 @@ import sys
 import time
 
 from face_transfer.configs import ExperimentConfig
-from face_transfer.fileio import read_json, write_json
+from face_transfer.fileio import dict_differences, read_json, write_json
 
 CONFIG_JSON = "config.json"
 LOCK_FILE = ".lock"
@@ -85,18 +85,6 @@ def summary(line: str):
     print(f"  -> {line}", file=sys.stderr, flush=True)
 
 
-def _differences(have: dict, want: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two config dicts (what a refused resume names)."""
-    out = []
-    for k in sorted(set(have) | set(want)):
-        a, b = have.get(k), want.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}")
-    return out
-
-
 class Run:
     """A run directory and its config; every path the stages use is named here."""
 
@@ -122,7 +110,8 @@ class Run:
                                            f"{path} (a copy of the flags is in flags.txt) or use another --run_dir") from None
             have_dict = read_json(path)
             if have != cfg and not overwrite:
-                diff = _differences(have_dict, json.loads(cfg.to_json()))
+                want_dict = json.loads(cfg.to_json())
+                diff = [k for k, _, _ in dict_differences({**want_dict, **have_dict}, {**have_dict, **want_dict})]
                 teacher_diff = _teacher_file_changes(have, cfg)
                 raise RunConfigError(
                     f"{run_dir} holds a run with a different configuration ({path}; differs in "
