@@ -2,7 +2,6 @@
 (MultiWorkerMirroredStrategy, TF_CONFIG): each prepares and embeds its own shards, the chief merges."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -10,18 +9,9 @@ import numpy as np
 import pytest
 
 from tests import user_files
+from tests.test_distribute import _free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.mark.timeout(900)
