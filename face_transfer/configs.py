@@ -119,6 +119,8 @@ class ExperimentConfig:
                 text = f.read()
         except OSError as e:
             raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file (binary data where a JSON config belongs)") from None
         if not text.strip():
             raise ConfigError(f"{path}: empty file (expected a face-transfer config.json)")
         try:

@@ -260,3 +260,23 @@ def test_run_dir_that_is_a_file_is_named_as_a_file(tmp_path):
         flags.FLAGS(["pipeline", "--preset=smoke", f"--run_dir={blocker}"])
         with pytest.raises(flags.ValidationError, match="--run_dir=.*a_file: is a file, not a directory"):
             common.config_from_flags()
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("", "empty file"),
+    ("{\"preset\": \"smoke\"}", "missing field(s) ['compression_dims'"),
+    ("{\"data\": ", "not valid JSON"),
+])
+def test_config_json_errors_name_the_file_and_fields(tmp_path, text, needle):
+    from absl import flags
+    from absl.testing import flagsaver
+    import trainers.pipeline  # noqa: F401
+    from trainers import common
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", f"--config_json={path}", f"--run_dir={tmp_path / 'run'}"])
+        with pytest.raises(flags.ValidationError) as info:
+            common.config_from_flags()
+    assert f"--config_json={path}: {path}: " in str(info.value) and needle in str(info.value)

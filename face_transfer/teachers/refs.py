@@ -447,6 +447,10 @@ def _check_forward(teacher, ref, path):
     want = f"[2, {teacher.dim}]"
     try:
         out = teacher.embed(images)
+    except FloatingPointError:  # Teacher.embed refuses non-finite output: report it as the check does below
+        raise TeacherLoadError(
+            f"{path}: teacher {ref.name!r} gave NaN/Inf features (shape {want}) on 2 synthetic images; "
+            f"expected finite {want} features (check the input spec's scale/offset and the output name)") from None
     except Exception as e:
         raise TeacherLoadError(
             f"{path}: teacher {ref.name!r} failed its check forward pass on 2 synthetic images "
