@@ -27,7 +27,7 @@ def _c99(c) -> str:
 
 def _preset_rows(h: dict) -> list[str]:
     reps = ["pixels", "random_student", "best_teacher", "concat", "pca", "random_projection", "ae", "student",
-            "supervised_student", "student_cosine", "student_teacher_space"]
+            "supervised_student", "student_l2", "student_cosine", "student_teacher_space", "student_cos_sl1"]
     rows = ["| representation | mean novel (0-100) | ± std over seeds | mean source |", "|---|---:|---:|---:|"]
     for r in reps:
         if f"transfer.mean_novel.{r}" in h:

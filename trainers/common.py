@@ -27,7 +27,9 @@ def define_run_flags():
     flags.DEFINE_integer("num_cpu_replicas", None, "With --strategy=mirrored and no GPU: split the CPU into N "
                          "logical devices (testing multi-replica code on a laptop).")
     flags.DEFINE_integer("code_dim", None, "Fusion code dimension d (= student embedding size).")
-    flags.DEFINE_enum("distill_loss", None, ["l2", "cosine", "teacher_space"], "Distillation loss.")
+    flags.DEFINE_enum("distill_loss", None, ["l2", "cosine", "teacher_space", "cos_sl1"],
+                      "Distillation loss: l2 / cosine on the AE code (the paper: l2), teacher_space through the frozen "
+                      "decoder, cos_sl1 (0.5 cosine + 0.5 smooth-L1 per teacher block).")
     flags.DEFINE_integer("distill_steps", None, "Student distillation steps.")
     flags.DEFINE_integer("teacher_steps", None, "Training steps per zoo teacher.")
     flags.DEFINE_integer("batch_size", None, "Global batch size for teachers and student.")
