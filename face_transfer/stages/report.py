@@ -201,7 +201,7 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
               f"**Parameter ratio x{h['params_ratio']:.1f}**, FLOP ratio x{h['flops_ratio']:.1f}.", ""]
         for rep in student_dirs(run):
             if f"student.final_loss.{rep}" in h:
-                L.append(f"- `{rep}`: final training loss {h[f'student.final_loss.{rep}']:.4f}")
+                L.append(f"- `{rep}`: final training loss {_fmt(h[f'student.final_loss.{rep}'], 4)}")
         L += ["", "![student embedding](metrics/student_embedding_2d.png)", ""]
     L += ["## Transfer to every task (linear probes, mean ± std over seeds, 0-100 scores)", "",
           open(run.p("metrics", "transfer.md")).read(), "", "![per-task scores](metrics/task_bars.png)", ""]

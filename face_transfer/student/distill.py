@@ -320,7 +320,7 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
     recalibrate_batchnorm(student, _recalibration_batches(source, cfg))
     extra = {"teacher_heads_params": count_params(hist["models"]["heads"])} if "heads" in hist["models"] else {}
     record = _save_student(student, student_cfg, out_dir, strategy, {
-        "kind": "distilled", "distill": dataclasses.asdict(cfg), "final_loss": _tail_mean(hist["loss"]),
+        "kind": "distilled", "distill": dataclasses.asdict(cfg), "final_loss": _final_loss(hist, out_dir, strategy),
         "train_seconds_this_run": round(time.time() - t0, 1), "resumed_from_step": hist["start_step"], **extra})
     return record
 
@@ -401,6 +401,22 @@ def make_source_dataset(source, cfg: DistillConfig, input_context, start_step: i
 def _optimizer(cfg: DistillConfig):
     sched = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.steps, alpha=0.02)
     return keras.optimizers.AdamW(sched, weight_decay=cfg.weight_decay)
+
+
+def _final_loss(hist, out_dir, strategy):
+    """The mean loss of the last steps; kept next to the checkpoints, so that a student rebuilt from its final
+    checkpoint (no step left to run) still reports the loss it was trained to."""
+    path = os.path.join(out_dir, "ckpt", "final_loss.json")
+    loss = _tail_mean(hist["loss"])
+    if loss is None:
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)["final_loss"]
+        return None
+    if distribute.is_chief(strategy):
+        from face_transfer.fileio import write_json
+        write_json(path, {"final_loss": loss, "step": hist.get("final_step")})
+    return loss
 
 
 def _tail_mean(losses, k=20):
@@ -484,5 +500,5 @@ def train_supervised_student(student_cfg: StudentConfig, cfg: DistillConfig, syn
         checkpoint_every=cfg.checkpoint_every, on_step=_Progress(cfg.steps, cfg.log_every, "supervised"))
     recalibrate_batchnorm(hist["models"]["student"], _recalibration_batches(synth_cfg, cfg))
     return _save_student(hist["models"]["student"], student_cfg, out_dir, strategy, {
-        "kind": "supervised_multitask", "distill": dataclasses.asdict(cfg), "final_loss": _tail_mean(hist["loss"]),
+        "kind": "supervised_multitask", "distill": dataclasses.asdict(cfg), "final_loss": _final_loss(hist, out_dir, strategy),
         "train_seconds_this_run": round(time.time() - t0, 1)})
