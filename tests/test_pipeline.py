@@ -118,6 +118,8 @@ def test_bad_flag_exits_nonzero_before_any_work(tmp_path):
     (["--preset=smoke", "--distill_steps=0"], "ValidationError", "--distill_steps"),
     (["--preset=smoke", "--student_width=-1"], "ValidationError", "--student_width"),
     (["--preset=smoke", "--config_json=/nonexistent.json"], "ValidationError", "--config_json"),
+    (["--preset=smoke", "--distill_noise=2"], "ValidationError", "--distill_noise"),
+    (["--preset=smoke", "--distill_loss=huber"], "IllegalFlagValueError", "distill_loss"),
 ])
 def test_bad_flags_are_named(tmp_path, argv, error, needle):
     from absl import flags
@@ -280,3 +282,16 @@ def test_config_json_errors_name_the_file_and_fields(tmp_path, text, needle):
         with pytest.raises(flags.ValidationError) as info:
             common.config_from_flags()
     assert f"--config_json={path}: {path}: " in str(info.value) and needle in str(info.value)
+
+
+def test_distillation_levers_reach_the_config(tmp_path):
+    from absl import flags
+    from absl.testing import flagsaver
+    import trainers.pipeline  # noqa: F401
+    from trainers import common
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=smoke", f"--run_dir={tmp_path / 'run'}", "--distill_loss=cos_sl1",
+                     "--distill_heads", "--distill_noise=0.25", "--distill_code_weight=0.5"])
+        cfg = common.config_from_flags()
+    assert (cfg.distill.loss, cfg.distill.heads, cfg.distill.noise, cfg.distill.code_weight) == ("cos_sl1", True, 0.25, 0.5)

@@ -31,6 +31,11 @@ def define_run_flags():
                       "Distillation loss: l2 / cosine on the AE code (the paper: l2), teacher_space through the frozen "
                       "decoder, cos_sl1 (0.5 cosine + 0.5 smooth-L1 per teacher block).")
     flags.DEFINE_integer("distill_steps", None, "Student distillation steps.")
+    flags.DEFINE_boolean("distill_heads", None, "Block losses (teacher_space, cos_sl1) through trainable per-teacher "
+                         "MLP heads (dropped at inference) instead of the frozen decoder.")
+    flags.DEFINE_float("distill_noise", None, "Noisy student: probability in [0, 1] that a face is degraded (colour, "
+                       "gray, blur, occlusion, noise) for the student only; the teachers see it clean.")
+    flags.DEFINE_float("distill_code_weight", None, "Block losses: weight of an extra L2 anchor to the AE code (>= 0).")
     flags.DEFINE_integer("teacher_steps", None, "Training steps per zoo teacher.")
     flags.DEFINE_integer("batch_size", None, "Global batch size for teachers and student.")
     flags.DEFINE_float("student_width", None, "Student width multiplier.")
@@ -97,6 +102,13 @@ def config_from_flags():
         cfg = r(cfg, fusion=r(cfg.fusion, code_dim=FLAGS.code_dim), student=r(cfg.student, embedding_dim=FLAGS.code_dim))
     if FLAGS.distill_loss:
         cfg = r(cfg, distill=r(cfg.distill, loss=FLAGS.distill_loss))
+    levers = {k: getattr(FLAGS, f"distill_{k}") for k in ("heads", "noise", "code_weight")}
+    levers = {k: v for k, v in levers.items() if v is not None}
+    if levers:
+        try:
+            cfg = r(cfg, distill=r(cfg.distill, **levers))
+        except ValueError as e:
+            raise flags.ValidationError(f"--distill_{'/'.join(levers)}: {e}") from None
     if FLAGS.distill_steps is not None:
         if FLAGS.distill_steps < 1:
             raise flags.ValidationError(f"--distill_steps={FLAGS.distill_steps}: expected >= 1")
