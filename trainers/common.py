@@ -203,8 +203,9 @@ def _user_inputs(cfg):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise flags.ValidationError(f"--teacher: teacher name(s) {dup} given twice; names must be unique")
-        cfg = r(cfg, teachers=tuple(zoo_specs), real_teachers=tuple(dict.fromkeys(builtin + list(cfg.real_teachers)
-                                                                             if FLAGS.real_teachers else builtin)),
+        # --real_teachers given too: its names join the --teacher ones.
+        extra = list(cfg.real_teachers) if FLAGS.real_teachers else []
+        cfg = r(cfg, teachers=tuple(zoo_specs), real_teachers=tuple(dict.fromkeys(builtin + extra)),
                 teacher_files=tuple(files))
     data = cfg.data
     if FLAGS.faces:
