@@ -139,8 +139,9 @@ def readme_results(res: dict) -> str:
             continue
         g = lambda rep: h.get(f"transfer.mean_novel.{rep}")  # noqa: E731
         sd = h.get("transfer.std_novel.student")
+        when = res.get(f"presets.{preset}.date")
         rows.append(
-            f"| `{preset}` | {_f(res.get(f'pipeline.{preset}_wall_s'), 0)} s | x{_f(h.get('params_ratio'))} | "
+            f"| `{preset}`{f' ({when})' if when else ''} | {_f(res.get(f'pipeline.{preset}_wall_s'), 0)} s | x{_f(h.get('params_ratio'))} | "
             f"**{_f(g('student'))}** ± {_f(sd)} | {_f(g('concat'))} | {_f(g('ae'))} | {_f(g('best_teacher'))} | "
             f"{_f(g('random_student'))} | {_f(g('supervised_student'))} | "
             f"{_f((h.get('tflite.int8_ptq.bytes') or 0) / 1024, 0)} KB | {_f(h.get('tflite.int8_ptq.mean_novel_drop'), 2)} |")

@@ -95,6 +95,8 @@ def main(argv):
             if preset == "paper":
                 res.update(head)
             res[f"presets.{preset}"] = head
+            res[f"presets.{preset}.date"] = datetime.date.today().isoformat()
+            res[f"presets.{preset}.machine"] = res["machine"]
             save_results(res)
     write_markdown(res)
     return 0
