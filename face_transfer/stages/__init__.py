@@ -26,5 +26,11 @@ class StageContext:
     def wall_s(self) -> float:
         return time.time() - self.t_start
 
+    @property
+    def worker(self) -> tuple[int, int]:
+        """(this worker, workers) for work split by hand across a multi-worker run; (0, 1) otherwise."""
+        from face_transfer import distribute
+        return distribute.worker_index(self.strategy) if self.strategy is not None else (0, 1)
+
 
 __all__ = ["STAGES", "STAGE_NAMES", "ALWAYS_RUN", "StageContext", "Run", "header", "summary"]

@@ -12,13 +12,12 @@ DEPENDS_ON = ("data", "teachers")  # rebuilt upstream stages make this one stale
 
 
 def run(run: Run, ctx) -> dict:
-    from face_transfer import distribute
     from face_transfer.teachers.cache import build_embedding_cache
     src = inputs.image_source(run)
     n = src.count(run.cfg.data.cache_size)
     if n < 2:
         raise ValueError(f"the face source holds {n} usable face(s); the fusion needs at least 2")
-    worker = distribute.worker_index(ctx.strategy) if ctx.strategy is not None else (0, 1)
+    worker = ctx.worker
     header(f"embedding cache: {n} unlabelled faces ({src.kind}) through every teacher"
            + (f" (worker {worker[0] + 1} of {worker[1]})" if worker[1] > 1 else ""))
     teachers = inputs.load_teachers(run)

@@ -30,7 +30,7 @@ def run(run: Run, ctx) -> dict:
     outputs = []
     if dcfg.faces.sources:
         from face_transfer.data.faces import prepare_faces
-        worker = _worker(ctx)
+        worker = ctx.worker
         man = prepare_faces(dcfg.faces, run.p(inputs.FACES_DIR), worker=worker)
         # Split across workers: each prepares its shards; worker 0 writes the manifest once all exist.
         while not man.get("complete"):
@@ -43,8 +43,8 @@ def run(run: Run, ctx) -> dict:
         outputs.append(run.p(inputs.FACES_DIR, "manifest.json"))
         summary(f"faces: {rep.get('found')} found, {rep.get('kept')} kept, {rep.get('corrupt')} corrupt, "
                 f"{rep.get('no_face')} without a face (list: {run.p(inputs.FACES_DIR, 'manifest.json')})")
-    if _worker(ctx)[0] != 0:  # other workers only share the face pre-pass; the chief writes the rest
-        return {"worker": _worker(ctx), "outputs": []}
+    if ctx.worker[0] != 0:  # other workers only share the face pre-pass; the chief writes the rest
+        return {"worker": ctx.worker, "outputs": []}
     if dcfg.synth_tasks:
         from face_transfer.data.pipelines import render_eval_set
         for name in EVAL_SETS:
@@ -78,11 +78,6 @@ def run(run: Run, ctx) -> dict:
     info["outputs"] = outputs
     info["artifacts"] = [run.p("data")] + ([run.p(inputs.FACES_DIR)] if dcfg.faces.sources else [])
     return info
-
-
-def _worker(ctx) -> tuple[int, int]:
-    from face_transfer import distribute
-    return distribute.worker_index(ctx.strategy) if ctx.strategy is not None else (0, 1)
 
 
 def _sample_grid(run: Run, path: str):
