@@ -27,12 +27,18 @@ def _c99(c) -> str:
 
 def _preset_rows(h: dict) -> list[str]:
     reps = ["pixels", "random_student", "best_teacher", "concat", "pca", "random_projection", "ae", "student",
-            "supervised_student", "student_l2", "student_cosine", "student_teacher_space", "student_cos_sl1"]
-    rows = ["| representation | mean novel (0-100) | ± std over seeds | mean source |", "|---|---:|---:|---:|"]
+            "supervised_student", "student_l2", "student_cosine", "student_teacher_space", "student_cos_sl1",
+            "ceiling"]
+    rows = ["| representation | mean novel (0-100) | ± std over seeds | % of the ceiling (novel) | mean source |",
+            "|---|---:|---:|---:|---:|"]
     for r in reps:
         if f"transfer.mean_novel.{r}" in h:
             rows.append(f"| {r} | {_f(h[f'transfer.mean_novel.{r}'])} | {_f(h.get(f'transfer.std_novel.{r}'))} | "
+                        f"{_f(h.get(f'transfer.mean_novel_pct_of_ceiling.{r}'), 0)} | "
                         f"{_f(h.get(f'transfer.mean_source.{r}'))} |")
+    if h.get("transfer.ceiling.unsolvable"):
+        rows += ["", "Tasks whose ceiling does not beat raw pixels: "
+                 + ", ".join(h["transfer.ceiling.unsolvable"]) + "."]
     return rows
 
 

@@ -23,6 +23,10 @@ class ConfigError(ValueError):
     """A configuration file that cannot be read as an ExperimentConfig; the message names the file and fields."""
 
 
+# Fields added after runs were written: an older config.json without them reads with their default.
+_OPTIONAL_FIELDS = {"teacher_files", "ceiling", "student_view"}
+
+
 def _field_names(klass) -> set:
     return {f.name for f in dataclasses.fields(klass)}
 
@@ -71,6 +75,13 @@ class ExperimentConfig:
     distill: DistillConfig = DistillConfig()
     loss_comparison: tuple[str, ...] = ()  # extra distillation losses trained and evaluated side by side
     supervised_control: bool = True
+    # The per-task ceiling: the student's architecture trained on the labels of every SynthFaces task
+    # (source and novel, every domain) with the student's data budget; scores are also reported as % of it.
+    ceiling: bool = False
+    # What of every student-architecture network (student, controls, ceiling, random student) is probed and
+    # carries the analyser's heads: "embedding" (the distilled code, the paper's) or "ladder" (the code plus
+    # the pooled output of every resolution stage; student.model.feature_model).
+    student_view: str = "embedding"
     probe: ProbeConfig = ProbeConfig()
     export: ExportConfig = ExportConfig()
     strategy: str = "default"
@@ -130,7 +141,7 @@ class ExperimentConfig:
                               "truncated or edited by hand?") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a JSON object with the fields {sorted(_field_names(cls))}")
-        missing = sorted(_field_names(cls) - set(d) - {"teacher_files"})
+        missing = sorted(_field_names(cls) - set(d) - _OPTIONAL_FIELDS)
         unknown = sorted(set(d) - _field_names(cls))
         if missing or unknown:
             raise ConfigError(f"{path}: " + "; ".join(
@@ -157,6 +168,8 @@ def _preset(name: str) -> ExperimentConfig:
             distill=DistillConfig(steps=30, batch_size=32, checkpoint_every=15, log_every=10),
             loss_comparison=("teacher_space",),
             supervised_control=True,
+            ceiling=True,
+            student_view="ladder",
             probe=ProbeConfig(seeds=(0, 1), c_grid=(0.1, 1.0), alpha_grid=(1.0, 10.0), verification_pairs=400),
             # a 30-step student is a plumbing check: its int8 parity bars are lowered accordingly
             export=ExportConfig(calibration_images=32, parity_images=64, qat_steps=5, latency_runs=5,
@@ -178,6 +191,8 @@ def _preset(name: str) -> ExperimentConfig:
             # steps (novel 43.5 vs 40.9 for the paper's plain L2, which stays available as loss="l2").
             distill=DistillConfig(steps=600, batch_size=64, checkpoint_every=200, loss="teacher_space"),
             supervised_control=False,
+            ceiling=True,
+            student_view="ladder",
             probe=ProbeConfig(seeds=(0, 1, 2)),
             export=ExportConfig(qat_steps=50),
         )
@@ -196,6 +211,8 @@ def _preset(name: str) -> ExperimentConfig:
             distill=DistillConfig(steps=800, batch_size=64, checkpoint_every=200, loss="teacher_space"),
             loss_comparison=("cosine", "l2"),  # l2: the paper's own recipe (no noise, no heads)
             supervised_control=True,
+            ceiling=True,
+            student_view="ladder",
             probe=ProbeConfig(seeds=(0, 1, 2)),
             export=ExportConfig(qat_steps=200, calibration_images=300, parity_images=512),
         )

@@ -41,7 +41,7 @@ def _run_stages(cfg, run_dir, overwrite, strategy, until, flags_text, chief) -> 
     import keras
     keras.utils.set_random_seed(cfg.seed)  # python, numpy and TF seeds; the data itself is seeded per index
     ctx = StageContext(strategy=strategy)
-    rebuilt: set[str] = set()  # stages that ran again over an earlier record: what depends on them is stale
+    rebuilt: set[str] = set()  # stages that ran in this invocation: a dependant's earlier record is stale
     out, times = {}, {}
     todo = STAGES[:STAGE_NAMES.index(until) + 1]
     for i, stage in enumerate(todo):
@@ -61,7 +61,7 @@ def _run_stages(cfg, run_dir, overwrite, strategy, until, flags_text, chief) -> 
             summary(f"{stage.NAME}: complete and verified ({run.stage_record_path(stage.NAME)}), skipped")
             out[stage.NAME] = done["record"]
         else:
-            if had_record and stage.NAME not in ALWAYS_RUN:
+            if stage.NAME not in ALWAYS_RUN:  # ran (again, or with its record deleted): dependants are stale
                 rebuilt.add(stage.NAME)
             record = dict(stage.run(run, ctx))
             outputs, artifacts, reset = (record.pop(k, []) for k in ("outputs", "artifacts", "reset"))

@@ -128,3 +128,24 @@ def test_bad_head_names_the_problem():
         fold_head("x", {"kind": "ranking", "coef": np.zeros((16, 1))}, embedding_dim=16)
     with pytest.raises(ExportError, match="landmarks"):
         fold_head("lm", {"kind": "landmarks", "coef": np.zeros((16, 4)), "intercept": np.zeros(4)}, embedding_dim=16)
+
+
+def test_analyzer_heads_on_the_ladder_view_keep_the_code_as_embedding(tmp_path):
+    from face_transfer.student.model import StudentConfig, build_student, feature_model
+    student = build_student(StudentConfig(input_size=32, width=0.35, embedding_dim=8))
+    view = feature_model(student, "ladder")
+    images = smooth_images(4, seed=5).astype(np.float32)
+    feats = view.predict(images, verbose=0)["features"].astype(np.float64)
+    dim = feats.shape[1]
+    rng = np.random.default_rng(1)
+    heads = {"age": {"kind": "regression", "mean": rng.normal(size=dim), "scale": 1 + rng.random(dim),
+                     "coef": rng.normal(size=(dim, 1)), "intercept": [0.1], "target_mean": 30.0, "target_scale": 5.0}}
+    analyzer = build_analyzer(student, heads, features=view)
+    out = analyzer.predict(images, verbose=0)
+    np.testing.assert_allclose(out["embedding"], student.predict(images, verbose=0), atol=1e-5)
+    h = heads["age"]
+    z = ((feats - h["mean"]) / h["scale"]) @ h["coef"] + h["intercept"]
+    np.testing.assert_allclose(out["age"], 30.0 + 5.0 * z, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ExportError, match="age"):  # heads sized for the code do not fit the ladder
+        small = {"age": {**h, "mean": h["mean"][:8], "scale": h["scale"][:8], "coef": h["coef"][:8]}}
+        build_analyzer(student, small, features=view)

@@ -287,3 +287,29 @@ def test_block_losses_decrease_on_a_toy_target(tmp_path):
             distill_mod.distribute.train_loop = orig
         seen[heads] = losses
         assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), (heads, losses[:5], losses[-5:])
+
+
+def test_ceiling_heads_follow_task_kinds_and_share_labels():
+    from face_transfer.data.tasks import TASKS
+    from face_transfer.student.distill import supervised_task_heads
+    names = ["identity", "verification", "expression", "expression_sketch", "head_pose", "landmarks", "glasses"]
+    heads = supervised_task_heads([TASKS[n] for n in names])
+    by = {h["name"]: h for h in heads}
+    # verification on held-out people and identity share one CosFace head; expression across domains one head
+    assert [h["name"] for h in heads] == ["identity", "expression", "head_pose", "landmarks", "glasses"]
+    assert by["identity"]["kind"] == "verification" and by["identity"]["labels"] == ("identity",)
+    assert by["expression"]["classes"] == 7 and by["head_pose"]["labels"] == ("yaw", "pitch", "roll")
+
+
+def test_ceiling_tiny_run_learns_every_kind_and_drops_heads(tmp_path):
+    from face_transfer.data.tasks import TASKS
+    out = str(tmp_path / "ceiling")
+    tasks = [TASKS[n] for n in ("verification", "expression_sketch", "gaze", "landmarks", "hair_color")]
+    record = train_supervised_student(STUDENT, DistillConfig(steps=2, batch_size=8, checkpoint_every=2, log_every=1),
+                                      SYNTH, out, tasks=tasks, domain="mixed", kind="ceiling")
+    assert record["kind"] == "ceiling" and record["distill"]["domain"] == "mixed"
+    assert record["tasks"] == ["verification", "expression_sketch", "gaze", "landmarks", "hair_color"]
+    assert np.isfinite(record["final_loss"]) and record["final_loss"] > 0
+    student = load_student(out)
+    assert student.output.shape[-1] == 8
+    assert all(not layer.name.startswith("sup") for layer in student.layers)

@@ -217,3 +217,23 @@ def test_tf_keras_twin_accepts_qat():
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "QAT_OK" in proc.stdout
+
+
+def test_feature_views_embedding_and_ladder():
+    from face_transfer.student.model import feature_model, stage_outputs
+    cfg = StudentConfig(input_size=32, width=0.5, embedding_dim=16)
+    model = build_student(cfg)
+    # one stage end per resolution: before each stride-2 block, and the last block
+    ends = stage_outputs(model)
+    assert len(ends) == 1 + sum(1 for row in cfg.block_rows() if row[3] == 2)
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.float32)
+    code = model.predict(images, verbose=0)
+    emb = feature_model(model, "embedding").predict(images, verbose=0)
+    np.testing.assert_allclose(emb["features"], code, atol=1e-6)
+    lad = feature_model(model, "ladder").predict(images, verbose=0)
+    widths = [int(model.get_layer(n).output.shape[-1]) for n in ends] + [int(model.get_layer("pool").output.shape[-1])]
+    assert lad["features"].shape == (3, sum(widths) + 16)
+    np.testing.assert_allclose(lad["features"][:, -16:], code, atol=1e-5)  # the code is part of the ladder
+    np.testing.assert_allclose(lad["embedding"], code, atol=1e-6)
+    with pytest.raises(ValueError, match="view='pyramid'"):
+        feature_model(model, "pyramid")

@@ -100,3 +100,31 @@ def test_plots_write_png_files(results, tmp_path):
         assert _is_png(p) and (tmp_path / p).stat().st_size > 2000
     with pytest.raises(ValueError, match="'ae'"):
         plots.plot_compression_curve({"d": [16, 32], "ae": [1.0]}, str(tmp_path / "bad.png"))
+
+
+def test_ceiling_summary_percentages_and_unsolvable_tasks(results):
+    res = dict(results)
+    res["pixels"] = {**results["pixels"], "glasses": _entry([96, 95, 97], {"accuracy": 0.96}),
+                     "age": _entry([10, 11, 12], {"mae": 9.0, "r2": 0.1})}
+    res["ceiling"] = {
+        "expression": _entry([90, 91, 92], {"accuracy": 0.91}),
+        "age": _entry([80, 80, 80], {"mae": 3.0, "r2": 0.8}),
+        "glasses": _entry([96, 96, 96], {"accuracy": 0.96}),  # no better than pixels: nothing measured there
+    }
+    s = tables.ceiling_summary(res, TASK_LIST, ["student", "concat", "pixels"])
+    assert s["covered_tasks"] == ["expression", "age", "glasses"]
+    assert s["per_task"]["age"]["pct"]["student"] == pytest.approx(100 * 60 / 80)
+    assert s["per_task"]["age"]["solvable"] is True and s["per_task"]["glasses"]["solvable"] is False
+    assert s["unsolvable"] == ["glasses"]
+    novel = s["groups"]["novel"]  # glasses is the only novel task the ceiling covers
+    assert novel["tasks"] == 1 and novel["pct"]["student"] == pytest.approx(100 * 96 / 96)
+    src = s["groups"]["source"]
+    assert src["ceiling"] == pytest.approx((91 + 80) / 2)
+    assert src["pct"]["concat"] == pytest.approx(100 * (80.5 + 71) / 2 / src["ceiling"])
+    assert src["pct"]["pixels"] == pytest.approx(100 * (30 + 11) / 2 / src["ceiling"])
+    del res["pixels"]["age"]  # a representation missing a covered task gets no group percentage
+    assert "pixels" not in tables.ceiling_summary(res, TASK_LIST, ["student", "pixels"])["groups"]["source"]["pct"]
+    md = tables.ceiling_table_markdown(s, res, ["student", "concat"])
+    assert "| glasses | novel | 96.0 ± 0.0 |" in md and "**no**" in md and "glasses." in md
+    with pytest.raises(KeyError, match="ceiling"):
+        tables.ceiling_summary(results, TASK_LIST, ["student"])

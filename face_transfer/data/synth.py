@@ -79,6 +79,12 @@ def _combine(*parts) -> np.ndarray:
     return key
 
 
+def _erf(x):
+    """Vectorised error function (float32 in, float32 out)."""
+    from scipy.special import erf
+    return erf(np.asarray(x, np.float64)).astype(_F32)
+
+
 class _Draws:
     """Uniform draws for a batch of keys; each call uses a fresh salt so draws are independent."""
 
@@ -240,7 +246,8 @@ def _image_factors(cfg: SynthConfig, keys: np.ndarray) -> dict[str, np.ndarray]:
     expr = d.choice(np.ones(7, _F32))
     iu, xu = d.u(), d.u(4)
     inten, smile, mouth_open, blink = _expression_factors(expr, iu, xu)
-    gaze = np.clip(d.normal(2) * 0.45, -1, 1).astype(_F32)
+    # gaze uniform in (-1, 1) (the CDF of the same normal draws: every other factor keeps its draws)
+    gaze = _erf(d.normal(2) / _F32(np.sqrt(2.0))).astype(_F32)
     yaw = d.uniform(-45, 45) * k
     pitch = d.uniform(-25, 25) * k
     roll = np.clip(d.normal() * 8, -20, 20) * k
@@ -728,7 +735,7 @@ def _draw_eyes_brows(geo, box, idf, imf, ex, alb, head_a, landmarks):
         if reg.shape[1] == 4:  # thermal: the orbits (inner canthus) are the warmest skin of a face
             reg[:, 3] += sock * 1.2
         W = ew[:, None]
-        H = (eh * open_)[:, None]
+        H = (eh * open_ * (1 + 0.35 * imf["gaze_y"]))[:, None]  # the upper lid follows a vertical gaze
         tilt = (idf["eye_tilt"])[:, None] * a
         q = np.clip(1 - (a / W) ** 2, 0, 1)
         rq = np.sqrt(q)  # fractional powers are ~50x slower than sqrt in numpy
@@ -736,8 +743,10 @@ def _draw_eyes_brows(geo, box, idf, imf, ex, alb, head_a, landmarks):
         lower = -0.7 * H * rq * np.sqrt(rq) + tilt + 0.004
         inside = _ramp(upper - b, pix) * _ramp(b - lower, pix) * _ramp(W - np.abs(a), pix)
         _blend(reg, inside * hm, np.array([0.92, 0.90, 0.88, 0.97], _F32))
-        gx = (imf["gaze_x"] * side)[:, None] * W * 0.45  # gaze_x > 0 looks to image right
-        gy = imf["gaze_y"][:, None] * eh[:, None] * 0.35
+        # gaze_x > 0 looks to image right; the iris travels most of the eye's half-width (a 64 px face's
+        # eye is ~6 px wide: a smaller travel moves the pupil by less than a pixel and no network can see it)
+        gx = (imf["gaze_x"] * side)[:, None] * W * 0.75
+        gy = imf["gaze_y"][:, None] * eh[:, None] * 0.6
         rr = np.sqrt((a - gx) ** 2 + (b - gy) ** 2)
         ir = eh[:, None] * 1.05
         iris = _ramp(ir - rr, pix) * inside

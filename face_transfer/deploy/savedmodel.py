@@ -157,8 +157,12 @@ def fold_head(head_name: str, params: dict, embedding_dim: int) -> tuple[np.ndar
     return kernel.astype(np.float32), np.asarray(bias, dtype=np.float32), kind
 
 
-def build_analyzer(student: keras.Model, heads: dict[str, dict], include_embedding: bool = True) -> keras.Model:
+def build_analyzer(student: keras.Model, heads: dict[str, dict], include_embedding: bool = True,
+                   features: keras.Model | None = None) -> keras.Model:
     """The multi-task facial analyser: image -> {"embedding": code, <head name>: output, ...}.
+
+    `features` (student.model.feature_model: image -> {"features", "embedding"}) puts the heads on a
+    wider view of the student than its code (e.g. the multi-level ladder); the embedding output stays the code.
 
     Each head is the linear probe of the evaluation stage as one Dense layer (int8-convertible):
     {"kind", "mean" [D], "scale" [D], "coef" [D,K], "intercept" [K], optional "target_mean",
@@ -169,18 +173,22 @@ def build_analyzer(student: keras.Model, heads: dict[str, dict], include_embeddi
         raise ExportError("build_analyzer: heads is empty; expected {task name: probe parameters}")
     if len(student.outputs) != 1 or len(student.outputs[0].shape) != 2:
         raise ExportError(f"build_analyzer: student {student.name!r} must have one [N, D] embedding output")
-    D = int(student.outputs[0].shape[-1])
     if include_embedding and "embedding" in heads:
         raise ExportError("build_analyzer: a head may not be called 'embedding' (the student code output)")
     image = keras.Input(shape=tuple(student.inputs[0].shape[1:]), name="image")
-    code = student(image)
+    if features is not None:
+        both = features(image)
+        code, feats = both["embedding"], both["features"]
+    else:
+        code = feats = student(image)
+    D = int(feats.shape[-1])
     outputs = {"embedding": keras.layers.Identity(name="embedding")(code)} if include_embedding else {}
     for name, params in heads.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise ExportError(f"build_analyzer: head name {name!r} must be an identifier (it names an output)")
         kernel, bias, kind = fold_head(name, params, D)
         dense = keras.layers.Dense(kernel.shape[1], name=f"{name}_probe")
-        y = dense(code)
+        y = dense(feats)
         dense.set_weights([kernel, bias])
         if kind == "classification":
             y = keras.layers.Softmax(name=name)(y)

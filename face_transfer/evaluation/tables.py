@@ -161,3 +161,67 @@ def results_table_markdown(all_results: dict, tasks: list[Task], reps_order=None
               "Within noise (|Δ mean| < the larger seed std): "
               + ("; ".join(ties_notes) if ties_notes else "none — every best is separated from the rest.")]
     return "\n".join(lines) + "\n"
+
+
+def ceiling_summary(all_results: dict, tasks: list[Task], reps: list[str], ceiling: str = "ceiling",
+                    floor: str = "pixels") -> dict:
+    """Every representation as a percentage of the per-task ceiling (the student's architecture trained on
+    every task's labels), per task and on the novel / source means over the tasks the ceiling covers.
+
+    A task is `solvable` when its ceiling beats the floor representation (raw pixels) by more than the
+    seeds' noise: below that, a low score says nothing about a representation (the label, the rendering
+    or the metric is at fault), and the task should be fixed or replaced.
+    """
+    if ceiling not in all_results:
+        raise KeyError(f"ceiling_summary: no {ceiling!r} representation in the results")
+    ceil = all_results[ceiling]
+    covered = [t for t in tasks if t.name in ceil]
+    out = {"covered_tasks": [t.name for t in covered], "per_task": {}, "groups": {}}
+    for t in covered:
+        c = ceil[t.name]
+        row = {"ceiling": c["score_mean"], "ceiling_std": c["score_std"],
+               "group": "source" if t.source else "novel"}
+        if floor in all_results and t.name in all_results[floor]:
+            f = all_results[floor][t.name]
+            row["floor"] = f["score_mean"]
+            row["solvable"] = bool(c["score_mean"] > f["score_mean"]
+                                   and not within_noise(c["scores"], f["scores"]))
+        row["pct"] = {r: (100.0 * all_results[r][t.name]["score_mean"] / c["score_mean"]
+                          if c["score_mean"] > 0 and t.name in all_results[r] else None) for r in reps}
+        out["per_task"][t.name] = row
+    for g in ("novel", "source", "all"):
+        names = [t.name for t in covered if g == "all" or (g == "source") == t.source]
+        if not names:
+            continue
+        cm = float(np.mean([ceil[n]["score_mean"] for n in names]))
+        entry = {"ceiling": cm, "tasks": len(names), "pct": {}}
+        for r in reps:
+            if all(n in all_results[r] for n in names) and cm > 0:
+                entry["pct"][r] = 100.0 * float(np.mean([all_results[r][n]["score_mean"] for n in names])) / cm
+        out["groups"][g] = entry
+    out["unsolvable"] = [n for n, row in out["per_task"].items() if row.get("solvable") is False]
+    return _jsonable(out)
+
+
+def ceiling_table_markdown(summary: dict, all_results: dict, reps: list[str], ceiling: str = "ceiling") -> str:
+    """Per task: the ceiling's score, then each representation's score as % of it; the group means last."""
+    head = "| task | group | ceiling | " + " | ".join(f"{r} %" for r in reps) + " | ceiling > pixels |"
+    lines = ["**Percentage of the ceiling** (each representation's mean score / the ceiling's, per task)", "",
+             head, "|---|---|---:|" + "---:|" * len(reps) + "---|"]
+
+    def pct(v):
+        return "—" if v is None else f"{v:.0f}"
+
+    for name, row in summary["per_task"].items():
+        solv = {True: "yes", False: "**no**", None: "?"}[row.get("solvable")]
+        lines.append(f"| {name} | {row['group']} | {row['ceiling']:.1f} ± {row['ceiling_std']:.1f} | "
+                     + " | ".join(pct(row["pct"].get(r)) for r in reps) + f" | {solv} |")
+    for g, label in GROUPS:
+        e = summary["groups"].get(g)
+        if e:
+            lines.append(f"| *{label}* | {g} | {e['ceiling']:.1f} | "
+                         + " | ".join(pct(e["pct"].get(r)) for r in reps) + " | |")
+    if summary["unsolvable"]:
+        lines += ["", "Tasks whose ceiling does not beat raw pixels beyond the seeds' noise (nothing is measured "
+                  "there): " + ", ".join(summary["unsolvable"]) + "."]
+    return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ import numpy as np
 
 from face_transfer.fileio import read_json, write_json
 from face_transfer.stages import inputs
-from face_transfer.stages.features import features_cached, predict
+from face_transfer.stages.features import features_cached, predict, predict_student, student_view
 from face_transfer.stages.rundir import Run, header, summary
 from face_transfer.stages.student import fused_teacher_builders
 
@@ -89,9 +89,9 @@ def run(run: Run, ctx) -> dict:
     ecfg = run.cfg.export
     student = load_student(run.p("student"))
     images, labels = inputs.load_eval_data(run)
-    feats = features_cached(run, "student", lambda s: predict(student, images[s]))
+    feats = features_cached(run, "student", lambda s: predict_student(run, student, images[s]))
     heads, class_names = analyzer_heads(run, feats, labels)
-    analyzer = savedmodel.build_analyzer(student, heads)
+    analyzer = savedmodel.build_analyzer(student, heads, features=student_view(run, student))
     meta = savedmodel.analyzer_metadata(heads)
     for name, entry in meta.items():  # readable class names for infer_tflite and apps
         if "classes" in entry:
@@ -150,7 +150,10 @@ def run(run: Run, ctx) -> dict:
         files["int8_qat"] = qat_info["path"]
     # transfer score drop per task when the probes run on the TFLite embeddings
     tasks = inputs.run_tasks(run)
-    base = evaluate_representation(feats, labels, tasks, run.cfg.probe)
+    # the student files output the code: compare with the float code's own scores (= feats in the embedding view)
+    code_feats = feats if run.cfg.student_view == "embedding" else \
+        features_cached(run, "student_code", lambda s: predict(student, images[s]))
+    base = evaluate_representation(code_feats, labels, tasks, run.cfg.probe)
     base_g = group_means(base, tasks)
     drops = {}
     for mode in ("int8_ptq", "int8_qat"):
@@ -179,7 +182,8 @@ def run(run: Run, ctx) -> dict:
             + f"; latency int8 {latency['int8_ms_per_face']:.2f} ms/face, ensemble/int8 x{latency['ensemble_over_int8']:.0f}")
     return {**info, "outputs": [final], "artifacts": [out],
             "reset": [os.path.join(out, "student_int8_qat.tflite")]
-            + [run.p("features", f"student_tflite_{m}") for m in ("int8_ptq", "int8_qat")]}
+            + [run.p("features", f"student_tflite_{m}") for m in ("int8_ptq", "int8_qat")]
+            + [run.p("features", "student_code")]}
 
 
 def _qat_subprocess(run: Run) -> dict:

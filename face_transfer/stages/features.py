@@ -40,6 +40,19 @@ def predict(model, images, batch=256):
     return np.asarray(model.predict(images, batch_size=batch, verbose=0), np.float32)
 
 
+def student_view(run: Run, model):
+    """The run's view of a student-architecture network (config `student_view`): image -> {"features",
+    "embedding"} (student.model.feature_model)."""
+    from face_transfer.student.model import feature_model
+    return feature_model(model, run.cfg.student_view)
+
+
+def predict_student(run: Run, model, images, batch=256):
+    """The features of a student-architecture network that the probes and the analyser's heads read."""
+    out = student_view(run, model).predict(images, batch_size=batch, verbose=0)
+    return np.asarray(out["features"], np.float32)
+
+
 
 def teacher_reps(run: Run, teachers, images) -> dict:
     """pixels, random student, each teacher, concat, PCA, random projection and AE code at d."""
@@ -52,7 +65,7 @@ def teacher_reps(run: Run, teachers, images) -> dict:
 
     def random_student(s):
         keras.utils.set_random_seed(run.cfg.seed + 12345)
-        return predict(build_student(run.cfg.student, name="random_student"), images[s])
+        return predict_student(run, build_student(run.cfg.student, name="random_student"), images[s])
     reps["random_student"] = features_cached(run, "random_student", random_student)
     per_teacher = {}
     for t in teachers:

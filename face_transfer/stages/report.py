@@ -40,6 +40,17 @@ def headline(run: Run) -> dict:
             out[f"transfer.std_novel.{rep}"] = g["std_novel"]
         out["fusion.retained_fraction"] = groups["ae"]["mean_novel"] / groups["concat"]["mean_novel"]
         out["fusion.compression_99"] = table.get("compression_99")
+        ceil = table.get("ceiling")
+        if ceil and "novel" in ceil["groups"]:
+            e = ceil["groups"]["novel"]
+            out["transfer.ceiling.mean_novel"] = e["ceiling"]
+            out["transfer.ceiling.unsolvable"] = ceil["unsolvable"]
+            for rep, pct in e["pct"].items():
+                out[f"transfer.mean_novel_pct_of_ceiling.{rep}"] = pct
+            if e["ceiling"] > 0 and len(ceil["covered_tasks"]) == len(table["tasks"]):
+                out["transfer.mean_novel_pct_of_ceiling.best_teacher"] = \
+                    100.0 * groups["best_teacher"]["mean_novel"] / e["ceiling"]
+        out["fusion.compression_99"] = table.get("compression_99")
     spath = run.p("student", "student.json")
     if os.path.exists(spath):
         st = read_json(spath)
@@ -205,6 +216,13 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
         L += ["", "![student embedding](metrics/student_embedding_2d.png)", ""]
     L += ["## Transfer to every task (linear probes, mean ± std over seeds, 0-100 scores)", "",
           open(run.p("metrics", "transfer.md")).read(), "", "![per-task scores](metrics/task_bars.png)", ""]
+    if os.path.exists(run.p("metrics", "ceiling.md")):
+        L += ["## The ceiling: how much of each task is learnable", "",
+              "`ceiling` is the student's architecture trained on the labels of every SynthFaces task (source and "
+              "novel, faces of every domain) with the student's data budget, then probed like every other "
+              "representation. A representation's score as a percentage of it says how much of what this "
+              "network could know about a task it holds without seeing that task's labels.", "",
+              open(run.p("metrics", "ceiling.md")).read(), ""]
     if ex:
         lat = ex["latency"]
         L += ["## Export", "", "| file | bytes | cosine vs float (mean) | novel-score drop |", "|---|---:|---:|---:|"]
@@ -229,6 +247,12 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
                       f"concatenated teachers {conc:.1f}, AE code {ae:.1f}, best single teacher "
                       f"({bt['which_novel']}) {btn:.1f} -> {verdict} against the concatenation, "
                       f"{'holds' if st > ae else 'does not hold'} against the AE code.")
+        if h.get("transfer.ceiling.mean_novel") is not None:
+            pct = lambda r: h.get(f"transfer.mean_novel_pct_of_ceiling.{r}")  # noqa: E731
+            claims.append(f"- Against the ceiling (the same network trained on every task's labels, novel "
+                          f"{h['transfer.ceiling.mean_novel']:.1f}): student {_fmt(pct('student'), 0)}%, AE code "
+                          f"{_fmt(pct('ae'), 0)}%, concatenation {_fmt(pct('concat'), 0)}%, best single teacher "
+                          f"{_fmt(pct('best_teacher'), 0)}% of it.")
         for ctrl in ("random_student", "supervised_student"):
             if g(ctrl) is not None:
                 claims.append(f"- student vs `{ctrl}` (same architecture): {st:.1f} vs {g(ctrl):.1f} "

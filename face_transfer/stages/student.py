@@ -1,5 +1,6 @@
 """Stage `student`: distil the fused teacher into the lightweight student on the run's face source
-(plus the loss-comparison variants and, on SynthFaces, the supervised multi-task control).
+(plus the loss-comparison variants and, on SynthFaces, the supervised multi-task control and the
+per-task ceiling: the same architecture trained on every task's labels).
 """
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ DEPENDS_ON = ("data", "teachers", "fusion")  # rebuilt upstream stages make this
 def supervised_control(run: Run) -> bool:
     """The supervised control learns SynthFaces' source labels: it means something only on SynthFaces."""
     return run.cfg.supervised_control and not inputs.uses_user_faces(run) and run.cfg.data.synth_tasks
+
+
+def ceiling_tasks(run: Run) -> list:
+    """The SynthFaces tasks of this run that a supervised ceiling can learn (the generator renders their
+    labels for fresh faces); empty when the ceiling is off or the run has no SynthFaces tasks."""
+    from face_transfer.data.tasks import EVAL_SETS
+    if not run.cfg.ceiling or not run.cfg.data.synth_tasks:
+        return []
+    return [t for t in inputs.run_tasks(run) if t.user_set is None and t.eval_set in EVAL_SETS]
 
 
 def fused_teacher_builders(run: Run):
@@ -60,6 +70,8 @@ def student_dirs(run: Run) -> dict:
             out[f"student_{loss}"] = run.p(f"student_{loss}")
     if supervised_control(run):
         out["supervised_student"] = run.p("student_supervised")
+    if ceiling_tasks(run):
+        out["ceiling"] = run.p("student_ceiling")
     return out
 
 
@@ -80,6 +92,11 @@ def run(run: Run, ctx) -> dict:
             print("  control: the same student trained on all source-task labels (multi-task supervised)",
                   file=sys.stderr)
             rec = train_supervised_student(scfg, cfg.distill, cfg.data.synth, out_dir, ctx.strategy)
+        elif rep == "ceiling":
+            print("  ceiling: the same student trained on the labels of every task, source and novel, on fresh "
+                  "faces of every domain (the per-task reference)", file=sys.stderr)
+            rec = train_supervised_student(scfg, cfg.distill, cfg.data.synth, out_dir, ctx.strategy,
+                                           tasks=ceiling_tasks(run), domain="mixed", kind="ceiling")
         else:
             dcfg = cfg.distill if rep == "student" else dataclasses.replace(cfg.distill, loss=rep[len("student_"):])
             if rep != "student":

@@ -442,18 +442,50 @@ def load_student(out_dir: str) -> keras.Model:
     return load_keras_model(os.path.join(out_dir, "model.keras"), "student model")
 
 
-# ---- the supervised multi-task control --------------------------------------------------------------
+# ---- supervised students: the multi-task control and the per-task ceiling ---------------------------
 
-SUPERVISED_LABELS = ("identity", "expression", "yaw", "pitch", "roll", "age", "gender")
+def supervised_task_heads(tasks) -> list[dict]:
+    """One head per task, from its kind: {name, kind, labels, classes}. Tasks sharing a label (expression on
+    photo and on sketch) share one head; verification learns identities (CosFace) on the train pool."""
+    heads, seen = [], set()
+    for t in tasks:
+        labels = ("identity",) if t.kind == "verification" else tuple(t.labels)
+        key = (t.kind, labels)
+        if key in seen:
+            continue
+        seen.add(key)
+        if t.kind == "classification" and not t.num_classes:
+            raise ValueError(f"supervised_task_heads: classification task {t.name!r} has no num_classes")
+        heads.append({"name": t.name, "kind": t.kind, "labels": labels, "classes": t.num_classes})
+    return heads
+
+
+def _label_stats(synth_cfg: synth.SynthConfig, heads, domain: str, n: int = 1024) -> dict:
+    """Mean and std of every regression / landmark label on a sample of the training stream (targets are
+    standardised so that every head's loss starts near 1)."""
+    _, lab = synth.render_faces(synth_cfg, np.arange(n), stream="supervised_stats", pool="train", domain=domain)
+    out = {}
+    for h in heads:
+        if h["kind"] in ("regression", "landmarks"):
+            for k in h["labels"]:
+                v = np.asarray(lab[k], np.float64).reshape(n, -1)
+                out[k] = (v.mean(0).astype(np.float32), np.maximum(v.std(0), 1e-3).astype(np.float32))
+    return out
 
 
 def train_supervised_student(student_cfg: StudentConfig, cfg: DistillConfig, synth_cfg: synth.SynthConfig,
-                             out_dir: str, strategy=None) -> dict:
-    """Same architecture and data budget, trained directly on all source-task labels at once.
+                             out_dir: str, strategy=None, tasks=None, domain: str | None = None,
+                             kind: str = "supervised_multitask") -> dict:
+    """The student's architecture and data budget (cfg.steps x cfg.batch_size fresh SynthFaces), trained
+    directly on task labels, one head per task on the embedding (dropped afterwards).
 
-    The alternative a user would pick instead of distillation: identity (CosFace), expression,
-    head pose, age and gender heads on the student's embedding; the heads are dropped afterwards.
+    tasks=None: the source tasks' labels (identity, expression, pose, age, gender), the supervised
+    control a user would pick instead of distillation. With every task of the run (source and novel) and
+    domain="mixed" it is the per-task ceiling: what this architecture reaches when it sees the labels.
+    Classification: cross-entropy; regression and landmarks: squared error of standardised targets;
+    verification: CosFace on the train pool's identities.
     """
+    from face_transfer.data.tasks import TASKS
     from face_transfer.teachers import zoo
 
     strategy = strategy or tf.distribute.get_strategy()
@@ -461,6 +493,12 @@ def train_supervised_student(student_cfg: StudentConfig, cfg: DistillConfig, syn
     if os.path.exists(done):
         with open(done) as f:
             return json.load(f)
+    if tasks is None:
+        tasks = [TASKS[n] for n in ("identity", "expression", "head_pose", "age", "gender")]
+    heads = supervised_task_heads(tasks)
+    domain = domain or cfg.domain
+    label_keys = tuple(sorted({k for h in heads for k in h["labels"]}))
+    stats = _label_stats(synth_cfg, heads, domain)
     keras.utils.set_random_seed(cfg.seed)
     os.makedirs(out_dir, exist_ok=True)
     n_ids = synth_cfg.n_train_identities
@@ -468,37 +506,45 @@ def train_supervised_student(student_cfg: StudentConfig, cfg: DistillConfig, syn
     def build():
         student = build_student(student_cfg)
         emb = student.output
-        z = emb  # linear heads on the embedding (as the zoo teachers)
-        heads = {
-            "identity": zoo.CosineLogits(n_ids, name="sup_identity")(keras.layers.BatchNormalization(name="sup_bn")(emb)),
-            "expression": keras.layers.Dense(7, name="sup_expression")(z),
-            "pose": keras.layers.Dense(3, name="sup_pose")(z),
-            "age": keras.layers.Dense(1, name="sup_age")(z),
-            "gender": keras.layers.Dense(1, name="sup_gender")(z),
-        }
-        return {"student": student, "multitask": keras.Model(student.input, heads, name="multitask")}
+        outs = {}
+        for j, h in enumerate(heads):
+            tag = f"sup{j}_" + "".join(c if c.isalnum() else "_" for c in h["name"])
+            if h["kind"] == "verification":
+                outs[h["name"]] = zoo.CosineLogits(n_ids, name=tag)(keras.layers.BatchNormalization(name=tag + "_bn")(emb))
+            elif h["kind"] == "classification":
+                outs[h["name"]] = keras.layers.Dense(h["classes"], name=tag)(emb)
+            else:
+                width = sum(int(np.prod(stats[k][0].shape)) for k in h["labels"])
+                outs[h["name"]] = keras.layers.Dense(width, name=tag)(emb)
+        return {"student": student, "multitask": keras.Model(student.input, outs, name="multitask")}
 
     def loss_fn(models, batch):
         images, labels = batch
         out = models["multitask"](images, training=True)
-        ce = keras.losses.sparse_categorical_crossentropy(labels["expression"], out["expression"], from_logits=True)
-        pose = ops.stack([labels["yaw"], labels["pitch"], labels["roll"]], -1) / zoo.POSE_SCALE
-        pose_l = ops.mean(ops.square(out["pose"] - pose), -1)
-        age_l = ops.square(out["age"][:, 0] - (labels["age"] - zoo.AGE_MEAN) / zoo.AGE_STD)
-        gen_l = keras.losses.binary_crossentropy(ops.cast(labels["gender"], "float32")[:, None], out["gender"],
-                                                 from_logits=True)
-        id_l = zoo.cosface_loss(labels["identity"], out["identity"])
-        return 0.2 * id_l + ce + pose_l + age_l + gen_l
+        total = 0.0
+        for h in heads:
+            pred = out[h["name"]]
+            if h["kind"] == "verification":
+                total = total + 0.2 * zoo.cosface_loss(labels["identity"], pred)
+            elif h["kind"] == "classification":
+                total = total + keras.losses.sparse_categorical_crossentropy(labels[h["labels"][0]], pred,
+                                                                             from_logits=True)
+            else:
+                y = ops.concatenate([(ops.reshape(ops.cast(labels[k], "float32"), (-1, stats[k][0].size))
+                                      - stats[k][0]) / stats[k][1] for k in h["labels"]], -1)
+                total = total + ops.mean(ops.square(pred - y), -1)
+        return total
 
     gb = cfg.batch_size
+    dcfg = dataclasses.replace(cfg, domain=domain)
     t0 = time.time()
     hist = distribute.train_loop(
         strategy, build, loss_fn,
-        lambda ctx, start: make_distill_dataset(synth_cfg, cfg, ctx, start, gb, stream="supervised",
-                                                label_keys=SUPERVISED_LABELS),
+        lambda ctx, start: make_distill_dataset(synth_cfg, dcfg, ctx, start, gb, stream="supervised",
+                                                label_keys=label_keys),
         lambda: _optimizer(cfg), cfg.steps, gb, checkpoint_dir=os.path.join(out_dir, "ckpt"),
-        checkpoint_every=cfg.checkpoint_every, on_step=_Progress(cfg.steps, cfg.log_every, "supervised"))
-    recalibrate_batchnorm(hist["models"]["student"], _recalibration_batches(synth_cfg, cfg))
+        checkpoint_every=cfg.checkpoint_every, on_step=_Progress(cfg.steps, cfg.log_every, kind.split("_")[0]))
+    recalibrate_batchnorm(hist["models"]["student"], _recalibration_batches(synth_cfg, dcfg))
     return _save_student(hist["models"]["student"], student_cfg, out_dir, strategy, {
-        "kind": "supervised_multitask", "distill": dataclasses.asdict(cfg), "final_loss": _final_loss(hist, out_dir, strategy),
-        "train_seconds_this_run": round(time.time() - t0, 1)})
+        "kind": kind, "distill": dataclasses.asdict(dcfg), "tasks": [h["name"] for h in heads],
+        "final_loss": _final_loss(hist, out_dir, strategy), "train_seconds_this_run": round(time.time() - t0, 1)})

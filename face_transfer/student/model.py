@@ -247,3 +247,40 @@ def count_flops(model_or_cfg) -> int:
             # Conv2D kernel (kh, kw, cin, cout); depthwise (kh, kw, cin, multiplier): per output pixel.
             total += out_shape[1] * out_shape[2] * math.prod(kernel_shape)
     return int(total)
+
+
+FEATURE_VIEWS = ("embedding", "ladder")
+
+
+def stage_outputs(model) -> list[str]:
+    """Layer names ending each resolution stage of a build_student model (the block before every stride-2
+    block, and the last block), shallow to deep."""
+    names = {layer.name for layer in model.layers}
+    blocks = []
+    while f"block{len(blocks)}_dw" in names:
+        i = len(blocks)
+        blocks.append((f"block{i}_add" if f"block{i}_add" in names else f"block{i}_project_bn",
+                       model.get_layer(f"block{i}_dw").strides[0]))
+    if not blocks:
+        raise ValueError(f"stage_outputs: model {model.name!r} has no block0_dw; expected a build_student model")
+    return [blocks[k][0] for k in range(len(blocks)) if k + 1 == len(blocks) or blocks[k + 1][1] == 2]
+
+
+def feature_model(model, view: str = "embedding"):
+    """What is probed and deployed of a student: image -> {"features": [N, F], "embedding": [N, D]}.
+
+    view "embedding": the distilled code itself (F = D, the paper's student representation).
+    view "ladder": the code next to the global-average-pooled output of every resolution stage and of the
+    head (UNIC's ladder of multi-level features): the lower stages keep what the code compresses away
+    (illumination, local texture, occluders), at no extra inference cost beyond a few poolings.
+    """
+    if view not in FEATURE_VIEWS:
+        raise ValueError(f"feature_model: view={view!r}; expected one of {FEATURE_VIEWS}")
+    code = model.outputs[0]
+    if view == "embedding":
+        return keras.Model(model.inputs, {"features": code, "embedding": code}, name=f"{model.name}_features")
+    pooled = [keras.layers.GlobalAveragePooling2D(name=f"ladder_pool{i}")(model.get_layer(n).output)
+              for i, n in enumerate(stage_outputs(model))]
+    pooled.append(model.get_layer("pool").output)
+    feats = keras.layers.Concatenate(name="ladder")(pooled + [code])
+    return keras.Model(model.inputs, {"features": feats, "embedding": code}, name=f"{model.name}_ladder")
