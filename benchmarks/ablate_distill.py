@@ -8,7 +8,7 @@ Prints and saves `<run_dir>/ablation/ablation.json` and `ablation.md`. Resumable
 probed variants are skipped.
 
     .venv/bin/python -m benchmarks.ablate_distill --run_dir=runs/ablation_demo \
-        --variants=l2,teacher_space,noisy_l2,heads_cos_sl1,noisy_heads_cos_sl1
+        --variants=l2,teacher_space,noisy_l2,heads_cos_sl1,noisy_heads_cos_sl1 --views=embedding,ladder
 """
 from __future__ import annotations
 
@@ -57,16 +57,24 @@ def main(argv=None):
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma list of {sorted(VARIANTS)}")
     ap.add_argument("--steps", type=int, default=None, help="override the run's distill steps")
     ap.add_argument("--no_baselines", action="store_true")
+    ap.add_argument("--views", default="embedding", help="comma list of student views to probe for every variant "
+                    "(student.model.FEATURE_VIEWS: embedding = the code, ladder = + pooled stage outputs); a view "
+                    "other than embedding is reported as '<variant>+<view>'")
     args = ap.parse_args(argv)
 
     from face_transfer.configs import ExperimentConfig
     from face_transfer.evaluation.probes import evaluate_representation, group_means
     from face_transfer.fusion.autoencoder import Fusion
     from face_transfer.stages import inputs
-    from face_transfer.stages.features import features_cached, predict
+    from face_transfer.stages.features import features_cached
     from face_transfer.stages.rundir import Run
     from face_transfer.stages.student import fused_teacher_builders
     from face_transfer.student.distill import distill_student, load_student
+    from face_transfer.student.model import FEATURE_VIEWS, feature_model
+
+    views = [v.strip() for v in args.views.split(",") if v.strip()]
+    if not views or any(v not in FEATURE_VIEWS for v in views):
+        raise SystemExit(f"--views={args.views!r}: expected a comma list of {FEATURE_VIEWS}")
 
     with open(os.path.join(args.run_dir, "config.json")) as f:
         cfg = ExperimentConfig.from_json(f.read())
@@ -115,7 +123,8 @@ def main(argv=None):
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         if variant not in VARIANTS:
             raise SystemExit(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
-        if variant in saved["variants"]:
+        names = [variant if v == "embedding" else f"{variant}+{v}" for v in views]
+        if all(n in saved["variants"] for n in names):
             continue
         dcfg = dataclasses.replace(cfg.distill, **VARIANTS[variant], **({"steps": args.steps} if args.steps else {}))
         out = os.path.join(out_root, variant)
@@ -125,20 +134,24 @@ def main(argv=None):
                               target_concat_fn=concat_fn)
         wall = time.time() - t0
         model = load_student(out)
-        feats = {}
-        for s in sets:
-            path = os.path.join(out, "features", f"{s}.npy")
-            if not os.path.exists(path):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                np.save(path, predict(model, images[s]))
-            feats[s] = np.load(path)
-        row = probe(variant, feats)
-        row.update({"overrides": VARIANTS[variant], "steps": dcfg.steps,
-                    "train_seconds": rec.get("train_seconds_this_run", round(wall, 1)),
-                    "final_loss": rec.get("final_loss"), "params": rec["params"],
-                    "teacher_heads_params": rec.get("teacher_heads_params")})
-        saved["variants"][variant] = row
-        _write(results_path, saved)
+        for view, name in zip(views, names):
+            if name in saved["variants"]:
+                continue
+            fmodel = feature_model(model, view)
+            feats = {}
+            for s in sets:
+                path = os.path.join(out, "features" if view == "embedding" else f"features_{view}", f"{s}.npy")
+                if not os.path.exists(path):
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    np.save(path, np.asarray(fmodel.predict(images[s], batch_size=256, verbose=0)["features"]))
+                feats[s] = np.load(path)
+            row = probe(name, feats)
+            row.update({"overrides": VARIANTS[variant], "view": view, "steps": dcfg.steps,
+                        "train_seconds": rec.get("train_seconds_this_run", round(wall, 1)),
+                        "final_loss": rec.get("final_loss"), "params": rec["params"],
+                        "teacher_heads_params": rec.get("teacher_heads_params")})
+            saved["variants"][name] = row
+            _write(results_path, saved)
 
     text = table(saved)
     print("\n" + text)

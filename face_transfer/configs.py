@@ -86,6 +86,11 @@ class ExperimentConfig:
     export: ExportConfig = ExportConfig()
     strategy: str = "default"
 
+    def __post_init__(self):
+        from face_transfer.student.model import FEATURE_VIEWS
+        if self.student_view not in FEATURE_VIEWS:
+            raise ValueError(f"ExperimentConfig.student_view={self.student_view!r}; expected one of {FEATURE_VIEWS}")
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
 

@@ -295,3 +295,56 @@ def test_distillation_levers_reach_the_config(tmp_path):
                      "--distill_heads", "--distill_noise=0.25", "--distill_code_weight=0.5"])
         cfg = common.config_from_flags()
     assert (cfg.distill.loss, cfg.distill.heads, cfg.distill.noise, cfg.distill.code_weight) == ("cos_sl1", True, 0.25, 0.5)
+
+
+def test_a_stage_rerun_after_its_record_was_deleted_refreshes_its_dependants(tmp_path, monkeypatch):
+    """Fake three-stage pipeline: deleting the middle stage's record (to force it) recomputes the last one
+    too, since its earlier result came from the old middle stage; the first stage stays untouched."""
+    import types
+
+    from face_transfer import pipeline
+    from face_transfer.configs import preset_config
+
+    calls = []
+
+    def stage(name, depends):
+        def run(run, ctx):
+            calls.append(name)
+            out = run.p(f"{name}.txt")
+            with open(out, "w") as f:
+                f.write(str(len(calls)))
+            return {"outputs": [out], "artifacts": [out]}
+        return types.SimpleNamespace(NAME=name, WORKERS="all", DEPENDS_ON=depends, run=run)
+
+    fake = (stage("data", ()), stage("student", ("data",)), stage("report", ("student",)))
+    monkeypatch.setattr(pipeline, "STAGES", fake)
+    monkeypatch.setattr(pipeline, "STAGE_NAMES", tuple(s.NAME for s in fake))
+    monkeypatch.setattr(pipeline, "ALWAYS_RUN", ())
+    cfg = preset_config("smoke")
+    run_dir = str(tmp_path / "run")
+    pipeline.run_pipeline(cfg, run_dir, until="report")
+    assert calls == ["data", "student", "report"]
+    pipeline.run_pipeline(cfg, run_dir, until="report")  # complete: nothing runs
+    assert calls == ["data", "student", "report"]
+    os.remove(os.path.join(run_dir, "metrics", "stages", "student.json"))
+    os.remove(os.path.join(run_dir, "student.txt"))
+    pipeline.run_pipeline(cfg, run_dir, until="report")
+    assert calls == ["data", "student", "report", "student", "report"]
+
+
+def test_student_view_and_ceiling_flags_reach_the_config(tmp_path):
+    from absl import flags
+    from absl.testing import flagsaver
+    import trainers.pipeline  # noqa: F401
+    from trainers import common
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--student_view=embedding",
+                     "--noceiling"])
+        cfg = common.config_from_flags()
+    assert (cfg.student_view, cfg.ceiling) == ("embedding", False)
+    from face_transfer.configs import preset_config
+    assert (preset_config("demo").student_view, preset_config("demo").ceiling) == ("ladder", True)
+    with pytest.raises(ValueError, match="student_view='pyramid'"):
+        import dataclasses
+        dataclasses.replace(preset_config("demo"), student_view="pyramid")

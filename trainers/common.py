@@ -36,6 +36,11 @@ def define_run_flags():
     flags.DEFINE_float("distill_noise", None, "Noisy student: probability in [0, 1] that a face is degraded (colour, "
                        "gray, blur, occlusion, noise) for the student only; the teachers see it clean.")
     flags.DEFINE_float("distill_code_weight", None, "Block losses: weight of an extra L2 anchor to the AE code (>= 0).")
+    flags.DEFINE_enum("student_view", None, ["embedding", "ladder"], "What of the student the probes and the "
+                      "analyser's heads read: its code (embedding, the paper's) or the code plus every resolution "
+                      "stage's pooled output (ladder). Default: the preset's.")
+    flags.DEFINE_boolean("ceiling", None, "Train the per-task ceiling (the student's architecture on every SynthFaces "
+                         "task's labels) and report every score as a percentage of it. Default: the preset's.")
     flags.DEFINE_integer("teacher_steps", None, "Training steps per zoo teacher.")
     flags.DEFINE_integer("batch_size", None, "Global batch size for teachers and student.")
     flags.DEFINE_float("student_width", None, "Student width multiplier.")
@@ -109,6 +114,10 @@ def config_from_flags():
             cfg = r(cfg, distill=r(cfg.distill, **levers))
         except ValueError as e:
             raise flags.ValidationError(f"--distill_{'/'.join(levers)}: {e}") from None
+    if FLAGS.student_view is not None:
+        cfg = r(cfg, student_view=FLAGS.student_view)
+    if FLAGS.ceiling is not None:
+        cfg = r(cfg, ceiling=FLAGS.ceiling)
     if FLAGS.distill_steps is not None:
         if FLAGS.distill_steps < 1:
             raise flags.ValidationError(f"--distill_steps={FLAGS.distill_steps}: expected >= 1")
