@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/demo
 
-.PHONY: venv demo test test-slow bench clean
+.PHONY: venv demo test test-slow bench clean web
 
 $(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,22 @@ $(STAMP): setup.py Makefile
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) web
 	$(PY) -m trainers.pipeline --preset=demo --run_dir=$(RUN_DIR)
+	$(PY) -m export.serve_web --run_dir=$(RUN_DIR) --build --noserve
+
+# The browser page (web/): LiteRT.js + playwright-core from the npm registry (package-lock.json), and the MTCNN
+# detector converted to TFLite (web/build/). Needs node/npm; `make test` does not (tests/test_web.py is slow).
+WEB_STAMP := web/node_modules/.installed
+web: $(WEB_STAMP) web/build/mtcnn/mtcnn.json
+
+$(WEB_STAMP): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $(WEB_STAMP)
+
+web/build/mtcnn/mtcnn.json: face_transfer/deploy/detector_tflite.py | $(STAMP)
+	$(PY) -c "from face_transfer.deploy.detector_tflite import convert_mtcnn; convert_mtcnn('web/build/mtcnn')"
+	touch $@
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -30,4 +44,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs web/node_modules web/build

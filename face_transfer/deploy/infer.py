@@ -80,6 +80,8 @@ def load_interpreter(path_or_bytes, num_threads: int = 1, default_delegates: boo
 def _to_input(images: np.ndarray, detail: dict) -> np.ndarray:
     dtype = np.dtype(detail["dtype"])
     scale, zero_point = detail["quantization"]
+    if images.dtype == dtype and (not scale or (scale == 1.0 and zero_point == 0)):
+        return images  # raw uint8 pixels into a uint8 input (scale 1, zero point 0): nothing to convert
     if scale and dtype in (np.uint8, np.int8, np.int16):
         info = np.iinfo(dtype)
         q = np.round(images.astype(np.float32) / scale + zero_point)
@@ -94,15 +96,65 @@ def _from_output(value: np.ndarray, detail: dict) -> np.ndarray:
     return np.array(value, copy=True)
 
 
-def run_tflite(interpreter, images, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Runs images uint8 [N,S,S,3] (0..255) through the file's first signature in batches.
+def model_info(path, labels_path: str | None = None) -> dict:
+    """How to feed and read a .tflite file, from the file itself when it carries TFLite metadata
+    (deploy/metadata.py), else from its `.labels.json` sidecar (or `labels_path`) with raw RGB 0..255 input.
 
-    Inputs are quantized and outputs dequantized with the file's own parameters, so the result is
-    {signature output name: float array [N, ...]} whatever the file's quantization.
+    Returns {"labels": {output: {"kind", "classes"?, "units"?}}, "labels_from": "metadata" | <sidecar path> |
+    None, "input": {"color_space", "mean", "std"}, "metadata": the read_metadata dict or None}. An explicit
+    `labels_path` wins over the metadata's labels. Metadata that belongs to another model (other outputs,
+    class counts or input size than the file's) raises CorruptArtifactError naming the file.
+    """
+    import json
+
+    from face_transfer.deploy.metadata import output_labels, read_metadata
+
+    path = os.fspath(path)
+    meta = read_metadata(path)
+    info = {"labels": {}, "labels_from": None, "metadata": meta,
+            "input": {"color_space": "RGB", "mean": [0.0], "std": [1.0]}}
+    if meta is not None:
+        inp = meta.get("input") or {}
+        norm = inp.get("normalization") or {}
+        info["input"] = {"color_space": inp.get("color_space", "RGB"), "mean": norm.get("mean") or [0.0],
+                         "std": norm.get("std") or [1.0]}
+        info["labels"], info["labels_from"] = output_labels(meta), "metadata"
+    sidecar = labels_path or (path[: -len(".tflite")] + ".labels.json" if path.endswith(".tflite") else None)
+    if labels_path is not None or (meta is None and sidecar and os.path.isfile(sidecar)):
+        try:
+            with open(sidecar) as f:
+                info["labels"] = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{sidecar}: not a readable labels JSON file ({e})") from None
+        info["labels_from"] = sidecar
+    return info
+
+
+def _prepare(images: np.ndarray, spec: dict | None) -> np.ndarray:
+    """RGB uint8 images -> what the file's metadata says its input is: grayscale when it says GRAYSCALE,
+    (x - mean) / std when its normalisation is not the identity."""
+    if not spec:
+        return images
+    if spec.get("color_space") == "GRAYSCALE" and images.shape[-1] == 3:
+        images = (images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    mean = np.asarray(spec.get("mean") or [0.0], np.float32)
+    std = np.asarray(spec.get("std") or [1.0], np.float32)
+    if np.any(mean != 0) or np.any(std != 1):
+        images = (images.astype(np.float32) - mean) / std
+    return images
+
+
+def run_tflite(interpreter, images, batch_size: int = 64, input_spec: dict | None = None) -> dict[str, np.ndarray]:
+    """Runs images uint8 [N,S,S,3] (0..255, RGB) through the file's first signature in batches.
+
+    `input_spec` ({"color_space", "mean", "std"}, e.g. model_info(path)["input"]) converts them to what the
+    file's metadata says it takes first. Inputs are quantized and outputs dequantized with the file's own
+    parameters, so the result is {signature output name: float array [N, ...]} whatever the file's quantization.
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"run_tflite: images must be [N,S,S,3], got shape {images.shape}")
+    images = _prepare(images, input_spec)
     signatures = interpreter.get_signature_list()
     if not signatures:
         raise ValueError("run_tflite: the .tflite file has no signature; convert it with convert_to_tflite")
@@ -114,6 +166,9 @@ def run_tflite(interpreter, images, batch_size: int = 64) -> dict[str, np.ndarra
     expected = tuple(in_detail["shape_signature"][1:])
     if tuple(images.shape[1:]) != expected:
         raise ValueError(f"run_tflite: the model takes images [N,{','.join(map(str, expected))}], got {images.shape}")
+    if not in_detail["quantization"][0] and np.dtype(in_detail["dtype"]).kind in "ui" and images.dtype.kind == "f":
+        raise ValueError(f"run_tflite: the input normalisation {input_spec} gives float values, but the file takes "
+                         f"raw {np.dtype(in_detail['dtype']).name} without quantization parameters")
     chunks = []
     for start in range(0, len(images), batch_size):
         out = runner(**{in_name: _to_input(images[start : start + batch_size], in_detail)})

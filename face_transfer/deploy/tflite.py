@@ -1,7 +1,7 @@
 """TFLite conversion (float32, float16, dynamic range, full-integer int8 PTQ) and its validation against the float model.
 
-Owns QuantizationConfig, convert_to_tflite, fit_xnnpack_requantization, tflite_op_set, validate_tflite,
-TFLiteValidationError and the parity report.
+Owns QuantizationConfig, convert_to_tflite, fold_input_affine, fit_xnnpack_requantization, tflite_op_set,
+validate_tflite, TFLiteValidationError and the parity report.
 
 Every file takes uint8 images [N,S,S,3] (0..255). The int8 file is full integer (TFLITE_BUILTINS_INT8
 only) with uint8 input and float32 outputs: the final DEQUANTIZE costs one op and spares every caller
@@ -159,10 +159,155 @@ def convert_to_tflite(model_or_savedmodel_dir, qcfg: QuantizationConfig) -> byte
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.float32
-        data, _ = fit_xnnpack_requantization(converter.convert())
+        data, _ = fold_input_affine(converter.convert())
+        data, _ = fit_xnnpack_requantization(data)
         _check_loads_with_default_delegates(data)
         return data
     return converter.convert()
+
+
+def fold_input_affine(tflite_bytes: bytes):
+    """Replaces the int8 student's input normalisation (the frozen 1x1 `preprocess` DEPTHWISE_CONV_2D,
+    y = a*x + c per channel, right before the stem CONV_2D) by an ADD of the constant c/a, and moves the
+    scale a into the stem conv's weights. Same arithmetic (the outputs are bit-identical for the uniform
+    x/127.5 - 1 of build_student): the ADD's output zero point is y's real 0, so the conv's SAME padding
+    stays exact.
+
+    Why: XNNPACK runs a depthwise conv over 3 channels in a 16-channel tile (13 lanes wasted). Measured
+    on the AVX2 code path (callgrind under valgrind, whose CPUID has no AVX-512): 297k instructions per
+    face for that op, ~6% of the int8 student; the scalar ADD costs a few thousand. See BENCHMARKS.md.
+
+    Only when c/a is one value for every channel (a scalar ADD; a per-channel [C] constant makes XNNPACK
+    add pixel by pixel, no faster than the depthwise conv). convert_to_tflite applies it to int8 PTQ files;
+    QAT files (deploy/qat.py) keep the op: their fine-tune learnt around its rounding.
+
+    Returns (bytes, [{op_index, tensor, scale, offset, add_scale, add_zero_point}]); the bytes are
+    unchanged when no such pair is found.
+    """
+    from tensorflow.lite.python import schema_py_generated as fb
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_bytes))
+    names = _op_names(model)
+    bufs = model.buffers
+    buffer_users = {}
+    for sg in model.subgraphs:
+        for t in sg.tensors:
+            buffer_users[t.buffer] = buffer_users.get(t.buffer, 0) + 1
+    folded = []
+    for sg in model.subgraphs:
+        tensors, ops = sg.tensors, sg.operators
+        graph_outputs = {int(i) for i in (sg.outputs if sg.outputs is not None else [])}
+        consumers = {}
+        for op in ops:
+            for i in (op.inputs if op.inputs is not None else []):
+                consumers.setdefault(int(i), []).append(op)
+        for dw in list(ops):
+            if names[dw.opcodeIndex] != "DEPTHWISE_CONV_2D" or dw.inputs is None or len(dw.inputs) != 3 \
+                    or dw.outputs is None or len(dw.outputs) != 1:
+                continue
+            o = dw.builtinOptions
+            x_i, w_i, b_i = (int(i) for i in dw.inputs)
+            y_i = int(dw.outputs[0])
+            if min(x_i, w_i, b_i) < 0 or (o.strideH, o.strideW, o.depthMultiplier, o.fusedActivationFunction) != (1, 1, 1, 0):
+                continue
+            x, w, b, y = tensors[x_i], tensors[w_i], tensors[b_i], tensors[y_i]
+            if list(w.shape[:3]) != [1, 1, 1] or not all(_quantized(t) for t in (x, w, b, y)) \
+                    or len(x.quantization.scale) != 1 or x.type != fb.TensorType.INT8:
+                continue
+            users = consumers.get(y_i, [])
+            if len(users) != 1 or y_i in graph_outputs or names[users[0].opcodeIndex] != "CONV_2D":
+                continue
+            conv = users[0]
+            if int(conv.inputs[0]) != y_i or len(conv.inputs) < 3 or int(conv.inputs[2]) < 0:
+                continue
+            cw, cb = tensors[int(conv.inputs[1])], tensors[int(conv.inputs[2])]
+            if cw.type != fb.TensorType.INT8 or cb.type != fb.TensorType.INT32 or not _quantized(cw) \
+                    or cw.quantization.quantizedDimension != 0:
+                continue
+            if len(consumers.get(int(conv.inputs[1]), [])) != 1 or len(consumers.get(int(conv.inputs[2]), [])) != 1 \
+                    or buffer_users.get(cw.buffer, 0) != 1 or buffer_users.get(cb.buffer, 0) != 1:
+                continue  # weights shared with another op or tensor: leave the graph alone
+            C = int(w.shape[3])
+            a = np.frombuffer(bytes(bufs[w.buffer].data), np.int8).astype(np.float64).reshape(C) \
+                * np.broadcast_to(np.asarray(w.quantization.scale, np.float64), (C,))
+            c = np.frombuffer(bytes(bufs[b.buffer].data), np.int32).astype(np.float64).reshape(C) \
+                * np.broadcast_to(np.asarray(b.quantization.scale, np.float64), (C,))
+            if np.any(a <= 0) or int(cw.shape[3]) != C:
+                continue
+            s_in, z_in = float(x.quantization.scale[0]), int(x.quantization.zeroPoint[0])
+            # y = a * (x + c / a): an ADD of the constant c / a, then the scale a moves into the conv's
+            # weights. The ADD output's zero point is y's real 0, so the conv's own (SAME) padding stays exact.
+            shift = c / a
+            lo = min((-128 - z_in) * s_in + float(shift.min()), 0.0)
+            hi = max((127 - z_in) * s_in + float(shift.max()), 0.0)
+            s_o = (hi - lo) / 255.0
+            z_o = int(np.clip(np.round(-128 - lo / s_o), -128, 127))
+            s_k = max(float(np.max(np.abs(shift))), 1e-12) / 127.0
+            k_q = np.clip(np.round(shift / s_k), -127, 127).astype(np.int8)
+            if np.ptp(k_q) != 0:
+                continue  # per-channel shifts: XNNPACK broadcasts a [C] constant pixel by pixel (measured no faster)
+            k_q = k_q[:1].reshape(())  # one shift for every channel: a scalar ADD, XNNPACK's add-constant kernel
+            O, kh, kw = int(cw.shape[0]), int(cw.shape[1]), int(cw.shape[2])
+            W2 = np.frombuffer(bytes(bufs[cw.buffer].data), np.int8).astype(np.float64).reshape(O, kh, kw, C) \
+                * np.broadcast_to(np.asarray(cw.quantization.scale, np.float64), (O,))[:, None, None, None] \
+                * a[None, None, None, :]
+            bias = np.frombuffer(bytes(bufs[cb.buffer].data), np.int32).astype(np.float64).reshape(O) \
+                * np.broadcast_to(np.asarray(cb.quantization.scale, np.float64), (O,))
+            s_w2 = np.max(np.abs(W2.reshape(O, -1)), axis=1) / 127.0
+            s_w2 = np.where(s_w2 > 0, s_w2, 1.0)
+            bias_q = np.round(bias / (s_o * s_w2))
+            if np.any(np.abs(bias_q) > 2**31 - 1):
+                continue
+            bufs[cw.buffer].data = np.frombuffer(
+                np.clip(np.round(W2 / s_w2[:, None, None, None]), -127, 127).astype(np.int8).tobytes(), np.uint8)
+            bufs[cb.buffer].data = np.frombuffer(bias_q.astype(np.int32).tobytes(), np.uint8)
+            cw.quantization.scale, cw.quantization.zeroPoint = s_w2.astype(np.float32), np.zeros(O, np.int64)
+            cb.quantization.scale, cb.quantization.zeroPoint = (s_o * s_w2).astype(np.float32), np.zeros(O, np.int64)
+            k_i = _add_const(model, sg, f"{_tensor_name(y)}/folded_shift", k_q, (s_k, 0))
+            y.quantization.scale, y.quantization.zeroPoint = np.array([s_o], np.float32), np.array([z_o], np.int64)
+            y.quantization.quantizedDimension = 0
+            add = fb.OperatorT()
+            add.opcodeIndex = _opcode_index(model, names, "ADD", fb.BuiltinOperator.ADD, version=2)
+            add.inputs, add.outputs = np.array([x_i, k_i], np.int32), np.array([y_i], np.int32)
+            add.builtinOptionsType, add.builtinOptions = fb.BuiltinOptions.AddOptions, fb.AddOptionsT()
+            index = next(i for i, op in enumerate(ops) if op is dw)
+            ops[index] = add
+            folded.append({"op_index": index, "tensor": _tensor_name(y), "scale": float(np.mean(a)),
+                           "offset": float(np.mean(c)), "add_scale": s_o, "add_zero_point": z_o})
+    if not folded:
+        return bytes(tflite_bytes), folded
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), folded
+
+
+def _tensor_name(t):
+    return t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+
+
+def _opcode_index(model, names, name, code, version):
+    from tensorflow.lite.python import schema_py_generated as fb
+    if name in names:
+        return names.index(name)
+    oc = fb.OperatorCodeT()
+    oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = code, min(code, 127), version
+    model.operatorCodes.append(oc)
+    names.append(name)
+    return len(model.operatorCodes) - 1
+
+
+def _add_const(model, sg, name, values, quant):
+    from tensorflow.lite.python import schema_py_generated as fb
+    buf = fb.BufferT()
+    buf.data = np.frombuffer(np.ascontiguousarray(values).tobytes(), np.uint8)
+    model.buffers.append(buf)
+    t = fb.TensorT()
+    t.name, t.type, t.shape = name.encode(), fb.TensorType.INT8, np.array(values.shape, np.int32)
+    t.buffer = len(model.buffers) - 1
+    q = fb.QuantizationParametersT()
+    q.scale, q.zeroPoint = np.array([quant[0]], np.float32), np.array([quant[1]], np.int64)
+    t.quantization = q
+    sg.tensors.append(t)
+    return len(sg.tensors) - 1
 
 
 # XNNPACK (the default TFLite CPU delegate) refuses a quantized conv / fully-connected node whose
@@ -399,5 +544,5 @@ def write_validation_report(reports: dict[str, dict], out_dir) -> tuple[str, str
                 f"| {o['cosine_mean']:.5f} | {o['cosine_min']:.5f} | {o['max_abs_diff']:.4g} |"
             )
     with open(md_path, "w") as f:
-        f.write("# TFLite parity vs the float Keras model\n\n" + "\n".join(lines) + "\n")
+        f.write("# TFLite (and ONNX: rows `*_onnx`) parity vs the float Keras model\n\n" + "\n".join(lines) + "\n")
     return json_path, md_path

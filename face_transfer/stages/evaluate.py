@@ -9,7 +9,7 @@ import time
 
 from face_transfer.fileio import read_json, write_json
 from face_transfer.stages import inputs
-from face_transfer.stages.features import features_cached, predict_student, teacher_reps
+from face_transfer.stages.features import features_cached, predict, predict_student, teacher_reps
 from face_transfer.stages.rundir import Run, header, summary
 from face_transfer.stages.student import student_dirs
 
@@ -80,6 +80,9 @@ def all_reps(run: Run, teachers, images) -> dict:
         if os.path.exists(os.path.join(d, "student.json")):
             model = load_student(d)
             reps[rep] = features_cached(run, rep, lambda s, m=model: predict_student(run, m, images[s]))
+            if rep == "student" and run.cfg.student_view != "embedding":
+                # the distilled code alone, next to the wider view: what the paper's student is
+                reps["student_code"] = features_cached(run, "student_code", lambda s, m=model: predict(m, images[s]))
     return reps
 
 
@@ -123,10 +126,12 @@ def run(run: Run, ctx) -> dict:
     # the ceiling is a reference, not a competitor: its own table, out of the "best per row" one
     order = ["pixels", "random_student"] + inputs.teacher_names(run) + \
         ["concat", "pca", "random_projection", "ae"] + [r for r in results if r.startswith("ae_")] + \
-        [r for r in student_dirs(run) if r in results and r != "ceiling"]
+        [r for r in student_dirs(run) if r in results and r != "ceiling"] + \
+        [r for r in ("student_code",) if r in results]
     if "ceiling" in results:
         table["ceiling"] = tables.ceiling_summary(results, tasks, order)
-        cols = [r for r in ["pixels"] + inputs.teacher_names(run) + ["concat", "ae", "student", "supervised_student"]
+        cols = [r for r in ["pixels"] + inputs.teacher_names(run) + ["concat", "ae", "student", "student_code",
+                                                                      "supervised_student"]
                 if r in results]
         with open(run.p("metrics", "ceiling.md"), "w") as f:
             f.write(tables.ceiling_table_markdown(table["ceiling"], results, cols))

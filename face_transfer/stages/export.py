@@ -56,6 +56,9 @@ def analyzer_heads(run: Run, student_features: dict, labels: dict) -> tuple[dict
         fitted = fit_heads([t.name for t in set_tasks], student_features[set_name], enc_labels, tasks)
         for k, head in fitted.items():
             key = renamed.get(k, k)
+            # the task behind the output (a multi-output regression's heads are named after its labels)
+            head["task"] = next((t.name for t in set_tasks if t.name == k), None) or next(
+                t.name for t in set_tasks if k in t.labels)
             heads[key] = head
             if key in names and "classes" in head:
                 idx = head["classes"]
@@ -75,9 +78,89 @@ def _output_name(name: str, taken: set) -> str:
     return out
 
 
+def _output_facts(run: Run, task_name: str | None) -> dict:
+    """{"task", "units"} of an analyser output, as far as the run knows them: degrees and years from the
+    task's metric (mae_deg, mae_years), probabilities for classification heads, image fractions for the
+    SynthFaces landmarks (x right, y down, 0..1); nothing is guessed for a user's regression columns."""
+    from face_transfer.data.tasks import EVAL_SETS
+    tasks = {t.name: t for t in inputs.run_tasks(run)}
+    t = tasks.get(task_name)
+    if t is None:
+        return {}
+    units = {"mae_deg": "degrees", "mae_years": "years"}.get(t.metric)
+    if t.kind == "classification":
+        units = "probability"
+    elif t.kind == "landmarks" and t.eval_set in EVAL_SETS:
+        units = "image fraction (x right, y down, 0..1)"
+    return {"task": t.name, **({"units": units} if units else {})}
+
+
+def _metadata_writer(run: Run, analyzer_meta: dict, code_dim: int):
+    """fn(tflite bytes, "student"|"analyzer", mode) -> the bytes with TFLite metadata (deploy/metadata.py):
+    RGB uint8 0..255 input, named outputs with kinds, units and class-label files, and a description with
+    the run's headline figures and the SHA-256 of its config.json (also `fn.config_sha256`)."""
+    import hashlib
+
+    from face_transfer import __version__
+    from face_transfer.deploy import metadata
+    # The configuration this export ran with, as the invocation wrote it to config.json (Run.open writes
+    # cfg.to_json() there): equal to `sha256sum config.json` right after the run.
+    sha = hashlib.sha256(run.cfg.to_json().encode("utf-8")).hexdigest()
+    figures = {"preset": run.cfg.preset, "config_sha256": sha, "code_dim": code_dim}
+    tpath = run.p("metrics", "transfer.json")
+    if os.path.exists(tpath):
+        groups = read_json(tpath)["groups"]
+        for rep in ("student", "concat", "ae"):
+            if rep in groups:
+                figures[f"novel_score.{rep}"] = round(groups[rep]["mean_novel"], 2)
+                figures[f"novel_score_std.{rep}"] = round(groups[rep]["std_novel"], 2)
+        if "best_teacher" in groups:
+            figures["novel_score.best_teacher"] = round(groups["best_teacher"]["mean_novel"], 2)
+            figures["best_teacher"] = groups["best_teacher"].get("which_novel")
+    spath = run.p("student", "student.json")
+    if os.path.exists(spath):
+        st = read_json(spath)
+        figures.update({"student.params": st.get("params"), "student.mflops": st.get("mflops")})
+    headline = ", ".join(
+        [f"novel-task score (linear probes, 0-100) {figures['novel_score.student']:.1f} ± "
+         f"{figures['novel_score_std.student']:.1f} vs concatenated teachers {figures.get('novel_score.concat', float('nan')):.1f} "
+         f"and best single teacher {figures.get('novel_score.best_teacher', float('nan')):.1f}"]
+        if "novel_score.student" in figures else [])
+    size = f"{figures['student.params']:,} params, {figures['student.mflops']:.1f} MFLOPs" \
+        if figures.get("student.params") else ""
+
+    def described(data: bytes, model: str, mode: str) -> bytes:
+        if model == "student":
+            name, what = f"face-transfer student ({mode})", (
+                f"Distilled face-transfer student: one RGB face crop -> a {code_dim}-d general facial code "
+                "(the fusion auto-encoder's code of the teacher ensemble), for linear heads on any facial task.")
+            outputs = {"embedding": {"kind": "embedding", "description": f"facial code, {code_dim} floats"}}
+        else:
+            name, what = f"face-transfer facial analyser ({mode})", (
+                f"Multi-task facial analyser: the distilled student plus {len(analyzer_meta)} linear heads "
+                "(softmax probabilities per class, regressions in their task's units, 5 landmarks).")
+            outputs = {"embedding": {"kind": "embedding", "description": f"facial code, {code_dim} floats"}}
+            for k, v in analyzer_meta.items():
+                outputs[k] = {"kind": v["kind"], "classes": v.get("classes"), "units": v.get("units"),
+                              "description": ", ".join(x for x in (v["kind"], v.get("task") and f"task {v['task']}",
+                                                                   v.get("units")) if x)}
+        description = " ".join(x for x in (
+            what, "Input: RGB uint8 [N,S,S,3], raw pixels 0..255 (scaled to [-1, 1] inside the graph).",
+            f"Run (preset {run.cfg.preset}): {headline}." if headline else "", f"Student: {size}." if size else "",
+            f"Config: sha256 {sha} of the run's config.json.") if x)
+        return metadata.write_metadata(
+            data, name=name, description=description, outputs=outputs,
+            version=f"face-transfer {__version__}, config {sha[:12]}", color_space="RGB",
+            mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), value_range=(0, 255),
+            extra={"model": model, "mode": mode, "run": figures})
+
+    described.config_sha256 = sha
+    return described
+
+
 def run(run: Run, ctx) -> dict:
     """SavedModels, TFLite files, parity + transfer drop per file, latency; export.json written last."""
-    from face_transfer.deploy import infer, savedmodel, tflite
+    from face_transfer.deploy import infer, onnx_export, savedmodel, tflite
     from face_transfer.evaluation.probes import evaluate_representation, group_means
     from face_transfer.student.distill import load_student
     header("export: SavedModels, TFLite (float, int8 PTQ, int8 QAT), parity, latency")
@@ -97,6 +180,7 @@ def run(run: Run, ctx) -> dict:
         if "classes" in entry:
             entry["classes"] = class_names.get(name) or (
                 ["no", "yes"] if len(entry["classes"]) == 2 else [str(c) for c in entry["classes"]])
+        entry.update(_output_facts(run, heads[name].get("task")))
     for path in ("analyzer_heads.json", "analyzer_int8.labels.json"):
         write_json(os.path.join(out, path), meta)
     code_fn, _, _ = fused_teacher_builders(run)
@@ -117,6 +201,11 @@ def run(run: Run, ctx) -> dict:
     def ref_student(x):
         return {"embedding": predict(student, x)}
 
+    def ref_analyzer(x):
+        return {k: np.asarray(v) for k, v in analyzer.predict(x, verbose=0).items()}
+
+    described = _metadata_writer(run, meta, int(student.outputs[0].shape[-1]))
+
     files, reports = {}, {}
     modes = {"float32": tflite.QuantizationConfig.for_float32(), "float16": tflite.QuantizationConfig.for_float16(),
              "dynamic": tflite.QuantizationConfig.for_dynamic(),
@@ -125,18 +214,19 @@ def run(run: Run, ctx) -> dict:
         if mode not in ecfg.tflite_modes:
             raise ValueError(f"export.tflite_modes={ecfg.tflite_modes} must include {mode!r} (parity and latency use it)")
     for mode in ecfg.tflite_modes:
-        data = tflite.convert_to_tflite(os.path.join(out, "student_savedmodel"), modes[mode])
+        data = described(tflite.convert_to_tflite(os.path.join(out, "student_savedmodel"), modes[mode]),
+                         "student", mode)
         reports[f"student_{mode}"] = tflite.validate_tflite(
             data, ref_student, parity, min_cosine=ecfg.min_cosine_int8 if mode == "int8_ptq" else 0.999)
         files[mode] = os.path.join(out, f"student_{mode}.tflite")
         with open(files[mode], "wb") as f:
             f.write(data)
     # the multi-task analyser as one int8 file (the product a phone runs)
-    adata = tflite.convert_to_tflite(os.path.join(out, "analyzer_savedmodel"),
-                                     tflite.QuantizationConfig.for_int8(calib, steps=len(calib)))
-    reports["analyzer_int8_ptq"] = tflite.validate_tflite(
-        adata, lambda x: {k: np.asarray(v) for k, v in analyzer.predict(x, verbose=0).items()}, parity,
-        min_cosine=ecfg.min_cosine_analyzer)
+    adata = described(tflite.convert_to_tflite(os.path.join(out, "analyzer_savedmodel"),
+                                               tflite.QuantizationConfig.for_int8(calib, steps=len(calib))),
+                      "analyzer", "int8_ptq")
+    reports["analyzer_int8_ptq"] = tflite.validate_tflite(adata, ref_analyzer, parity,
+                                                          min_cosine=ecfg.min_cosine_analyzer)
     with open(os.path.join(out, "analyzer_int8.tflite"), "wb") as f:
         f.write(adata)
     # quantisation-aware training (tf_keras twin; tfmot flips the TF keras alias to legacy process-wide,
@@ -144,7 +234,10 @@ def run(run: Run, ctx) -> dict:
     qat_info = _qat_subprocess(run)
     if qat_info.get("ok"):
         with open(qat_info["path"], "rb") as f:
-            qdata = f.read()
+            qdata = described(f.read(), "student", "int8_qat")  # replaces any metadata of an earlier attempt
+        with open(qat_info["path"] + ".tmp", "wb") as f:
+            f.write(qdata)
+        os.replace(qat_info["path"] + ".tmp", qat_info["path"])
         reports["student_int8_qat"] = tflite.validate_tflite(qdata, ref_student, parity,
                                                              min_cosine=ecfg.min_cosine_int8)
         files["int8_qat"] = qat_info["path"]
@@ -168,22 +261,48 @@ def run(run: Run, ctx) -> dict:
                        "mean_source_drop": base_g["mean_source"] - g["mean_source"],
                        "per_task_drop": {t.name: base[t.name]["score_mean"] - res[t.name]["score_mean"] for t in tasks}}
         reports[f"student_{mode}"]["mean_novel_drop"] = drops[mode]["mean_novel_drop"]
+    # ONNX files of the student and the analyser (float, from the SavedModels), checked with onnxruntime
+    onnx_info = {}
+    for name, ref in (("student", ref_student), ("analyzer", ref_analyzer)):
+        conv = onnx_export.export_onnx(os.path.join(out, f"{name}_savedmodel"), os.path.join(out, f"{name}.onnx"))
+        rep = reports[f"{name}_onnx"] = onnx_export.validate_onnx(conv["path"], ref, parity)
+        onnx_info[name] = {"file": os.path.relpath(conv["path"], run.dir), "bytes": conv["bytes"], "opset": conv["opset"],
+                           "outputs": len(conv["outputs"]), "max_abs_diff": rep["max_abs_diff"],
+                           "embedding_cosine_mean": rep["embedding_cosine_mean"],
+                           "embedding_cosine_min": rep["embedding_cosine_min"], "runtime": rep["runtime"]}
+    summary("ONNX (opset %d, onnxruntime vs TF): " % onnx_export.DEFAULT_OPSET + ", ".join(
+        f"{k} {v['bytes'] / 1024:.0f} KB max |diff| {v['max_abs_diff']:.2g} cos {v['embedding_cosine_mean']:.6f}"
+        for k, v in onnx_info.items()))
     tflite.write_validation_report(reports, out)
     latency = _latency(run, files, fused, parity)
     info = {"files": {k: os.path.relpath(v, run.dir) for k, v in files.items()},
             "bytes": {k: os.path.getsize(v) for k, v in files.items()},
             "analyzer_int8_bytes": len(adata), "cosine": {k: v["cosine_mean"] for k, v in reports.items()},
             "drops": drops, "latency": latency, "qat": qat_info, "interpreter": infer.interpreter_backend(),
-            "analyzer_outputs": sorted(meta)}
+            "analyzer_outputs": sorted(meta), "onnx": onnx_info,
+            "tflite_metadata": {"config_sha256": described.config_sha256, "files": sorted(
+                [os.path.relpath(v, run.dir) for v in files.values()] + ["export/analyzer_int8.tflite"])}}
     write_json(final, info)
     summary(f"int8 PTQ {info['bytes']['int8_ptq'] / 1024:.0f} KB (cos {reports['student_int8_ptq']['cosine_mean']:.4f}), "
             f"float32 {info['bytes']['float32'] / 1024:.0f} KB; novel drop "
             + ", ".join(f"{k} {v['mean_novel_drop']:+.2f}" for k, v in drops.items())
             + f"; latency int8 {latency['int8_ms_per_face']:.2f} ms/face, ensemble/int8 x{latency['ensemble_over_int8']:.0f}")
+    _web_page(run, out)
     return {**info, "outputs": [final], "artifacts": [out],
             "reset": [os.path.join(out, "student_int8_qat.tflite")]
-            + [run.p("features", f"student_tflite_{m}") for m in ("int8_ptq", "int8_qat")]
-            + [run.p("features", "student_code")]}
+            + [run.p("features", f"student_tflite_{m}") for m in ("int8_ptq", "int8_qat")]}
+
+
+def _web_page(run: Run, out: str) -> None:
+    """export/web/: the browser page running the int8 analyser with LiteRT.js (face_transfer.deploy.web), when
+    LiteRT.js is installed (`make web`); otherwise a notice, and the export goes on without it."""
+    from face_transfer.deploy import web
+    ok, reason = web.web_status()
+    if not ok:
+        summary(f"browser page not built: {reason}")
+        return
+    page = web.build_web_page(out)
+    summary(f"browser page: {page['dir']}/index.html; open it with: python -m export.serve_web --run_dir={run.dir}")
 
 
 def _qat_subprocess(run: Run) -> dict:

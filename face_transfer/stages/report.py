@@ -39,7 +39,6 @@ def headline(run: Run) -> dict:
             out[f"transfer.mean_source.{rep}"] = g["mean_source"]
             out[f"transfer.std_novel.{rep}"] = g["std_novel"]
         out["fusion.retained_fraction"] = groups["ae"]["mean_novel"] / groups["concat"]["mean_novel"]
-        out["fusion.compression_99"] = table.get("compression_99")
         ceil = table.get("ceiling")
         if ceil and "novel" in ceil["groups"]:
             e = ceil["groups"]["novel"]
@@ -66,6 +65,17 @@ def headline(run: Run) -> dict:
             if os.path.exists(p) and rep != "student":
                 out[f"student.final_loss.{rep}"] = read_json(p)["final_loss"]
         out["student.final_loss.student"] = st["final_loss"]
+        secs = st.get("train_seconds_this_run")
+        if secs and not st.get("resumed_from_step"):  # a resumed run's seconds cover only part of the steps
+            d = st["distill"]
+            out["student.distill_images_per_s"] = d["steps"] * d["batch_size"] / secs
+            # FLOP utilisation: the ensemble's forward (the targets) plus the student's forward and backward
+            # (~3x its forward), 2 FLOPs per multiply-add, over the cores' measured fp32 matmul throughput
+            from face_transfer.machine import matmul_gflops_one_thread
+            flops = 2e6 * (out["teachers_plus_encoder.mflops"] + 3 * st["mflops"]) * out["student.distill_images_per_s"]
+            peak = matmul_gflops_one_thread() * 1e9 * (os.cpu_count() or 1)
+            out["student.distill_gflops"] = flops / 1e9
+            out["student.flop_utilisation"] = flops / peak
     epath = run.p("export", "export.json")
     if os.path.exists(epath):
         ex = read_json(epath)
@@ -119,6 +129,20 @@ def _all_layers(model):
             yield from _all_layers(layer)
         else:
             yield layer
+
+
+def _web_lines(run: Run) -> list[str]:
+    """The browser page (export/web/, face_transfer.deploy.web): a link and how to open it, or how to build it."""
+    serve = f"python -m export.serve_web --run_dir={run.dir}"
+    if os.path.exists(run.p("export", "web", "index.html")):
+        return ["### In a browser", "",
+                "[`export/web/index.html`](export/web/index.html): pick a photo; the page finds and aligns the face "
+                "(MTCNN as TFLite) and runs the int8 analyser on the device with LiteRT.js (WebAssembly, no "
+                "network), showing every head and the per-face latency. Browsers do not run it from `file://`: "
+                f"serve it with `{serve}` and open the printed http://127.0.0.1 address (or copy `export/web/` to "
+                "any static web server).", ""]
+    return ["### In a browser", "", "The browser page was not built (LiteRT.js is not installed): run `make web`, "
+            f"then `{serve} --build`.", ""]
 
 
 def _fmt(v, nd=1):
@@ -210,6 +234,15 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
               f"{h['student.params']:,} params, {h['student.mflops']:.1f} MFLOPs (multiply-adds). Teachers + encoder: "
               f"{h['teachers_plus_encoder.params']:,} params, {h['teachers_plus_encoder.mflops']:.1f} MFLOPs. "
               f"**Parameter ratio x{h['params_ratio']:.1f}**, FLOP ratio x{h['flops_ratio']:.1f}.", ""]
+        L.append(f"Probed and deployed view of every network of the student's architecture: `{cfg.student_view}`"
+                 + (" (the code plus the pooled output of every resolution stage; the analyser's heads read it, its "
+                    "`embedding` output stays the code)." if cfg.student_view == "ladder" else " (the distilled code).")
+                 + "")
+        if "student.distill_images_per_s" in h:
+            L.append(f"Distillation: {h['student.distill_images_per_s']:.0f} images/s, {h['student.distill_gflops']:.1f} "
+                     f"GFLOP/s achieved (the ensemble's forward plus the student's forward and backward), "
+                     f"{100 * h['student.flop_utilisation']:.0f}% of the cores' measured fp32 matmul throughput.")
+        L.append("")
         for rep in student_dirs(run):
             if f"student.final_loss.{rep}" in h:
                 L.append(f"- `{rep}`: final training loss {_fmt(h[f'student.final_loss.{rep}'], 4)}")
@@ -236,7 +269,21 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
               f"(x{lat['ensemble_over_int8']:.1f} the int8 student)."
               + (f" FLOP lower bound for the student on this CPU: {lat['flop_bound_ms']:.3f} ms "
                  f"({lat['cpu_fp32_gflops_one_thread']:.0f} GFLOP/s single-thread fp32 matmul)."
-                 if "flop_bound_ms" in lat else ""), "", "Parity details: `export/parity.md`.", ""]
+                 if "flop_bound_ms" in lat else ""), ""]
+        if ex.get("onnx"):
+            L += ["ONNX (float, from the SavedModels, checked with onnxruntime against TensorFlow on the parity faces):", "",
+                  "| file | bytes | opset | outputs | max abs diff (any output) | embedding cosine (mean / min) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+            for name, o in ex["onnx"].items():
+                L.append(f"| {os.path.basename(o['file'])} | {o['bytes']:,} | {o['opset']} | {o['outputs']} | "
+                         f"{o['max_abs_diff']:.2g} | {o['embedding_cosine_mean']:.6f} / {o['embedding_cosine_min']:.6f} |")
+            L.append("")
+        if ex.get("tflite_metadata"):
+            L += [f"Every `.tflite` file carries TFLite metadata (input RGB uint8 0..255, output names, kinds, units, "
+                  f"class-label files, this run's figures and config sha256 `{ex['tflite_metadata']['config_sha256'][:12]}`): "
+                  "`face-transfer-infer` reads it, no sidecar needed.", ""]
+        L += ["Parity details: `export/parity.md`.", ""]
+        L += _web_lines(run)
     # the paper's claims, checked on this run
     claims = ["## The paper's claims on this run", ""]
     st, st_sd = g("student"), g("student", "std_novel")

@@ -1,0 +1,261 @@
+"""TFLite metadata (deploy/metadata.py): write -> read round trip, the file still runs identically,
+inference reads labels and normalisation from the file, files without metadata still work, and
+metadata of another model is refused naming the file."""
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+from face_transfer.deploy import infer, metadata
+from face_transfer.deploy.savedmodel import build_analyzer
+from face_transfer.deploy.tflite import QuantizationConfig, convert_to_tflite
+from face_transfer.integrity import CorruptArtifactError
+from face_transfer.student.model import StudentConfig, build_student
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CFG = StudentConfig(input_size=32, width=0.25, embedding_dim=16)
+EXPRESSIONS = ["neutral", "happy", "sad"]
+
+
+def smooth_images(n, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    coarse = rng.normal(size=(n, 4, 4, 3))
+    fine = np.repeat(np.repeat(coarse, size // 4, axis=1), size // 4, axis=2)
+    return np.clip(128 + 60 * fine + rng.normal(0, 8, fine.shape), 0, 255).astype(np.uint8)
+
+
+def tiny_student():
+    keras.utils.set_random_seed(0)
+    model = build_student(CFG)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in bns:
+        layer.momentum = 0.0
+    model(smooth_images(32, seed=1).astype(np.float32), training=True)
+    for layer in bns:
+        layer.momentum = 0.99
+    return model
+
+
+def heads(rng):
+    return {"expression": {"kind": "classification", "coef": rng.normal(size=(16, 3)), "intercept": np.zeros(3),
+                           "classes": [0, 1, 2]},
+            "yaw": {"kind": "regression", "coef": rng.normal(size=(16, 1)), "intercept": [2.0], "target_scale": 20.0},
+            "landmarks": {"kind": "landmarks", "coef": 0.01 * rng.normal(size=(16, 10)), "intercept": np.full(10, 0.5)}}
+
+
+OUTPUTS = {"embedding": {"kind": "embedding", "description": "facial code, 16 floats"},
+           "expression": {"kind": "classification", "classes": EXPRESSIONS, "units": "probability"},
+           "yaw": {"kind": "regression", "units": "degrees"},
+           "landmarks": {"kind": "landmarks", "units": "image fraction (x right, y down, 0..1)"}}
+
+
+@pytest.fixture(scope="module")
+def files():
+    """(int8 analyser bytes, float32 student bytes, the analyser Keras model)."""
+    student = tiny_student()
+    analyzer = build_analyzer(student, heads(np.random.default_rng(0)))
+    a8 = convert_to_tflite(analyzer, QuantizationConfig.for_int8(smooth_images(24, seed=4), steps=24))
+    s32 = convert_to_tflite(student, QuantizationConfig.for_float32())
+    return a8, s32, analyzer
+
+
+def described(data):
+    return metadata.write_metadata(data, name="tiny analyser", description="test model; config sha256 abc",
+                                   outputs=OUTPUTS, version="t1", extra={"run": {"config_sha256": "abc" * 8}})
+
+
+def test_round_trip_keeps_labels_names_normalisation_and_outputs(files):
+    a8, _, _ = files
+    assert metadata.read_metadata(a8) is None
+    data = described(a8)
+    meta = metadata.read_metadata(data)
+    assert (meta["name"], meta["description"], meta["version"], meta["author"]) == \
+        ("tiny analyser", "test model; config sha256 abc", "t1", "face-transfer")
+    assert meta["min_parser_version"] == metadata.MIN_PARSER_VERSION
+    inp = meta["input"]
+    assert inp["name"] == "image" and inp["color_space"] == "RGB" and inp["size"] == [32, 32]
+    assert inp["normalization"] == {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    assert inp["stats"] == {"max": [255.0], "min": [0.0]}
+    # outputs: the model's signature names, in the subgraph's output order
+    assert list(meta["outputs"]) == [o["name"] for o in metadata.model_io(data)["outputs"]]
+    assert set(meta["outputs"]) == set(OUTPUTS)
+    expr = meta["outputs"]["expression"]
+    assert expr["classes"] == EXPRESSIONS and expr["kind"] == "classification"
+    assert expr["associated_files"][0] == {"name": "expression_labels.txt", "type": "TENSOR_AXIS_LABELS",
+                                           "description": "class names of expression, one per output index",
+                                           "locale": None}
+    assert meta["outputs"]["yaw"]["units"] == "degrees" and "classes" not in meta["outputs"]["yaw"]
+    assert meta["outputs"]["landmarks"]["dimension_names"] == ["batch", "point", "xy"]
+    assert meta["json"]["run"] == {"config_sha256": "abc" * 8}
+    assert meta["json"]["input"]["range"] == [0.0, 255.0]
+    assert metadata.output_labels(meta) == {
+        "embedding": {"kind": "embedding"}, "expression": {"kind": "classification", "classes": EXPRESSIONS,
+                                                            "units": "probability"},
+        "yaw": {"kind": "regression", "units": "degrees"},
+        "landmarks": {"kind": "landmarks", "units": "image fraction (x right, y down, 0..1)"}}
+    # The label files are a plain zip appended to the model: any zip reader lists them.
+    with zipfile.ZipFile(__import__("io").BytesIO(data)) as zf:
+        assert sorted(zf.namelist()) == ["expression_labels.txt", metadata.JSON_FILE]
+        assert zf.read("expression_labels.txt").decode().splitlines() == EXPRESSIONS
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+    # Writing again replaces the metadata (one entry, one archive), it does not stack.
+    again = metadata.write_metadata(data, name="renamed", description="d", outputs=OUTPUTS)
+    assert metadata.read_metadata(again)["name"] == "renamed"
+    assert abs(len(again) - len(data)) < 200 and metadata.associated_files(again).keys() == \
+        metadata.associated_files(data).keys()
+
+
+def test_interpreter_gives_identical_outputs_with_metadata(files):
+    a8, s32, _ = files
+    images = smooth_images(8, seed=7)
+    for plain in (a8, s32):
+        outputs = {o["name"]: {"kind": "x"} for o in metadata.model_io(plain)["outputs"]}
+        data = metadata.write_metadata(plain, name="m", description="d", outputs=outputs)
+        want = infer.run_tflite(infer.load_interpreter(plain), images)
+        got = infer.run_tflite(infer.load_interpreter(data), images)
+        assert set(got) == set(want)
+        for k in want:
+            assert np.array_equal(got[k], want[k]), k
+
+
+def test_inference_reads_labels_from_the_file_not_a_sidecar(files, tmp_path):
+    a8, _, analyzer = files
+    path = tmp_path / "analyzer.tflite"
+    path.write_bytes(described(a8))
+    assert not (tmp_path / "analyzer.labels.json").exists()
+    info = infer.model_info(str(path))
+    assert info["labels_from"] == "metadata"
+    assert info["labels"]["expression"]["classes"] == EXPRESSIONS
+    assert info["input"] == {"color_space": "RGB", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    # An explicit labels file still wins over the metadata.
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"expression": {"kind": "classification", "classes": ["a", "b", "c"]}}))
+    assert infer.model_info(str(path), labels_path=str(other))["labels"]["expression"]["classes"] == ["a", "b", "c"]
+    # The CLI decodes class names from the file alone.
+    out = tmp_path / "preds.json"
+    proc = subprocess.run([sys.executable, "-m", "export.infer_tflite", f"--model={path}", "--synthetic=2",
+                           f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["labels_from"] == "metadata" and result["units"]["yaw"] == "degrees"
+    for row in result["predictions"]:
+        assert row["expression"]["class"] in EXPRESSIONS
+        assert sorted(row["expression"]["probabilities"]) == sorted(EXPRESSIONS)
+
+
+def test_rewriting_the_flatbuffer_keeps_metadata_only_with_carry_metadata(files):
+    """A flatbuffer round trip (e.g. TensorFlow's flatbuffer_utils, used to fix the batch size) keeps the
+    TFLITE_METADATA buffer but drops the appended label files: reading then names the missing file, and
+    carry_metadata puts them back."""
+    from tensorflow.lite.tools import flatbuffer_utils
+    a8, _, _ = files
+    data = described(a8)
+    rewritten = bytes(flatbuffer_utils.convert_object_to_bytearray(flatbuffer_utils.read_model_from_bytearray(
+        bytearray(data))))
+    with pytest.raises(CorruptArtifactError, match="expression_labels.txt.*not packed"):
+        metadata.read_metadata(rewritten)
+    fixed = metadata.carry_metadata(data, rewritten)
+    assert metadata.read_metadata(fixed)["outputs"]["expression"]["classes"] == EXPRESSIONS
+    assert metadata.carry_metadata(a8, rewritten[:]) == rewritten  # a source without metadata: unchanged
+
+
+def test_file_without_metadata_uses_the_sidecar_or_nothing(files, tmp_path):
+    a8, _, _ = files
+    path = tmp_path / "plain.tflite"
+    path.write_bytes(a8)
+    info = infer.model_info(str(path))
+    assert info["metadata"] is None and info["labels"] == {} and info["labels_from"] is None
+    sidecar = {"expression": {"kind": "classification", "classes": ["x", "y", "z"]}}
+    (tmp_path / "plain.labels.json").write_text(json.dumps(sidecar))
+    info = infer.model_info(str(path))
+    assert info["labels"] == sidecar and info["labels_from"].endswith("plain.labels.json")
+    out = infer.run_tflite(infer.load_interpreter(str(path)), smooth_images(2), input_spec=info["input"])
+    assert out["expression"].shape == (2, 3)
+
+
+def test_metadata_of_another_model_is_an_error_naming_the_file(files, tmp_path):
+    a8, s32, _ = files
+    analyser_meta = metadata.metadata_buffer(described(a8))
+    # the analyser's metadata (4 outputs) moved onto the student (1 output)
+    wrong = metadata.attach_metadata_buffer(s32, analyser_meta, metadata.associated_files(described(a8)))
+    path = tmp_path / "student_float32.tflite"
+    path.write_bytes(wrong)
+    with pytest.raises(CorruptArtifactError, match=r"student_float32\.tflite: its TFLite metadata describes 4 "
+                                                   r"output\(s\).*the model has 1 \['embedding'\]"):
+        metadata.read_metadata(str(path))
+    with pytest.raises(CorruptArtifactError, match="student_float32.tflite"):
+        infer.model_info(str(path))
+    # labels whose count differs from the output's
+    bad = metadata.write_metadata(a8, name="m", description="d", outputs=OUTPUTS)
+    files_ = metadata.associated_files(bad)
+    files_["expression_labels.txt"] = b"only\ntwo\n"
+    path2 = tmp_path / "analyzer_int8.tflite"
+    path2.write_bytes(metadata.attach_metadata_buffer(a8, metadata.metadata_buffer(bad), files_))
+    with pytest.raises(CorruptArtifactError, match=r"analyzer_int8\.tflite: .*'expression' 2 class names, the "
+                                                   r"output has 3 values"):
+        metadata.read_metadata(str(path2))
+    # a labels file named by the metadata but missing from the archive
+    del files_["expression_labels.txt"]
+    path2.write_bytes(metadata.attach_metadata_buffer(a8, metadata.metadata_buffer(bad), files_))
+    with pytest.raises(CorruptArtifactError, match="expression_labels.txt.*not packed"):
+        metadata.read_metadata(str(path2))
+    # the CLI reports it in one line, exit code 4 (corrupt file)
+    proc = subprocess.run([sys.executable, "-m", "export.infer_tflite", f"--model={path}", "--synthetic=1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1"))
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert f"{path}: its TFLite metadata describes 4 output(s)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_writer_refuses_metadata_that_does_not_fit(files):
+    a8, s32, _ = files
+    with pytest.raises(ValueError, match=r"missing \['landmarks'\]"):
+        metadata.write_metadata(a8, name="m", description="d", outputs={k: v for k, v in OUTPUTS.items()
+                                                                        if k != "landmarks"})
+    with pytest.raises(ValueError, match="'expression' has 3 values, 2 class names"):
+        metadata.write_metadata(a8, name="m", description="d",
+                                outputs={**OUTPUTS, "expression": {"kind": "classification", "classes": ["a", "b"]}})
+    with pytest.raises(ValueError, match="std non-zero"):
+        metadata.write_metadata(s32, name="m", description="d", outputs={"embedding": {}}, std=(0.0,))
+    with pytest.raises(CorruptArtifactError, match="not a .tflite model"):
+        metadata.read_metadata(b"\0" * 64)
+    with pytest.raises(CorruptArtifactError, match="not a readable .tflite flatbuffer"):
+        metadata.read_metadata(described(a8)[:1000])  # truncated
+
+
+def test_normalisation_from_metadata_is_applied(tmp_path):
+    """A float-input file whose metadata says (x - 127.5) / 127.5 is fed normalised values."""
+    import tensorflow as tf
+    inp = keras.Input((8, 8, 3), name="image")
+    model = keras.Model(inp, {"mean": keras.layers.GlobalAveragePooling2D(name="mean")(inp)})
+    plain = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    path = tmp_path / "norm.tflite"
+    path.write_bytes(metadata.write_metadata(plain, name="m", description="d", outputs={
+        o["name"]: {"kind": "regression"} for o in metadata.model_io(plain)["outputs"]}, mean=127.5, std=127.5))
+    info = infer.model_info(str(path))
+    assert info["input"] == {"color_space": "RGB", "mean": [127.5], "std": [127.5]}
+    images = np.array([np.full((8, 8, 3), 255), np.zeros((8, 8, 3))], np.uint8)
+    out = next(iter(infer.run_tflite(infer.load_interpreter(str(path)), images, input_spec=info["input"]).values()))
+    assert np.allclose(out, [[1.0] * 3, [-1.0] * 3])
+    raw = next(iter(infer.run_tflite(infer.load_interpreter(str(path)), images).values()))
+    assert np.allclose(raw, [[255.0] * 3, [0.0] * 3])  # without the spec: raw pixels, as before
+
+
+def test_the_web_pages_batch_one_copy_keeps_its_metadata(files, tmp_path):
+    """The browser page's analyser (deploy.web.static_batch_model: batch fixed to 1 for LiteRT.js) is a
+    re-serialised copy: it must still carry the labels, and take one face."""
+    from face_transfer.deploy.web import static_batch_model
+    a8, _, _ = files
+    path = tmp_path / "analyzer_int8.tflite"
+    path.write_bytes(described(a8))
+    one = static_batch_model(str(path))
+    assert metadata.read_metadata(one)["outputs"]["expression"]["classes"] == EXPRESSIONS
+    from face_transfer.deploy.infer import load_interpreter
+    (detail,) = load_interpreter(one).get_input_details()
+    assert list(detail["shape_signature"]) == [1, 32, 32, 3]
