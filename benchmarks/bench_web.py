@@ -57,25 +57,9 @@ def measure_browser_latency(run_dir: str, runs: int = 200, screenshot: str | Non
 
 
 def update_benchmarks_md(res: dict, path: str = os.path.join(ROOT, "BENCHMARKS.md")) -> None:
-    """Replaces (or inserts, before the first preset section) only the browser section of BENCHMARKS.md: the
-    file also holds hand-written sections that a full rewrite (benchmarks.run.write_markdown) would drop."""
-    from benchmarks.markdown import _web_section
-
-    section = "\n".join(_web_section(res)) + "\n"
-    title = section.splitlines()[0]
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-    lines = text.splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines) if line.startswith("## ")]
-    if title + "\n" in lines:
-        i = lines.index(title + "\n")
-        j = next((k for k in starts if k > i), len(lines))
-        lines[i:j] = [section]
-    else:
-        j = next((k for k in starts if lines[k].startswith("## Preset")), len(lines))
-        lines[j:j] = [section]
-    with open(path + ".tmp", "w") as f:
-        f.write("".join(lines))
-    os.replace(path + ".tmp", path)
+    """Replaces (or inserts before the first preset section) only this benchmark's section of BENCHMARKS.md."""
+    from benchmarks.markdown import _web_section, replace_section
+    replace_section(_web_section(res), path)
 
 
 def main(argv):

@@ -98,7 +98,8 @@ def _web_section(res: dict) -> list[str]:
 
 def _latency_section(res: dict) -> list[str]:
     """benchmarks/bench_latency.py: int8 vs float32 student, 1 thread, native and on XNNPACK's AVX2 path."""
-    if "latency.float32_ms_per_face" not in res or "latency.machine" not in res:
+    nat = res.get("latency.native")
+    if not nat or "latency.machine" not in res:
         return []
     run, cg = res.get("latency.run_files", {}), res.get("latency.avx2_callgrind")
     forced = res.get("latency.xnnpack_isa_forced", {})
@@ -110,8 +111,8 @@ def _latency_section(res: dict) -> list[str]:
          f"`{' '.join(res.get('latency.cpu_isa', []))}` (`latency.cpu_isa`).", "",
          "| code path | int8 ms/face | float32 ms/face | float / int8 | run's own files: int8, float32 ms |",
          "|---|---:|---:|---:|---:|",
-         f"| this CPU, XNNPACK's choice (`latency.*`) | {_f(res.get('latency.int8_ms_per_face'), 3)} "
-         f"| {_f(res.get('latency.float32_ms_per_face'), 3)} | x{_f(res.get('latency.float_over_int8'), 2)} "
+         f"| this CPU, XNNPACK's choice (`latency.native`) | {_f(nat.get('int8_ms_per_face'), 3)} "
+         f"| {_f(nat.get('float32_ms_per_face'), 3)} | x{_f(nat.get('float_over_int8'), 2)} "
          f"| {_f(run.get('int8_ms_per_face'), 3)}, {_f(run.get('float32_ms_per_face'), 3)} |"]
     for isa, label in (("avx512_vnni", "AVX-512 VNNI kernels, no AMX (forced)"), ("avx2", "AVX2 kernels (forced)")):
         if isa in forced:
@@ -228,3 +229,23 @@ def update_readme(res: dict, path: str = os.path.join(ROOT, "README.md")):
     _, tail = rest.split(end, 1)
     with open(path, "w") as f:
         f.write(head + start + "\n" + readme_results(res) + end + tail)
+
+
+def replace_section(section_lines: list[str], path: str = os.path.join(ROOT, "BENCHMARKS.md")) -> None:
+    """Replace one `## ` section of BENCHMARKS.md (matched by its title line), or insert it before the first
+    preset section: the file also holds sections that a full rewrite (benchmarks.run.write_markdown) drops."""
+    section = "\n".join(section_lines) + "\n"
+    title = section.splitlines()[0]
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    if title + "\n" in lines:
+        i = lines.index(title + "\n")
+        j = next((k for k in starts if k > i), len(lines))
+        lines[i:j] = [section]
+    else:
+        j = next((k for k in starts if lines[k].startswith("## Preset")), len(lines))
+        lines[j:j] = [section]
+    with open(path + ".tmp", "w") as f:
+        f.write("".join(lines))
+    os.replace(path + ".tmp", path)

@@ -15,30 +15,17 @@ from face_transfer.deploy import infer, metadata
 from face_transfer.deploy.savedmodel import build_analyzer
 from face_transfer.deploy.tflite import QuantizationConfig, convert_to_tflite
 from face_transfer.integrity import CorruptArtifactError
-from face_transfer.student.model import StudentConfig, build_student
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CFG = StudentConfig(input_size=32, width=0.25, embedding_dim=16)
+from tests.deploy_models import CFG, calibrated_student, smooth_images
+
 EXPRESSIONS = ["neutral", "happy", "sad"]
 
 
-def smooth_images(n, size=32, seed=0):
-    rng = np.random.default_rng(seed)
-    coarse = rng.normal(size=(n, 4, 4, 3))
-    fine = np.repeat(np.repeat(coarse, size // 4, axis=1), size // 4, axis=2)
-    return np.clip(128 + 60 * fine + rng.normal(0, 8, fine.shape), 0, 255).astype(np.uint8)
 
 
 def tiny_student():
-    keras.utils.set_random_seed(0)
-    model = build_student(CFG)
-    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in bns:
-        layer.momentum = 0.0
-    model(smooth_images(32, seed=1).astype(np.float32), training=True)
-    for layer in bns:
-        layer.momentum = 0.99
-    return model
+    return calibrated_student(CFG, seed=0)
 
 
 def heads(rng):

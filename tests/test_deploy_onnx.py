@@ -1,7 +1,6 @@
 """ONNX export (deploy/onnx_export.py): tf2onnx from the SavedModels, parity with TensorFlow in onnxruntime."""
 import json
 
-import keras
 import numpy as np
 import onnx
 import pytest
@@ -9,26 +8,16 @@ import pytest
 from face_transfer.deploy.onnx_export import OnnxParityError, export_onnx, run_onnx, validate_onnx
 from face_transfer.deploy.savedmodel import build_analyzer, export_savedmodel, load_and_check
 from face_transfer.deploy.tflite import TFLiteValidationError, write_validation_report
-from face_transfer.student.model import StudentConfig, build_student
 
-CFG = StudentConfig(input_size=32, width=0.25, embedding_dim=16)
+from tests.deploy_models import CFG, calibrated_student, smooth_images
 
 
-def smooth_images(n, size=32, seed=0):
-    rng = np.random.default_rng(seed)
-    coarse = rng.normal(size=(n, 4, 4, 3))
-    fine = np.repeat(np.repeat(coarse, size // 4, axis=1), size // 4, axis=2)
-    return np.clip(128 + 60 * fine + rng.normal(0, 8, fine.shape), 0, 255).astype(np.uint8)
+
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    keras.utils.set_random_seed(0)
-    student = build_student(CFG)
-    bns = [layer for layer in student.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in bns:
-        layer.momentum = 0.0
-    student(smooth_images(32, seed=1).astype(np.float32), training=True)
+    student = calibrated_student(CFG, seed=0)
     rng = np.random.default_rng(0)
     analyzer = build_analyzer(student, {
         "expression": {"kind": "classification", "coef": rng.normal(size=(16, 3)), "intercept": np.zeros(3)},

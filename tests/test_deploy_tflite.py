@@ -1,7 +1,6 @@
 """TFLite conversion (int8 PTQ, float16, dynamic), op-set inspection, validation failures and inference."""
 import json
 
-import keras
 import numpy as np
 import pytest
 
@@ -15,27 +14,16 @@ from face_transfer.deploy.tflite import (
     validate_tflite,
     write_validation_report,
 )
-from face_transfer.student.model import StudentConfig, build_student
 
-CFG = StudentConfig(input_size=32, width=0.25, embedding_dim=16)
+from tests.deploy_models import CFG, calibrated_student, smooth_images
 
 
-def smooth_images(n, size=32, seed=0):
-    rng = np.random.default_rng(seed)
-    coarse = rng.normal(size=(n, 4, 4, 3))
-    fine = np.repeat(np.repeat(coarse, size // 4, axis=1), size // 4, axis=2)
-    return np.clip(128 + 60 * fine + rng.normal(0, 8, fine.shape), 0, 255).astype(np.uint8)
+
 
 
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory):
-    model = build_student(CFG)
-    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in bns:
-        layer.momentum = 0.0  # one training pass sets BN statistics to the data's: realistic output scale
-    model(smooth_images(32, seed=1).astype(np.float32), training=True)
-    for layer in bns:
-        layer.momentum = 0.99
+    model = calibrated_student(CFG, seed=None)  # BN statistics of the data: realistic output scale
     out_dir = export_savedmodel(model, str(tmp_path_factory.mktemp("sm") / "student"))
     return model, out_dir
 
@@ -154,12 +142,7 @@ def test_int8_analyzer_with_many_heads_loads_with_xnnpack(monkeypatch):
     from face_transfer.deploy import tflite as tfl
     from face_transfer.deploy.savedmodel import build_analyzer
 
-    keras.utils.set_random_seed(0)
-    model = build_student(CFG)
-    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in bns:
-        layer.momentum = 0.0
-    model(smooth_images(32, seed=1).astype(np.float32), training=True)
+    model = calibrated_student(CFG, seed=0)
     collapsed = [3, 11]
     dense = model.get_layer("embedding")
     kernel, bias = dense.get_weights()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 
 # Square canvas sides for P-Net (even, so the canvas itself never needs the pool's padding). The largest
 # pyramid level of a photo downscaled to align.MAX_DETECT_SIDE (1024) at min_face_size 20 is 615 px.

@@ -3,10 +3,8 @@ dynamic, int8 PTQ, int8 QAT), parity and transfer drop per file, and single-thre
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 
 import numpy as np
 
