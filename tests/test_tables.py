@@ -126,5 +126,14 @@ def test_ceiling_summary_percentages_and_unsolvable_tasks(results):
     assert "pixels" not in tables.ceiling_summary(res, TASK_LIST, ["student", "pixels"])["groups"]["source"]["pct"]
     md = tables.ceiling_table_markdown(s, res, ["student", "concat"])
     assert "| glasses | novel | 96.0 ± 0.0 |" in md and "**no**" in md and "glasses." in md
+    # the best other representation on expression is the student (81), still under the ceiling (91)
+    assert s["ceiling_below"] == [] and s["per_task"]["expression"]["best_other"] == "student"
+    weak = dict(res, ceiling={**res["ceiling"], "age": _entry([5, 5, 5], {"mae": 9.9, "r2": 0.05})},
+                pixels={**res["pixels"], "age": _entry([10, 11, 12], {"mae": 9.0, "r2": 0.1})})
+    w = tables.ceiling_summary(weak, TASK_LIST, ["student", "concat", "pixels"])
+    # the ceiling loses to pixels on age, but concat (71) and the student (60) beat pixels (11): solvable,
+    # and the ceiling is under-trained there
+    assert w["per_task"]["age"]["solvable"] is True and w["ceiling_below"] == ["age"]
+    assert "under-trained there): age." in tables.ceiling_table_markdown(w, weak, ["student"])
     with pytest.raises(KeyError, match="ceiling"):
         tables.ceiling_summary(results, TASK_LIST, ["student"])

@@ -168,9 +168,11 @@ def ceiling_summary(all_results: dict, tasks: list[Task], reps: list[str], ceili
     """Every representation as a percentage of the per-task ceiling (the student's architecture trained on
     every task's labels), per task and on the novel / source means over the tasks the ceiling covers.
 
-    A task is `solvable` when its ceiling beats the floor representation (raw pixels) by more than the
-    seeds' noise: below that, a low score says nothing about a representation (the label, the rendering
-    or the metric is at fault), and the task should be fixed or replaced.
+    A task is `solvable` when its ceiling, or any representation in `reps`, beats the floor representation
+    (raw pixels) by more than the seeds' noise: otherwise a low score says nothing about a representation
+    (the label, the rendering or the metric is at fault), and the task should be fixed or replaced. Where a
+    representation beats the ceiling beyond the noise, the ceiling is under-trained on that task
+    (`ceiling_below`): its data budget is the student's, shared by every task's head.
     """
     if ceiling not in all_results:
         raise KeyError(f"ceiling_summary: no {ceiling!r} representation in the results")
@@ -181,11 +183,18 @@ def ceiling_summary(all_results: dict, tasks: list[Task], reps: list[str], ceili
         c = ceil[t.name]
         row = {"ceiling": c["score_mean"], "ceiling_std": c["score_std"],
                "group": "source" if t.source else "novel"}
+        others = [r for r in reps if r not in (ceiling, floor) and t.name in all_results[r]]
+        best = max(others, key=lambda r: all_results[r][t.name]["score_mean"], default=None)
         if floor in all_results and t.name in all_results[floor]:
             f = all_results[floor][t.name]
             row["floor"] = f["score_mean"]
-            row["solvable"] = bool(c["score_mean"] > f["score_mean"]
-                                   and not within_noise(c["scores"], f["scores"]))
+            top = c if best is None or c["score_mean"] >= all_results[best][t.name]["score_mean"] \
+                else all_results[best][t.name]
+            row["solvable"] = bool(top["score_mean"] > f["score_mean"] and not within_noise(top["scores"], f["scores"]))
+        if best is not None:
+            b = all_results[best][t.name]
+            row["best_other"] = best
+            row["ceiling_below"] = bool(b["score_mean"] > c["score_mean"] and not within_noise(b["scores"], c["scores"]))
         row["pct"] = {r: (100.0 * all_results[r][t.name]["score_mean"] / c["score_mean"]
                           if c["score_mean"] > 0 and t.name in all_results[r] else None) for r in reps}
         out["per_task"][t.name] = row
@@ -200,12 +209,13 @@ def ceiling_summary(all_results: dict, tasks: list[Task], reps: list[str], ceili
                 entry["pct"][r] = 100.0 * float(np.mean([all_results[r][n]["score_mean"] for n in names])) / cm
         out["groups"][g] = entry
     out["unsolvable"] = [n for n, row in out["per_task"].items() if row.get("solvable") is False]
+    out["ceiling_below"] = [n for n, row in out["per_task"].items() if row.get("ceiling_below")]
     return _jsonable(out)
 
 
 def ceiling_table_markdown(summary: dict, all_results: dict, reps: list[str], ceiling: str = "ceiling") -> str:
     """Per task: the ceiling's score, then each representation's score as % of it; the group means last."""
-    head = "| task | group | ceiling | " + " | ".join(f"{r} %" for r in reps) + " | ceiling > pixels |"
+    head = "| task | group | ceiling | " + " | ".join(f"{r} %" for r in reps) + " | beats pixels |"
     lines = ["**Percentage of the ceiling** (each representation's mean score / the ceiling's, per task)", "",
              head, "|---|---|---:|" + "---:|" * len(reps) + "---|"]
 
@@ -221,7 +231,12 @@ def ceiling_table_markdown(summary: dict, all_results: dict, reps: list[str], ce
         if e:
             lines.append(f"| *{label}* | {g} | {e['ceiling']:.1f} | "
                          + " | ".join(pct(e["pct"].get(r)) for r in reps) + " | |")
+    lines += ["", "*beats pixels*: the ceiling or some representation beats raw pixels by more than the seeds' noise."]
     if summary["unsolvable"]:
-        lines += ["", "Tasks whose ceiling does not beat raw pixels beyond the seeds' noise (nothing is measured "
-                  "there): " + ", ".join(summary["unsolvable"]) + "."]
+        lines += ["", "Tasks where nothing, the ceiling included, beats raw pixels beyond the seeds' noise (nothing is "
+                  "measured there yet): " + ", ".join(summary["unsolvable"]) + "."]
+    if summary.get("ceiling_below"):
+        lines += ["", "Tasks where a representation beats the ceiling beyond the noise (the ceiling, trained with the "
+                  "student's budget on every task at once, is under-trained there): "
+                  + ", ".join(summary["ceiling_below"]) + "."]
     return "\n".join(lines) + "\n"
