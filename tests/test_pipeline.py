@@ -348,3 +348,35 @@ def test_student_view_and_ceiling_flags_reach_the_config(tmp_path):
     with pytest.raises(ValueError, match="student_view='pyramid'"):
         import dataclasses
         dataclasses.replace(preset_config("demo"), student_view="pyramid")
+
+
+def test_a_relative_run_dir_resumes_without_recomputing(tmp_path, monkeypatch):
+    """`make demo` passes runs/demo: the stage records must verify on resume (they were once written as
+    runs/demo/runs/demo/..., so every stage looked damaged and ran again)."""
+    import types
+
+    from face_transfer import pipeline
+    from face_transfer.configs import preset_config
+
+    calls = []
+
+    def stage(name, depends):
+        def run(run, ctx):
+            calls.append(name)
+            out = run.p(f"{name}.txt")
+            with open(out, "w") as f:
+                f.write(name)
+            return {"outputs": [out], "artifacts": [out]}
+        return types.SimpleNamespace(NAME=name, WORKERS="all", DEPENDS_ON=depends, run=run)
+
+    fake = (stage("data", ()), stage("report", ("data",)))
+    monkeypatch.setattr(pipeline, "STAGES", fake)
+    monkeypatch.setattr(pipeline, "STAGE_NAMES", tuple(s.NAME for s in fake))
+    monkeypatch.setattr(pipeline, "ALWAYS_RUN", ())
+    monkeypatch.chdir(tmp_path)
+    cfg = preset_config("smoke")
+    pipeline.run_pipeline(cfg, os.path.join("runs", "demo"), until="report")
+    pipeline.run_pipeline(cfg, os.path.join("runs", "demo"), until="report")
+    assert calls == ["data", "report"]
+    rec = json.load(open(tmp_path / "runs" / "demo" / "metrics" / "stages" / "data.json"))
+    assert "data.txt" in json.dumps(rec) and "runs/demo/data.txt" not in json.dumps(rec)

@@ -160,7 +160,7 @@ def run(run: Run, ctx) -> dict:
         e = table["ceiling"]["groups"].get("novel", {})
         summary(f"ceiling (supervised on every task's labels): novel {e.get('ceiling', float('nan')):.1f}; student "
                 f"{e.get('pct', {}).get('student', float('nan')):.0f}% of it"
-                + (f"; no better than pixels on {', '.join(table['ceiling']['unsolvable'])}"
+                + (f"; nothing beats pixels on {', '.join(table['ceiling']['unsolvable'])}"
                    if table["ceiling"]["unsolvable"] else ""))
     outputs = [path, run.p("metrics", "transfer.md")]
     derived = [results_path, run.p("metrics", "compression_curve.json"), run.p("features"),

@@ -89,7 +89,9 @@ class Run:
     """A run directory and its config; every path the stages use is named here."""
 
     def __init__(self, run_dir: str, cfg: ExperimentConfig):
-        self.dir, self.cfg = run_dir, cfg
+        # absolute: stage records store paths relative to it, and a relative --run_dir (make demo's runs/demo)
+        # would otherwise be recorded twice over (runs/demo/runs/demo/...) and never verify on resume
+        self.dir, self.cfg = os.path.abspath(run_dir), cfg
         self._cache: dict = {}  # things loaded once per process (teachers, image source, eval data)
 
     def p(self, *parts) -> str:
