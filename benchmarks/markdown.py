@@ -160,11 +160,27 @@ def benchmarks_markdown(res: dict) -> str:
          "(`tasks.novel_count`)", ""]
     L += _folder_section(res) + _robustness_section(res) + _web_section(res) + _latency_section(res)
     for preset in ("demo", "paper"):
-        h = res.get(f"presets.{preset}")
-        if not h:
-            continue
-        wall = res.get(f"pipeline.{preset}_wall_s")
+        L += preset_section(res, preset)
+    return "\n".join(L) + "\n"
+
+
+def preset_section(res: dict, preset: str) -> list[str]:
+    """One preset's section of BENCHMARKS.md (empty when results.json has no figures for it)."""
+    h = res.get(f"presets.{preset}")
+    if not h:
+        return []
+    wall = res.get(f"pipeline.{preset}_wall_s")
+    mach = res.get(f"presets.{preset}.machine")
+    L = []
+    if True:
         L += [f"## Preset `{preset}` (run dir `{res.get('runs', {}).get(preset, '?')}`)", "",
+              *([f"Measured {res.get(f'presets.{preset}.date', '?')} on {_machine_line(mach)}."
+                 + (f" Load average at the end: {res[f'presets.{preset}.load_average']} on {mach.get('cores', '?')} "
+                    "cores." if res.get(f"presets.{preset}.load_average") is not None else "")
+                 + (" Stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in res[f"presets.{preset}.stage_seconds"].items())
+                    + "." if res.get(f"presets.{preset}.stage_seconds") else "")
+                 + (f" {res[f'presets.{preset}.note']}" if res.get(f"presets.{preset}.note") else ""), ""]
+                if mach else []),
               f"- Wall time from nothing: **{_f(wall, 0)} s** (`pipeline.{preset}_wall_s`, target "
               f"<= {900 if preset == 'demo' else 5400})",
               f"- Teachers (feature extractors): {_f(h.get('teachers.total_params'))} params; + fusion encoder: "
@@ -187,20 +203,28 @@ def benchmarks_markdown(res: dict) -> str:
               f"novel drop {_f(h.get('tflite.int8_qat.mean_novel_drop'), 2)} pts)",
               f"- Latency (1 face, 1 thread): int8 student {_f(h.get('latency.int8_ms_per_face'), 3)} ms; teacher "
               f"ensemble (TF) / int8 = x{_f(h.get('latency.ensemble_over_int8'))} (target >= 50); float/int8 = "
-              f"x{_f(h.get('latency.float_over_int8'), 2)}", "",
+              f"x{_f(h.get('latency.float_over_int8'), 2)}",
+              *([f"- Distillation: {_f(h['student.distill_images_per_s'], 0)} images/s, "
+                 f"{_f(h.get('student.distill_gflops'))} GFLOP/s achieved (ensemble forward + student forward and "
+                 f"backward), {_f(100 * h['student.flop_utilisation'], 0)}% of the cores' fp32 matmul throughput "
+                 "(`student.distill_images_per_s`, `student.flop_utilisation`)"]
+                if h.get("student.distill_images_per_s") else []), "",
               "Transfer (linear probes, 0-100 scores, mean over seeds):", ""] + _preset_rows(h) + [""]
-        table = os.path.join(ROOT, res.get("runs", {}).get(preset, ""), "metrics", "transfer.md")
-        if os.path.exists(table):
-            L += ["<details><summary>Full per-task table</summary>", "", open(table).read(), "", "</details>", ""]
-    return "\n".join(L) + "\n"
+        metrics = os.path.join(ROOT, res.get("runs", {}).get(preset, ""), "metrics")
+        for name, title in (("ceiling.md", "Per-task ceiling: every representation as % of it"),
+                            ("transfer.md", "Full per-task table")):
+            if os.path.exists(os.path.join(metrics, name)):
+                L += [f"<details><summary>{title}</summary>", "", open(os.path.join(metrics, name)).read(), "",
+                      "</details>", ""]
+    return L
 
 
 def readme_results(res: dict) -> str:
     """The README's headline table (between the results markers), from benchmarks/results.json."""
     rows = ["| preset | wall time (2 cores) | params: teachers+encoder / student | novel-task score: student | "
-            "teachers concat | AE code | best single teacher | random student | supervised student | "
-            "int8 student | int8 novel-score drop |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "student's code only | teachers concat | AE code | best single teacher | random student | "
+            "supervised student | ceiling | int8 student | int8 novel-score drop |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for preset in ("demo", "paper"):
         h = res.get(f"presets.{preset}")
         if not h:
@@ -210,8 +234,9 @@ def readme_results(res: dict) -> str:
         when = res.get(f"presets.{preset}.date")
         rows.append(
             f"| `{preset}`{f' ({when})' if when else ''} | {_f(res.get(f'pipeline.{preset}_wall_s'), 0)} s | x{_f(h.get('params_ratio'))} | "
-            f"**{_f(g('student'))}** ± {_f(sd)} | {_f(g('concat'))} | {_f(g('ae'))} | {_f(g('best_teacher'))} | "
-            f"{_f(g('random_student'))} | {_f(g('supervised_student'))} | "
+            f"**{_f(g('student'))}** ± {_f(sd)} | {_f(g('student_code'))} | {_f(g('concat'))} | {_f(g('ae'))} | "
+            f"{_f(g('best_teacher'))} | {_f(g('random_student'))} | {_f(g('supervised_student'))} | "
+            f"{_f(g('ceiling'))} | "
             f"{_f((h.get('tflite.int8_ptq.bytes') or 0) / 1024, 0)} KB | {_f(h.get('tflite.int8_ptq.mean_novel_drop'), 2)} |")
     return ("Measured by `make bench` on " + str(res.get("date")) + " (" + str(res.get("machine", {}).get("cores"))
             + "-core CPU); scores are the mean over the novel tasks of the 0-100 task scores (balanced accuracy, "

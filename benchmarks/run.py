@@ -97,6 +97,12 @@ def main(argv):
             res[f"presets.{preset}"] = head
             res[f"presets.{preset}.date"] = datetime.date.today().isoformat()
             res[f"presets.{preset}.machine"] = res["machine"]
+            # other jobs on the machine make wall times incomparable: the 1-minute load average at the end
+            res[f"presets.{preset}.load_average"] = round(os.getloadavg()[0], 2)
+            times = os.path.join(run_dir, "metrics", "stage_times.json")
+            if os.path.exists(times):
+                with open(times) as f:
+                    res[f"presets.{preset}.stage_seconds"] = json.load(f)
             save_results(res)
     write_markdown(res)
     return 0

@@ -289,11 +289,21 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
     st, st_sd = g("student"), g("student", "std_novel")
     ae, conc, btn = g("ae"), g("concat"), bt["mean_novel"]
     if st is not None:
-        verdict = "holds" if st > conc else "does not hold"
+        def verdict(other: str) -> str:
+            """Holds only by more than the larger seed std of the two; a smaller gap is a tie."""
+            o, o_sd = g(other), g(other, "std_novel") or 0.0
+            if abs(st - o) <= max(st_sd, o_sd):
+                return f"ties with {'it' if other != 'concat' else 'them'} (within the seeds' spread)"
+            return "holds" if st > o else "does not hold"
+
         claims.append(f"- *The student outperforms its teacher on novel tasks*: student {st:.1f} ± {st_sd:.1f} vs "
-                      f"concatenated teachers {conc:.1f}, AE code {ae:.1f}, best single teacher "
-                      f"({bt['which_novel']}) {btn:.1f} -> {verdict} against the concatenation, "
-                      f"{'holds' if st > ae else 'does not hold'} against the AE code.")
+                      f"concatenated teachers {conc:.1f} ± {g('concat', 'std_novel'):.1f}, AE code {ae:.1f} ± "
+                      f"{g('ae', 'std_novel'):.1f}, best single teacher ({bt['which_novel']}) {btn:.1f} -> "
+                      f"{verdict('concat')} against the concatenation, {verdict('ae')} against the AE code, "
+                      f"{verdict(bt['which_novel'])} against the best single teacher.")
+        if g("student_code") is not None:
+            claims.append(f"- The student's code alone (the paper's student; this run probes the `{cfg.student_view}` "
+                          f"view): {g('student_code'):.1f} ± {g('student_code', 'std_novel'):.1f}.")
         if h.get("transfer.ceiling.mean_novel") is not None:
             pct = lambda r: h.get(f"transfer.mean_novel_pct_of_ceiling.{r}")  # noqa: E731
             claims.append(f"- Against the ceiling (the same network trained on every task's labels, novel "
