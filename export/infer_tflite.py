@@ -5,6 +5,7 @@
 """
 import json
 import os
+import sys
 
 from absl import app, flags
 
@@ -12,7 +13,7 @@ from trainers.common import define_verbose_flag, guarded  # noqa: E402  (one err
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
-flags.DEFINE_string("model", None, "The .tflite file.")
+flags.DEFINE_string("model", None, "The .tflite file, or a run's export/ folder (then the student file that is faster on this CPU: int8, or float32 on x86 without VNNI).")
 flags.DEFINE_string("images", None, "An image file or a folder of photos.")
 flags.DEFINE_integer("synthetic", None, "Instead of --images: this many synthetic faces.")
 flags.DEFINE_boolean("align", True, "Detect and align the largest face of each photo (MTCNN); else centre-crop.")
@@ -74,8 +75,15 @@ def decode(outputs, labels, i):
 @guarded
 def main(argv):
     del argv
+    if FLAGS.model and os.path.isdir(FLAGS.model):  # a run's export/ folder: the faster student file here
+        from face_transfer.deploy.infer import preferred_student_file
+        try:
+            FLAGS.model, why = preferred_student_file(FLAGS.model)
+        except FileNotFoundError as e:
+            raise app.UsageError(f"--model: {e}") from None
+        print(f"--model: {FLAGS.model} ({why})", file=sys.stderr)
     if not FLAGS.model or not os.path.isfile(FLAGS.model) or not FLAGS.model.endswith(".tflite"):
-        raise app.UsageError(f"--model={FLAGS.model}: expected an existing .tflite file")
+        raise app.UsageError(f"--model={FLAGS.model}: expected an existing .tflite file, or a run's export/ folder")
     if bool(FLAGS.images) == bool(FLAGS.synthetic):
         raise app.UsageError("give exactly one of --images or --synthetic")
     if FLAGS.synthetic is not None and FLAGS.synthetic < 1:

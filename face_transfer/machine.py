@@ -24,6 +24,16 @@ def cpu_isa_flags() -> list[str]:
     return []
 
 
+def int8_is_fast(flags=None) -> bool:
+    """Whether XNNPACK's int8 kernels beat its float32 ones for the student on this CPU (benchmarks.bench_latency):
+    not on x86 without VNNI (AVX2 only: int8 multiply-adds cost as many instructions as FMA, plus requantisation);
+    yes with AVX-512 VNNI / AVX-VNNI, and on ARM, whose int8 dot products (asimddp) XNNPACK uses."""
+    flags = set(cpu_isa_flags() if flags is None else flags)
+    if flags & {"avx", "avx2", "sse4_2"}:  # x86
+        return bool(flags & {"avx512_vnni", "avx_vnni"})
+    return True
+
+
 def matmul_gflops_one_thread(n: int = 512, repeats: int = 20) -> float:
     """Single-thread fp32 matmul GFLOP/s (numpy's BLAS), best of three timed batches."""
     from threadpoolctl import threadpool_limits

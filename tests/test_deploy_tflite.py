@@ -231,3 +231,22 @@ def test_int8_folds_the_input_normalisation_into_the_stem(student_dir, monkeypat
     assert np.max(np.abs(got - before)) <= 2 * step + 1e-6
     ref = model.predict(images.astype(np.float32), verbose=0)
     assert tfl._cosines(got, ref).mean() >= 0.95
+
+
+def test_the_faster_student_file_is_chosen_by_cpu_isa(tmp_path):
+    """int8 where the CPU has int8 dot products (VNNI, ARM dotprod), float32 on AVX2-only x86
+    (benchmarks.bench_latency: XNNPACK's AVX2 int8 kernels are slower than its float32 ones there)."""
+    from face_transfer.deploy.infer import preferred_student_file
+    from face_transfer.machine import int8_is_fast
+    avx2 = ["sse4_2", "avx", "avx2", "fma"]
+    assert not int8_is_fast(avx2)
+    assert int8_is_fast(avx2 + ["avx512f", "avx512_vnni"]) and int8_is_fast(avx2 + ["avx_vnni"])
+    assert int8_is_fast(["neon", "asimd", "asimddp"])
+    with pytest.raises(FileNotFoundError, match="no student_int8_ptq.tflite or student_float32.tflite"):
+        preferred_student_file(str(tmp_path), avx2)
+    (tmp_path / "student_int8_ptq.tflite").write_bytes(b"x")
+    path, why = preferred_student_file(str(tmp_path), avx2)  # float32 preferred but absent: the one there is
+    assert path.endswith("student_int8_ptq.tflite") and "only student file" in why
+    (tmp_path / "student_float32.tflite").write_bytes(b"x")
+    assert preferred_student_file(str(tmp_path), avx2)[0].endswith("student_float32.tflite")
+    assert preferred_student_file(str(tmp_path), avx2 + ["avx512_vnni"])[0].endswith("student_int8_ptq.tflite")

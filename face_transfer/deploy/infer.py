@@ -191,3 +191,21 @@ def benchmark_latency(fn, images, warmup: int = 3, runs: int = 10) -> float:
         fn(images)
         times.append(time.perf_counter() - start)
     return 1000.0 * statistics.median(times) / n
+
+
+def preferred_student_file(export_dir: str, flags=None) -> tuple[str, str]:
+    """(path, why): the faster of a run's student files on this CPU (int8 PTQ, or float32 where int8 is slower:
+    x86 without VNNI, see machine.int8_is_fast); the other one when only one exists."""
+    from face_transfer.machine import cpu_isa_flags, int8_is_fast
+    flags = cpu_isa_flags() if flags is None else flags
+    int8, f32 = (os.path.join(export_dir, f"student_{m}.tflite") for m in ("int8_ptq", "float32"))
+    fast = int8_is_fast(flags)
+    want, other = (int8, f32) if fast else (f32, int8)
+    why = ("int8: this CPU has int8 dot-product instructions" if fast else
+           "float32: on this CPU (x86 without AVX-512 VNNI / AVX-VNNI) XNNPACK's int8 kernels are slower than float32")
+    if os.path.isfile(want):
+        return want, why
+    if os.path.isfile(other):
+        return other, f"{os.path.basename(other)}: the only student file in {export_dir}"
+    raise FileNotFoundError(f"{export_dir}: no student_int8_ptq.tflite or student_float32.tflite (expected a run's "
+                            "export/ folder)")
