@@ -300,26 +300,10 @@ def test_distillation_levers_reach_the_config(tmp_path):
 def test_a_stage_rerun_after_its_record_was_deleted_refreshes_its_dependants(tmp_path, monkeypatch):
     """Fake three-stage pipeline: deleting the middle stage's record (to force it) recomputes the last one
     too, since its earlier result came from the old middle stage; the first stage stays untouched."""
-    import types
-
-    from face_transfer import pipeline
     from face_transfer.configs import preset_config
 
     calls = []
-
-    def stage(name, depends):
-        def run(run, ctx):
-            calls.append(name)
-            out = run.p(f"{name}.txt")
-            with open(out, "w") as f:
-                f.write(str(len(calls)))
-            return {"outputs": [out], "artifacts": [out]}
-        return types.SimpleNamespace(NAME=name, WORKERS="all", DEPENDS_ON=depends, run=run)
-
-    fake = (stage("data", ()), stage("student", ("data",)), stage("report", ("student",)))
-    monkeypatch.setattr(pipeline, "STAGES", fake)
-    monkeypatch.setattr(pipeline, "STAGE_NAMES", tuple(s.NAME for s in fake))
-    monkeypatch.setattr(pipeline, "ALWAYS_RUN", ())
+    pipeline = _fake_stages(monkeypatch, {"data": (), "student": ("data",), "report": ("student",)}, calls)
     cfg = preset_config("smoke")
     run_dir = str(tmp_path / "run")
     pipeline.run_pipeline(cfg, run_dir, until="report")
@@ -353,26 +337,10 @@ def test_student_view_and_ceiling_flags_reach_the_config(tmp_path):
 def test_a_relative_run_dir_resumes_without_recomputing(tmp_path, monkeypatch):
     """`make demo` passes runs/demo: the stage records must verify on resume (they were once written as
     runs/demo/runs/demo/..., so every stage looked damaged and ran again)."""
-    import types
-
-    from face_transfer import pipeline
     from face_transfer.configs import preset_config
 
     calls = []
-
-    def stage(name, depends):
-        def run(run, ctx):
-            calls.append(name)
-            out = run.p(f"{name}.txt")
-            with open(out, "w") as f:
-                f.write(name)
-            return {"outputs": [out], "artifacts": [out]}
-        return types.SimpleNamespace(NAME=name, WORKERS="all", DEPENDS_ON=depends, run=run)
-
-    fake = (stage("data", ()), stage("report", ("data",)))
-    monkeypatch.setattr(pipeline, "STAGES", fake)
-    monkeypatch.setattr(pipeline, "STAGE_NAMES", tuple(s.NAME for s in fake))
-    monkeypatch.setattr(pipeline, "ALWAYS_RUN", ())
+    pipeline = _fake_stages(monkeypatch, {"data": (), "report": ("data",)}, calls)
     monkeypatch.chdir(tmp_path)
     cfg = preset_config("smoke")
     pipeline.run_pipeline(cfg, os.path.join("runs", "demo"), until="report")
@@ -380,3 +348,26 @@ def test_a_relative_run_dir_resumes_without_recomputing(tmp_path, monkeypatch):
     assert calls == ["data", "report"]
     rec = json.load(open(tmp_path / "runs" / "demo" / "metrics" / "stages" / "data.json"))
     assert "data.txt" in json.dumps(rec) and "runs/demo/data.txt" not in json.dumps(rec)
+
+
+def _fake_stages(monkeypatch, spec, calls):
+    """Replace the pipeline's stages by fakes {name: depends_on} that log their runs into `calls` and write
+    one output file each (recorded as the stage's artifact)."""
+    import types
+
+    from face_transfer import pipeline
+
+    def stage(name, depends):
+        def run(run, ctx):
+            calls.append(name)
+            out = run.p(f"{name}.txt")
+            with open(out, "w") as f:
+                f.write(str(len(calls)))
+            return {"outputs": [out], "artifacts": [out]}
+        return types.SimpleNamespace(NAME=name, WORKERS="all", DEPENDS_ON=depends, run=run)
+
+    fake = tuple(stage(n, d) for n, d in spec.items())
+    monkeypatch.setattr(pipeline, "STAGES", fake)
+    monkeypatch.setattr(pipeline, "STAGE_NAMES", tuple(spec))
+    monkeypatch.setattr(pipeline, "ALWAYS_RUN", ())
+    return pipeline
