@@ -71,9 +71,14 @@ def headline(run: Run) -> dict:
             out["student.distill_images_per_s"] = d["steps"] * d["batch_size"] / secs
             # FLOP utilisation: the ensemble's forward (the targets) plus the student's forward and backward
             # (~3x its forward), 2 FLOPs per multiply-add, over the cores' measured fp32 matmul throughput
-            from face_transfer.machine import matmul_gflops_one_thread
+            # the export stage's measurement of this machine when there is one (else measured here)
+            epath = run.p("export", "export.json")
+            gflops = read_json(epath)["latency"].get("cpu_fp32_gflops_one_thread") if os.path.exists(epath) else None
+            if gflops is None:
+                from face_transfer.machine import matmul_gflops_one_thread
+                gflops = matmul_gflops_one_thread()
             flops = 2e6 * (out["teachers_plus_encoder.mflops"] + 3 * st["mflops"]) * out["student.distill_images_per_s"]
-            peak = matmul_gflops_one_thread() * 1e9 * (os.cpu_count() or 1)
+            peak = gflops * 1e9 * (os.cpu_count() or 1)
             out["student.distill_gflops"] = flops / 1e9
             out["student.flop_utilisation"] = flops / peak
     epath = run.p("export", "export.json")
