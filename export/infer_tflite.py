@@ -14,6 +14,8 @@ from trainers.common import define_verbose_flag, guarded  # noqa: E402  (one err
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 flags.DEFINE_string("model", None, "The .tflite file, or a run's export/ folder (then the student file that is faster on this CPU: int8, or float32 on x86 without VNNI).")
+flags.DEFINE_enum("precision", "auto", ["auto", "int8", "float32"], "With --model=<export folder>: which student "
+                  "file; auto = the faster one on this CPU.")
 flags.DEFINE_string("images", None, "An image file or a folder of photos.")
 flags.DEFINE_integer("synthetic", None, "Instead of --images: this many synthetic faces.")
 flags.DEFINE_boolean("align", True, "Detect and align the largest face of each photo (MTCNN); else centre-crop.")
@@ -78,10 +80,13 @@ def main(argv):
     if FLAGS.model and os.path.isdir(FLAGS.model):  # a run's export/ folder: the faster student file here
         from face_transfer.deploy.infer import preferred_student_file
         try:
-            FLAGS.model, why = preferred_student_file(FLAGS.model)
+            FLAGS.model, why = preferred_student_file(FLAGS.model, prefer=FLAGS.precision)
         except FileNotFoundError as e:
             raise app.UsageError(f"--model: {e}") from None
         print(f"--model: {FLAGS.model} ({why})", file=sys.stderr)
+    elif FLAGS.precision != "auto":
+        raise app.UsageError(f"--precision={FLAGS.precision}: only with --model=<a run's export/ folder>; "
+                             f"--model={FLAGS.model} is one file already")
     if not FLAGS.model or not os.path.isfile(FLAGS.model) or not FLAGS.model.endswith(".tflite"):
         raise app.UsageError(f"--model={FLAGS.model}: expected an existing .tflite file, or a run's export/ folder")
     if bool(FLAGS.images) == bool(FLAGS.synthetic):

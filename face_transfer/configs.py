@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 
 # Fields added after runs were written: an older config.json without them reads with their default.
-_OPTIONAL_FIELDS = {"teacher_files", "ceiling", "student_view"}
+_OPTIONAL_FIELDS = {"teacher_files", "ceiling", "student_view", "ceiling_budget"}
 
 
 def _field_names(klass) -> set:
@@ -78,6 +78,9 @@ class ExperimentConfig:
     # The per-task ceiling: the student's architecture trained on the labels of every SynthFaces task
     # (source and novel, every domain) with the student's data budget; scores are also reported as % of it.
     ceiling: bool = False
+    # The ceiling's training steps as a multiple of the student's (>= 1: at least the student's data budget).
+    # Its ~20 heads share one network, so at 1x it under-trains: a lower bound that the student beats.
+    ceiling_budget: float = 1.0
     # What of every student-architecture network (student, controls, ceiling, random student) is probed and
     # carries the analyser's heads: "embedding" (the distilled code, the paper's) or "ladder" (the code plus
     # the pooled output of every resolution stage; student.model.feature_model).
@@ -90,6 +93,9 @@ class ExperimentConfig:
         from face_transfer.student.model import FEATURE_VIEWS
         if self.student_view not in FEATURE_VIEWS:
             raise ValueError(f"ExperimentConfig.student_view={self.student_view!r}; expected one of {FEATURE_VIEWS}")
+        if not self.ceiling_budget >= 1.0:
+            raise ValueError(f"ExperimentConfig.ceiling_budget={self.ceiling_budget!r}; expected a multiple >= 1 of "
+                             "the student's steps (the ceiling sees at least the student's data budget)")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)

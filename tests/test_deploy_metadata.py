@@ -246,3 +246,34 @@ def test_the_web_pages_batch_one_copy_keeps_its_metadata(files, tmp_path):
     from face_transfer.deploy.infer import load_interpreter
     (detail,) = load_interpreter(one).get_input_details()
     assert list(detail["shape_signature"]) == [1, 32, 32, 3]
+
+
+def test_infer_cli_on_an_export_folder_runs_the_cpus_student_file_or_the_one_asked_for(files, tmp_path):
+    """face-transfer-infer --model=<run>/export: the faster student file here (machine.int8_is_fast), or
+    --precision's; --precision with a single file is a usage error."""
+    from face_transfer.machine import int8_is_fast
+    _, s32, _ = files
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "student_float32.tflite").write_bytes(s32)
+    (export / "student_int8_ptq.tflite").write_bytes(
+        convert_to_tflite(tiny_student(), QuantizationConfig.for_int8(smooth_images(16, seed=5), steps=16)))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "export.infer_tflite", *args, "--synthetic=2"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    here = "int8_ptq" if int8_is_fast() else "float32"
+    other = "float32" if here == "int8_ptq" else "int8"
+    for args, want in (([], here), ([f"--precision={other}"], "int8_ptq" if other == "int8" else "float32")):
+        proc = cli(f"--model={export}", *args)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        chosen = str(export / f"student_{want}.tflite")
+        assert f"--model: {chosen} (" in proc.stderr
+        result = json.loads(proc.stdout[proc.stdout.index("{"):])
+        assert result["model"] == chosen and len(result["predictions"]) == 2
+        assert len(result["predictions"][0]["embedding"]) == CFG.embedding_dim
+    proc = cli(f"--model={export / 'student_float32.tflite'}", "--precision=int8")
+    assert proc.returncode != 0 and "--precision=int8: only with --model=<a run's export/ folder>" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -61,6 +61,19 @@ def test_bottleneck_too_small_is_worse(trained):
         np.mean(list(fusion.record["val_r2_per_teacher"].values())) - 0.2
 
 
+def test_deeper_autoencoder_has_depth_hidden_layers_per_side_and_still_fits(tmp_path):
+    import dataclasses
+    auto, enc, dec = build_autoencoder(38, {"t0": 12, "t1": 20, "t2": 6}, dataclasses.replace(CFG, depth=3))
+    assert sum(isinstance(layer, keras.layers.Dense) for layer in enc.layers) == 3 + 1  # 3 hidden + the code
+    assert sum(isinstance(layer, keras.layers.Dense) for layer in dec.layers) == 3 + 1  # 3 hidden + the output
+    deep = train_fusion(_low_rank_embeddings(), dataclasses.replace(CFG, depth=2), str(tmp_path / "deep"))
+    assert deep.record["config"]["depth"] == 2
+    assert min(deep.record["val_r2_per_teacher"].values()) > 0.7, deep.record["val_r2_per_teacher"]
+    back = Fusion.load(str(tmp_path / "deep"))
+    sub = {k: v[:16] for k, v in _low_rank_embeddings().items()}
+    np.testing.assert_allclose(back.encode(sub), deep.encode(sub), atol=1e-6)
+
+
 def test_code_dim_not_smaller_than_concat_raises():
     emb = {"a": np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32),
            "b": np.random.default_rng(1).normal(size=(50, 2)).astype(np.float32)}

@@ -324,9 +324,17 @@ def test_student_view_and_ceiling_flags_reach_the_config(tmp_path):
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--student_view=embedding",
-                     "--noceiling"])
+                     "--noceiling", "--ceiling_budget=2.5"])
         cfg = common.config_from_flags()
-    assert (cfg.student_view, cfg.ceiling) == ("embedding", False)
+    assert (cfg.student_view, cfg.ceiling, cfg.ceiling_budget) == ("embedding", False, 2.5)
+    from face_transfer.stages.student import ceiling_distill_config
+    assert (ceiling_distill_config(cfg).steps, ceiling_distill_config(cfg).checkpoint_every) == \
+        (round(2.5 * cfg.distill.steps), round(2.5 * cfg.distill.checkpoint_every))
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--ceiling_budget=0.5"])
+        with pytest.raises(flags.ValidationError, match=r"--ceiling_budget=0.5: .*expected a multiple >= 1"):
+            common.config_from_flags()
     from face_transfer.configs import preset_config
     assert (preset_config("demo").student_view, preset_config("demo").ceiling) == ("ladder", True)
     with pytest.raises(ValueError, match="student_view='pyramid'"):

@@ -41,6 +41,8 @@ def define_run_flags():
                       "stage's pooled output (ladder). Default: the preset's.")
     flags.DEFINE_boolean("ceiling", None, "Train the per-task ceiling (the student's architecture on every SynthFaces "
                          "task's labels) and report every score as a percentage of it. Default: the preset's.")
+    flags.DEFINE_float("ceiling_budget", None, "The ceiling's training steps as a multiple (>= 1) of the student's "
+                       "distillation steps. Default: the preset's.")
     flags.DEFINE_integer("teacher_steps", None, "Training steps per zoo teacher.")
     flags.DEFINE_integer("batch_size", None, "Global batch size for teachers and student.")
     flags.DEFINE_float("student_width", None, "Student width multiplier.")
@@ -118,6 +120,11 @@ def config_from_flags():
         cfg = r(cfg, student_view=FLAGS.student_view)
     if FLAGS.ceiling is not None:
         cfg = r(cfg, ceiling=FLAGS.ceiling)
+    if FLAGS.ceiling_budget is not None:
+        try:
+            cfg = r(cfg, ceiling_budget=FLAGS.ceiling_budget)
+        except ValueError as e:
+            raise flags.ValidationError(f"--ceiling_budget={FLAGS.ceiling_budget}: {e}") from None
     if FLAGS.distill_steps is not None:
         if FLAGS.distill_steps < 1:
             raise flags.ValidationError(f"--distill_steps={FLAGS.distill_steps}: expected >= 1")

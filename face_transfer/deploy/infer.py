@@ -193,16 +193,25 @@ def benchmark_latency(fn, images, warmup: int = 3, runs: int = 10) -> float:
     return 1000.0 * statistics.median(times) / n
 
 
-def preferred_student_file(export_dir: str, flags=None) -> tuple[str, str]:
+STUDENT_PRECISIONS = ("auto", "int8", "float32")
+
+
+def preferred_student_file(export_dir: str, flags=None, prefer: str = "auto") -> tuple[str, str]:
     """(path, why): the faster of a run's student files on this CPU (int8 PTQ, or float32 where int8 is slower:
-    x86 without VNNI, see machine.int8_is_fast); the other one when only one exists."""
+    x86 without VNNI, see machine.int8_is_fast); the other one when only one exists. prefer="int8"/"float32"
+    asks for that file instead of the CPU's choice (say, to deploy the int8 file on a phone from an x86 host)."""
     from face_transfer.machine import cpu_isa_flags, int8_is_fast
-    flags = cpu_isa_flags() if flags is None else flags
+    if prefer not in STUDENT_PRECISIONS:
+        raise ValueError(f"prefer={prefer!r}; expected one of {STUDENT_PRECISIONS}")
     int8, f32 = (os.path.join(export_dir, f"student_{m}.tflite") for m in ("int8_ptq", "float32"))
-    fast = int8_is_fast(flags)
+    if prefer == "auto":
+        fast = int8_is_fast(cpu_isa_flags() if flags is None else flags)
+        why = ("int8: this CPU has int8 dot-product instructions" if fast else
+               "float32: on this CPU (x86 without AVX-512 VNNI / AVX-VNNI) XNNPACK's int8 kernels are slower "
+               "than float32")
+    else:
+        fast, why = prefer == "int8", f"{prefer}: asked for"
     want, other = (int8, f32) if fast else (f32, int8)
-    why = ("int8: this CPU has int8 dot-product instructions" if fast else
-           "float32: on this CPU (x86 without AVX-512 VNNI / AVX-VNNI) XNNPACK's int8 kernels are slower than float32")
     if os.path.isfile(want):
         return want, why
     if os.path.isfile(other):

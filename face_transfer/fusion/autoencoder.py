@@ -24,6 +24,7 @@ FUSION_JSON = "fusion.json"
 class FusionConfig:
     code_dim: int = 64
     hidden: int = 512
+    depth: int = 1  # hidden layers on each side of the code (encoder and decoder)
     standardize: str = "zscore"  # or "phi_s"
     input_noise: float = 0.1  # denoising AE: Gaussian noise on the input (fraction of unit variance)
     epochs: int = 60
@@ -41,12 +42,16 @@ def build_autoencoder(input_dim: int, dims: dict[str, int], cfg: FusionConfig):
     inp = keras.Input((input_dim,), name="teachers_concat")
     x = layers.GaussianNoise(cfg.input_noise * np.sqrt(1.0 / max(1, len(dims))), name="noise")(inp)
     enc_in = keras.Input((input_dim,), name="enc_in")
-    h = layers.Dense(cfg.hidden, activation="relu", name="enc_hidden")(enc_in)
+    h = enc_in
+    for i in range(cfg.depth):
+        h = layers.Dense(cfg.hidden, activation="relu", name="enc_hidden" + (f"{i}" if i else ""))(h)
     # Code normalised to zero mean / unit variance per dim: a well-scaled regression target.
     code = layers.BatchNormalization(center=False, scale=False, name="code_bn")(layers.Dense(cfg.code_dim, name="enc_code")(h))
     encoder = keras.Model(enc_in, code, name="encoder")
     dec_in = keras.Input((cfg.code_dim,), name="code")
-    g = layers.Dense(cfg.hidden, activation="relu", name="dec_hidden")(dec_in)
+    g = dec_in
+    for i in range(cfg.depth):
+        g = layers.Dense(cfg.hidden, activation="relu", name="dec_hidden" + (f"{i}" if i else ""))(g)
     recon = layers.Dense(input_dim, name="dec_out")(g)
     decoder = keras.Model(dec_in, recon, name="decoder")
     auto = keras.Model(inp, decoder(encoder(x)), name="fusion_autoencoder")

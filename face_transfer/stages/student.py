@@ -62,6 +62,13 @@ def fused_teacher_builders(run: Run):
     return code_model, concat_model, decoder
 
 
+def ceiling_distill_config(cfg):
+    """The ceiling's training schedule: the student's, for `cfg.ceiling_budget` times its steps."""
+    steps = int(round(cfg.distill.steps * cfg.ceiling_budget))
+    every = int(round(cfg.distill.checkpoint_every * cfg.ceiling_budget))
+    return dataclasses.replace(cfg.distill, steps=steps, checkpoint_every=max(every, 1))
+
+
 def student_dirs(run: Run) -> dict:
     """{representation name: directory} of every student variant this config trains."""
     out = {"student": run.p("student")}
@@ -91,12 +98,14 @@ def run(run: Run, ctx) -> dict:
         if rep == "supervised_student":
             print("  control: the same student trained on all source-task labels (multi-task supervised)",
                   file=sys.stderr)
-            rec = train_supervised_student(scfg, cfg.distill, cfg.data.synth, out_dir, ctx.strategy)
+            rec = train_supervised_student(scfg, cfg.distill, cfg.data.synth, out_dir, ctx.strategy,
+                                           view=cfg.student_view)
         elif rep == "ceiling":
             print("  ceiling: the same student trained on the labels of every task, source and novel, on fresh "
                   "faces of every domain (the per-task reference)", file=sys.stderr)
-            rec = train_supervised_student(scfg, cfg.distill, cfg.data.synth, out_dir, ctx.strategy,
-                                           tasks=ceiling_tasks(run), domain="mixed", kind="ceiling")
+            rec = train_supervised_student(scfg, ceiling_distill_config(cfg), cfg.data.synth, out_dir, ctx.strategy,
+                                           tasks=ceiling_tasks(run), domain="mixed", kind="ceiling",
+                                           view=cfg.student_view)
         else:
             dcfg = cfg.distill if rep == "student" else dataclasses.replace(cfg.distill, loss=rep[len("student_"):])
             if rep != "student":

@@ -18,7 +18,7 @@ from keras import ops
 
 from face_transfer import distribute
 from face_transfer.data import synth
-from face_transfer.student.model import StudentConfig, build_student, count_flops, count_params
+from face_transfer.student.model import StudentConfig, build_student, count_flops, count_params, feature_model
 
 LOSSES = ("l2", "cosine", "teacher_space", "cos_sl1")
 CODE_LOSSES = ("l2", "cosine")  # on the AE code itself
@@ -475,7 +475,7 @@ def _label_stats(synth_cfg: synth.SynthConfig, heads, domain: str, n: int = 1024
 
 def train_supervised_student(student_cfg: StudentConfig, cfg: DistillConfig, synth_cfg: synth.SynthConfig,
                              out_dir: str, strategy=None, tasks=None, domain: str | None = None,
-                             kind: str = "supervised_multitask") -> dict:
+                             kind: str = "supervised_multitask", view: str = "embedding") -> dict:
     """The student's architecture and data budget (cfg.steps x cfg.batch_size fresh SynthFaces), trained
     directly on task labels, one head per task on the embedding (dropped afterwards).
 
@@ -484,6 +484,8 @@ def train_supervised_student(student_cfg: StudentConfig, cfg: DistillConfig, syn
     domain="mixed" it is the per-task ceiling: what this architecture reaches when it sees the labels.
     Classification: cross-entropy; regression and landmarks: squared error of standardised targets;
     verification: CosFace on the train pool's identities.
+    view: what the heads read (student.model.feature_model): "embedding" (the code) or "ladder" (every stage
+    pooled, the view that is probed; 20 tasks through a 64-d code alone under-train the ceiling).
     """
     from face_transfer.data.tasks import TASKS
     from face_transfer.teachers import zoo
@@ -505,7 +507,7 @@ def train_supervised_student(student_cfg: StudentConfig, cfg: DistillConfig, syn
 
     def build():
         student = build_student(student_cfg)
-        emb = student.output
+        emb = feature_model(student, view).output["features"]
         outs = {}
         for j, h in enumerate(heads):
             tag = f"sup{j}_" + "".join(c if c.isalnum() else "_" for c in h["name"])
@@ -546,5 +548,5 @@ def train_supervised_student(student_cfg: StudentConfig, cfg: DistillConfig, syn
         checkpoint_every=cfg.checkpoint_every, on_step=_Progress(cfg.steps, cfg.log_every, kind.split("_")[0]))
     recalibrate_batchnorm(hist["models"]["student"], _recalibration_batches(synth_cfg, dcfg))
     return _save_student(hist["models"]["student"], student_cfg, out_dir, strategy, {
-        "kind": kind, "distill": dataclasses.asdict(dcfg), "tasks": [h["name"] for h in heads],
+        "kind": kind, "distill": dataclasses.asdict(dcfg), "tasks": [h["name"] for h in heads], "heads_on": view,
         "final_loss": _final_loss(hist, out_dir, strategy), "train_seconds_this_run": round(time.time() - t0, 1)})
