@@ -49,12 +49,20 @@ def matmul_gflops_one_thread(n: int = 512, repeats: int = 20) -> float:
     return 2 * n ** 3 * repeats / best / 1e9
 
 
+ISA_LIMIT_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES")
+
+
 def describe() -> dict:
     """{cpu, isa, matmul_gflops_one_thread, cores}: recorded next to every speed figure."""
     info = {"machine": platform.machine(), "isa": cpu_isa_flags(),
             "matmul_gflops_one_thread": round(matmul_gflops_one_thread(), 1)}
+    import os
+    # instruction-set limits set on purpose (an AVX2-only machine emulated on a newer CPU): oneDNN (TensorFlow),
+    # OpenBLAS and numpy's SIMD dispatch then run the older ISA's kernels, and the figures must say so
+    limits = {k: os.environ[k] for k in ISA_LIMIT_VARIABLES if os.environ.get(k)}
+    if limits:
+        info["isa_limits"] = limits
     try:
-        import os
         info["cores"] = os.cpu_count()
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))

@@ -304,12 +304,12 @@ def test_ceiling_heads_follow_task_kinds_and_share_labels():
 def test_ceiling_tiny_run_learns_every_kind_and_drops_heads(tmp_path):
     from face_transfer.data.tasks import TASKS
     out = str(tmp_path / "ceiling")
-    tasks = [TASKS[n] for n in ("verification", "expression_sketch", "gaze", "landmarks", "hair_color")]
+    tasks = [TASKS[n] for n in ("verification", "expression_sketch", "head_pose", "landmarks", "hair_color")]
     record = train_supervised_student(STUDENT, DistillConfig(steps=2, batch_size=8, checkpoint_every=2, log_every=1),
                                       SYNTH, out, tasks=tasks, domain="mixed", kind="ceiling", view="ladder")
     assert record["kind"] == "ceiling" and record["distill"]["domain"] == "mixed"
     assert record["heads_on"] == "ladder"
-    assert record["tasks"] == ["verification", "expression_sketch", "gaze", "landmarks", "hair_color"]
+    assert record["tasks"] == ["verification", "expression_sketch", "head_pose", "landmarks", "hair_color"]
     assert np.isfinite(record["final_loss"]) and record["final_loss"] > 0
     student = load_student(out)
     assert student.output.shape[-1] == 8

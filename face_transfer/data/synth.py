@@ -156,7 +156,9 @@ def _expression_factors(expr, iu, xu):
         [expr == 3, expr == 6, expr == 1, expr == 4],
         [inten * (0.7 + 0.3 * mo), inten * (0.55 + 0.35 * mo), inten * (0.4 + 0.6 * mo), 0.02 * mo],
         0.15 * mo * mo).astype(_F32)
-    blink = (xu[:, 2] < 0.10) & (expr != 3) & (expr != 6)
+    # closed eyes in ~18% of faces (not with surprise or fear): at 10% the probes' test splits held ~20 closed
+    # faces, and eyes_closed's balanced accuracy swung by +-6 points between seeds
+    blink = (xu[:, 2] < 0.25) & (expr != 3) & (expr != 6)
     return inten, smile, np.clip(mouth_open, 0, 1), blink.astype(np.int64)
 
 

@@ -12,7 +12,7 @@ from face_transfer.data.tasks import Task
 
 # Tasks that make sense as analyser outputs on a photo (domain-variant and verification tasks do not).
 ANALYZER_TASKS = ("expression", "head_pose", "age", "gender", "glasses", "sunglasses", "beard", "hair_color",
-                  "eyes_closed", "mouth_open", "smile", "gaze", "landmarks", "illumination", "mask", "hat",
+                  "hair_style", "eyes_closed", "mouth_open", "smile", "landmarks", "illumination", "mask", "hat",
                   "occlusion")
 
 
@@ -45,7 +45,7 @@ def fit_head(task: Task, features: np.ndarray, labels: dict, c: float = 0.1, alp
 
 
 def fit_heads(task_names, features: np.ndarray, labels: dict, tasks: dict) -> dict:
-    """{output name: head} for the analyser. Multi-output regressions (head pose, gaze) become one
+    """{output name: head} for the analyser. Multi-output regressions (head pose) become one
     head per label (yaw, pitch, roll, ...): clearer outputs, and XNNPACK fails to prepare int8
     fully-connected layers with 2-3 outputs followed by a dequantise (seen with ai-edge-litert 2.3)."""
     import dataclasses

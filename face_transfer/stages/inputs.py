@@ -121,7 +121,8 @@ def class_names(run: Run, task) -> list[str] | None:
     if getattr(task, "class_names", None):
         return list(task.class_names)
     if task.eval_set in task_registry.EVAL_SETS:
-        named = {"expression": synth.EXPRESSIONS, "hair_color": synth.HAIR_COLORS, "gender": ("female", "male")}
+        named = {"expression": synth.EXPRESSIONS, "hair_color": synth.HAIR_COLORS, "hair_style": synth.HAIR_STYLES,
+                 "gender": ("female", "male")}
         key = task.labels[0]
         return list(named[key]) if key in named else None
     return None
