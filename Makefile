@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/demo
 
-.PHONY: venv demo test test-slow bench clean web
+.PHONY: venv demo test test-slow bench clean web zoo
 
 $(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
+
+# The demo's pretrained teachers (face_transfer/assets/zoo): the demo zoo trained for 1,000 steps each.
+ZOO_RUN ?= runs/zoo
+zoo: $(STAMP)
+	$(PY) -m trainers.pipeline --preset=demo --run_dir=$(ZOO_RUN) --until=teachers --teacher_steps=1000 --teacher_pretrained=
+	$(PY) -m export.package_zoo --run_dir=$(ZOO_RUN) --out=face_transfer/assets/zoo --overwrite
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

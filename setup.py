@@ -10,6 +10,8 @@ setup(
     ),
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["face_transfer", "face_transfer.*", "trainers", "export"]),
+    # the pretrained zoo teachers of the demo (`make zoo`)
+    package_data={"face_transfer": ["assets/zoo/manifest.json", "assets/zoo/*/model.keras"]},
     install_requires=[
         # TF 2.21 ships Keras 3 as tf.keras; we write `import keras` everywhere.
         "tensorflow~=2.21.0",

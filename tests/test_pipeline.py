@@ -335,6 +335,14 @@ def test_student_view_and_ceiling_flags_reach_the_config(tmp_path):
         flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--ceiling_budget=0.5"])
         with pytest.raises(flags.ValidationError, match=r"--ceiling_budget=0.5: .*expected a multiple >= 1"):
             common.config_from_flags()
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", f"--teacher_pretrained={tmp_path}"])
+        with pytest.raises(flags.ValidationError, match=rf"--teacher_pretrained={tmp_path}: no manifest.json in"):
+            common.config_from_flags()
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--teacher_pretrained="])
+        assert common.config_from_flags().teacher_train.pretrained == ""
     from face_transfer.configs import preset_config
     assert (preset_config("demo").student_view, preset_config("demo").ceiling) == ("ladder", True)
     with pytest.raises(ValueError, match="student_view='pyramid'"):

@@ -134,3 +134,50 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
         assert json.load(f)["epochs_done"] == total_epochs
     assert record["steps"] == RESUME_CFG.steps and "expression_accuracy" in record["metrics"]
     assert os.path.exists(os.path.join(out, TEACHER_JSON))
+
+
+def test_pretrained_zoo_is_installed_not_trained_and_checked(trained, tmp_path, monkeypatch):
+    """package_pretrained -> install_pretrained: the run gets the same model without training; a different
+    architecture, an unknown name or a damaged file is refused with an error naming the file."""
+    import dataclasses
+
+    from face_transfer.integrity import CorruptArtifactError
+    out, record, _ = trained
+    zoo_dir = str(tmp_path / "zoo")
+    manifest = teacher_train.package_pretrained({"t": out}, zoo_dir, SYNTH, note="test")
+    assert manifest["teachers"]["t"]["record"]["metrics"] == json.loads(json.dumps(record))["metrics"]
+
+    def no_build(*a, **k):
+        raise AssertionError("a pretrained teacher was trained")
+    monkeypatch.setattr(teacher_train.zoo, "build_teacher", no_build)
+    cfg = dataclasses.replace(CFG, pretrained=zoo_dir)
+    run_dir = str(tmp_path / "run_teacher")
+    rec = train_teacher(SPEC, SYNTH, cfg, run_dir)
+    assert rec["pretrained"]["sha256"] == manifest["teachers"]["t"]["sha256"] and rec["steps"] == 6
+    images, _ = synth.render_faces(SYNTH, np.arange(4), stream="test")
+    np.testing.assert_array_equal(load_zoo_teacher(run_dir).embed(images), load_zoo_teacher(out).embed(images))
+
+    with pytest.raises(ValueError, match=r"not the teacher the config asks for \(differs in embedding_dim: 8 vs 16"):
+        train_teacher(dataclasses.replace(SPEC, embedding_dim=16), SYNTH, cfg, str(tmp_path / "other"))
+    with pytest.raises(ValueError, match=r"no pretrained teacher 'u' \(it holds \['t'\]\)"):
+        train_teacher(dataclasses.replace(SPEC, name="u"), SYNTH, cfg, str(tmp_path / "u"))
+    with pytest.raises(FileNotFoundError, match="manifest.json: no such file"):
+        train_teacher(SPEC, SYNTH, dataclasses.replace(CFG, pretrained=str(tmp_path)), str(tmp_path / "none"))
+    model = os.path.join(zoo_dir, "t", "model.keras")
+    with open(model, "r+b") as f:
+        f.truncate(os.path.getsize(model) // 2)
+    with pytest.raises(CorruptArtifactError, match=rf"{model}: .* bytes, SHA-256 .*damaged or was replaced"):
+        train_teacher(SPEC, SYNTH, cfg, str(tmp_path / "damaged"))
+    assert not os.path.exists(str(tmp_path / "damaged" / TEACHER_JSON))
+
+
+def test_the_shipped_zoo_is_the_demo_presets_teachers_and_intact(tmp_path):
+    """face_transfer/assets/zoo (`make zoo`) holds every teacher of the demo preset, as that preset specifies
+    it, with the recorded checksums: a preset change that forgets to rebuild the zoo fails here."""
+    from face_transfer.configs import preset_config
+    cfg = preset_config("demo")
+    assert cfg.teacher_train.pretrained == "package"
+    for spec in cfg.teachers:
+        rec = teacher_train.install_pretrained(spec, "package", str(tmp_path / spec.name))
+        assert rec["steps"] == cfg.teacher_train.steps and rec["name"] == spec.name
+        assert os.path.exists(tmp_path / spec.name / "model.keras")

@@ -44,6 +44,9 @@ def define_run_flags():
     flags.DEFINE_float("ceiling_budget", None, "The ceiling's training steps as a multiple (>= 1) of the student's "
                        "distillation steps. Default: the preset's.")
     flags.DEFINE_integer("teacher_steps", None, "Training steps per zoo teacher.")
+    flags.DEFINE_string("teacher_pretrained", None, "Zoo teachers already trained, used instead of training them: "
+                        "'package' (the ones shipped with face-transfer, `make zoo`), a directory written by "
+                        "export.package_zoo, or '' to train every zoo teacher from nothing. Default: the preset's.")
     flags.DEFINE_integer("batch_size", None, "Global batch size for teachers and student.")
     flags.DEFINE_float("student_width", None, "Student width multiplier.")
     flags.DEFINE_list("real_teachers", None, "Imported pretrained teachers to add to the ensemble "
@@ -133,6 +136,16 @@ def config_from_flags():
         if FLAGS.teacher_steps < 1:
             raise flags.ValidationError(f"--teacher_steps={FLAGS.teacher_steps}: expected >= 1")
         cfg = r(cfg, teacher_train=r(cfg.teacher_train, steps=FLAGS.teacher_steps))
+    if FLAGS.teacher_pretrained is not None:
+        from face_transfer.teachers.train import PRETRAINED_MANIFEST, pretrained_dir
+        where = FLAGS.teacher_pretrained
+        if where and not os.path.isfile(os.path.join(pretrained_dir(where), PRETRAINED_MANIFEST)):
+            raise flags.ValidationError(f"--teacher_pretrained={where}: no {PRETRAINED_MANIFEST} in "
+                                        f"{pretrained_dir(where)} (expected 'package', a directory written by "
+                                        "export.package_zoo, or '' to train the teachers)")
+        if where and where != "package":
+            where = os.path.abspath(where)
+        cfg = r(cfg, teacher_train=r(cfg.teacher_train, pretrained=where))
     if FLAGS.batch_size is not None:
         if FLAGS.batch_size < 1:
             raise flags.ValidationError(f"--batch_size={FLAGS.batch_size}: expected >= 1")

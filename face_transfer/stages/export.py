@@ -229,7 +229,7 @@ def run(run: Run, ctx) -> dict:
         f.write(adata)
     # quantisation-aware training (tf_keras twin; tfmot flips the TF keras alias to legacy process-wide,
     # so it runs in a subprocess)
-    qat_info = _qat_subprocess(run)
+    qat_info = _qat_subprocess(run) if ecfg.qat_steps > 0 else {"ok": False, "skipped": "export.qat_steps=0"}
     if qat_info.get("ok"):
         with open(qat_info["path"], "rb") as f:
             qdata = described(f.read(), "student", "int8_qat")  # replaces any metadata of an earlier attempt

@@ -21,15 +21,20 @@ def run(run: Run, ctx) -> dict:
     from face_transfer.teachers.train import train_teacher
     cfg = run.cfg
     imported = list(cfg.real_teachers) + [r.name for r in cfg.teacher_files]
-    header(f"teachers: train the zoo ({len(cfg.teachers)} source-task teachers)"
+    pre = cfg.teacher_train.pretrained
+    header((f"teachers: the zoo's {len(cfg.teachers)} pretrained source-task teachers "
+            f"({'shipped with face-transfer' if pre == 'package' else pre})" if pre else
+            f"teachers: train the zoo ({len(cfg.teachers)} source-task teachers)")
            + (f" + import {', '.join(imported)}" if imported else ""))
     records = {}
     for spec in cfg.teachers:
         t0 = time.time()
-        print(f"  teacher {spec.name} ({spec.arch}, source task {spec.source_task})", file=sys.stderr)
+        if not pre:
+            print(f"  teacher {spec.name} ({spec.arch}, source task {spec.source_task})", file=sys.stderr)
         rec = train_teacher(spec, cfg.data.synth, cfg.teacher_train, run.p("teachers", spec.name), ctx.strategy)
         records[spec.name] = rec
-        summary(f"{spec.name}: {rec['params_total']:,} params, {rec['metrics']} ({time.time() - t0:.0f} s)")
+        summary(f"{spec.name}: {rec['params_total']:,} params, {rec['metrics']} "
+                + (f"(pretrained, {rec['steps']} steps)" if "pretrained" in rec else f"({time.time() - t0:.0f} s)"))
     from face_transfer import distribute
     if ctx.strategy is not None and not distribute.is_chief(ctx.strategy):
         return {"teachers": records, "outputs": []}  # the chief records the imported teachers

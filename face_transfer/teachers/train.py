@@ -36,6 +36,10 @@ class TeacherTrainConfig:
     eval_images: int = 1000
     domain: str = "photo"  # teachers see photos only; other domains are novel for them
     verbose: int = 1
+    # Trained zoo teachers to use instead of training them: a directory written by `package_pretrained`
+    # (manifest.json + <name>/model.keras), or "package" for the ones that ship with face-transfer
+    # (face_transfer/assets/zoo, built by `make zoo`). "" trains every teacher from nothing.
+    pretrained: str = ""
 
 
 class _EpochCheckpoint(keras.callbacks.Callback):
@@ -115,6 +119,8 @@ def train_teacher(spec: zoo.TeacherSpec, synth_cfg: synth.SynthConfig, cfg: Teac
     if os.path.exists(done):
         with open(done) as f:
             return json.load(f)
+    if cfg.pretrained:
+        return install_pretrained(spec, cfg.pretrained, out_dir, write=distribute.is_chief(strategy))
     write = distribute.is_chief(strategy)
     ckpt_dir = os.path.join(out_dir, "ckpt")
     os.makedirs(ckpt_dir, exist_ok=True)
@@ -182,3 +188,89 @@ def load_zoo_teacher(teacher_dir: str):
     teacher = keras_model_teacher(zoo.embedding_model(model), None, record["name"], spec)
     teacher.metadata.update({"source": teacher_dir, "record": record})
     return teacher
+
+
+# ---- pretrained zoo teachers: trained once, shipped, installed into a run instead of training ---------------
+
+PRETRAINED_MANIFEST = "manifest.json"
+PACKAGE_ZOO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "zoo")
+
+
+def pretrained_dir(where: str) -> str:
+    """The directory of a `TeacherTrainConfig.pretrained` value ("package" = the zoo shipped with face-transfer)."""
+    return PACKAGE_ZOO if where == "package" else where
+
+
+def _spec_json(spec) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(spec)))
+
+
+def package_pretrained(teacher_dirs: dict, out_dir: str, synth_cfg: synth.SynthConfig, note: str = "") -> dict:
+    """Copy trained zoo teachers ({name: run teacher dir}) into `out_dir` with a manifest of their records,
+    sizes and SHA-256: what `install_pretrained` checks before a run uses them."""
+    from face_transfer.integrity import load_keras_model
+    from face_transfer.teachers.refs import file_digest
+    os.makedirs(out_dir, exist_ok=True)
+    manifest = {"synth": dataclasses.asdict(synth_cfg), "note": note, "teachers": {}}
+    for name, src in teacher_dirs.items():
+        with open(os.path.join(src, TEACHER_JSON)) as f:
+            record = json.load(f)
+        os.makedirs(os.path.join(out_dir, name), exist_ok=True)
+        dst = os.path.join(out_dir, name, "model.keras")
+        # the weights alone: without the optimizer's state the file is ~3x smaller
+        model = load_keras_model(os.path.join(src, "model.keras"), "teacher model", compile=False)
+        model.save(dst + ".tmp.keras")
+        os.replace(dst + ".tmp.keras", dst)
+        sha, size = file_digest(dst)
+        manifest["teachers"][name] = {"record": record, "sha256": sha, "bytes": size}
+    with open(os.path.join(out_dir, PRETRAINED_MANIFEST + ".tmp"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(os.path.join(out_dir, PRETRAINED_MANIFEST + ".tmp"), os.path.join(out_dir, PRETRAINED_MANIFEST))
+    return manifest
+
+
+def install_pretrained(spec: zoo.TeacherSpec, where: str, out_dir: str, write: bool = True) -> dict:
+    """Put the pretrained teacher `spec.name` of `where` into `out_dir` (model.keras + teacher.json), after
+    checking that it is the architecture the config asks for and that its file is intact; its record."""
+    import shutil
+
+    from face_transfer.integrity import CorruptArtifactError
+    from face_transfer.teachers.refs import file_digest
+    root = pretrained_dir(where)
+    mpath = os.path.join(root, PRETRAINED_MANIFEST)
+    if not os.path.exists(mpath):
+        raise FileNotFoundError(f"{mpath}: no such file (teacher_train.pretrained={where!r} expects a directory "
+                                "written by `make zoo` / export.package_zoo; '' trains the teachers instead)")
+    with open(mpath) as f:
+        manifest = json.load(f)
+    entry = manifest.get("teachers", {}).get(spec.name)
+    if entry is None:
+        raise ValueError(f"{mpath}: no pretrained teacher {spec.name!r} (it holds {sorted(manifest.get('teachers', {}))}); "
+                         "train it with --teacher_pretrained='' or rebuild the zoo with `make zoo`")
+    want, have = _spec_json(spec), entry["record"]["spec"]
+    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    if diff:
+        raise ValueError(f"{mpath}: the pretrained {spec.name!r} is not the teacher the config asks for "
+                         f"(differs in {', '.join(f'{k}: {have.get(k)!r} vs {want.get(k)!r}' for k in diff)}); "
+                         "train it with --teacher_pretrained='' or rebuild the zoo with `make zoo`")
+    src = os.path.join(root, spec.name, "model.keras")
+    if not os.path.exists(src):
+        raise FileNotFoundError(f"{src}: no such file (listed in {mpath})")
+    sha, size = file_digest(src)
+    if (sha, size) != (entry["sha256"], entry["bytes"]):
+        raise CorruptArtifactError(f"{src}: {size:,} bytes, SHA-256 {sha[:12]}..., but {mpath} records "
+                                   f"{entry['bytes']:,} bytes, {entry['sha256'][:12]}...; the file is damaged or was "
+                                   "replaced: restore it (git checkout) or rebuild the zoo with `make zoo`")
+    record = {**entry["record"], "pretrained": {"from": src, "sha256": sha, "note": manifest.get("note", ""),
+                                                "synth": manifest.get("synth")},
+              "train_seconds_this_run": 0.0}
+    if write:
+        os.makedirs(out_dir, exist_ok=True)
+        dst = os.path.join(out_dir, "model.keras")
+        shutil.copyfile(src, dst + ".tmp")
+        os.replace(dst + ".tmp", dst)
+        done = os.path.join(out_dir, TEACHER_JSON)
+        with open(done + ".tmp", "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(done + ".tmp", done)
+    return record

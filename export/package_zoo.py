@@ -1,0 +1,48 @@
+"""Packages a run's trained zoo teachers as pretrained teachers (manifest.json + <name>/model.keras), which a
+config then uses instead of training them (`--teacher_pretrained=<dir>`, or `package` for face_transfer/assets/zoo).
+
+    python -m trainers.pipeline --preset=demo --run_dir=runs/zoo --until=teachers --teacher_steps=1000 \\
+        --teacher_pretrained=
+    python -m export.package_zoo --run_dir=runs/zoo --out=face_transfer/assets/zoo
+"""
+import os
+import sys
+
+from absl import app, flags
+
+from trainers.common import define_verbose_flag, guarded  # noqa: E402  (one error boundary per script)
+
+flags.DEFINE_string("run_dir", None, "A run whose teachers stage finished.")
+flags.DEFINE_string("out", None, "Where to write the pretrained zoo (its manifest.json and model files).")
+flags.DEFINE_boolean("overwrite", False, "Replace an existing pretrained zoo in --out.")
+FLAGS = flags.FLAGS
+define_verbose_flag()
+
+
+@guarded
+def main(argv):
+    del argv
+    from face_transfer.configs import ConfigError, ExperimentConfig
+    from face_transfer.teachers.train import PRETRAINED_MANIFEST, TEACHER_JSON, package_pretrained
+    if not FLAGS.run_dir or not FLAGS.out:
+        raise app.UsageError("give --run_dir (a run whose teachers are trained) and --out")
+    try:
+        cfg = ExperimentConfig.from_file(os.path.join(FLAGS.run_dir, "config.json"))
+    except ConfigError as e:
+        raise app.UsageError(f"--run_dir={FLAGS.run_dir}: {e}") from None
+    dirs = {s.name: os.path.join(FLAGS.run_dir, "teachers", s.name) for s in cfg.teachers}
+    missing = [n for n, d in dirs.items() if not os.path.isfile(os.path.join(d, TEACHER_JSON))]
+    if not dirs or missing:
+        raise app.UsageError(f"--run_dir={FLAGS.run_dir}: zoo teachers not trained: {missing or 'the config has none'}")
+    if os.path.exists(os.path.join(FLAGS.out, PRETRAINED_MANIFEST)) and not FLAGS.overwrite:
+        raise app.UsageError(f"--out={FLAGS.out}: already holds a pretrained zoo; pass --overwrite to replace it")
+    manifest = package_pretrained(dirs, FLAGS.out, cfg.data.synth,
+                                  note=f"trained by `python -m trainers.pipeline` in {FLAGS.run_dir} "
+                                       f"({cfg.teacher_train.steps} steps each, preset {cfg.preset})")
+    for name, e in manifest["teachers"].items():
+        print(f"{name}: {e['bytes']:,} bytes, {e['record']['metrics']}", file=sys.stderr)
+    print(os.path.join(FLAGS.out, PRETRAINED_MANIFEST))
+
+
+if __name__ == "__main__":
+    app.run(main)
