@@ -236,7 +236,8 @@ def ceiling_table_markdown(summary: dict, all_results: dict, reps: list[str], ce
         lines += ["", "Tasks where nothing, the ceiling included, beats raw pixels beyond the seeds' noise (nothing is "
                   "measured there yet): " + ", ".join(summary["unsolvable"]) + "."]
     if summary.get("ceiling_below"):
-        lines += ["", "Tasks where a representation beats the ceiling beyond the noise (the ceiling, trained with the "
-                  "student's budget on every task at once, is under-trained there): "
+        lines += ["", "Tasks where a representation beats the ceiling beyond the noise (the ceiling, one network "
+                  "trained on every task at once for `ceiling_budget` times the student's steps, is under-trained "
+                  "there): "
                   + ", ".join(summary["ceiling_below"]) + "."]
     return "\n".join(lines) + "\n"
