@@ -3,9 +3,10 @@ pixels around each ground-truth eye landmark) to gaze_x, on faces without sungla
 
     .venv/bin/python -m benchmarks.gaze_signal
 
-Measured 2026-11-30 (after the blink-rate change): R² 0.78 at difficulty 0 and 0.60 at the suite's difficulty 1. The label is visible once the
-eye is located; yet no whole-face network of the student's size learned it (README, Tasks), so the suite
-dropped the gaze task for hair_style. The generator still renders and labels gaze_x / gaze_y.
+Measured 2026-11-30 (after the blink-rate change): R² 0.78 at difficulty 0 and 0.60 at the suite's
+difficulty 1. The label is visible once the eye is located; yet no whole-face network of the student's
+size learned it (README, Tasks), so the suite dropped the gaze task for hair_style. The generator still
+renders and labels gaze_x / gaze_y.
 """
 import numpy as np
 from sklearn.linear_model import RidgeCV
