@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from face_transfer import distribute
 from face_transfer.data import synth
+from face_transfer.fileio import write_json
 from face_transfer.data.pipelines import make_stream_dataset
 from face_transfer.teachers import zoo
 from face_transfer.teachers.adapters import InputSpec, keras_model_teacher, preprocess
@@ -210,7 +211,6 @@ def package_pretrained(teacher_dirs: dict, out_dir: str, synth_cfg: synth.SynthC
     sizes and SHA-256: what `install_pretrained` checks before a run uses them."""
     from face_transfer.integrity import load_keras_model
     from face_transfer.teachers.refs import file_digest
-    os.makedirs(out_dir, exist_ok=True)
     manifest = {"synth": dataclasses.asdict(synth_cfg), "note": note, "teachers": {}}
     for name, src in teacher_dirs.items():
         with open(os.path.join(src, TEACHER_JSON)) as f:
@@ -223,9 +223,7 @@ def package_pretrained(teacher_dirs: dict, out_dir: str, synth_cfg: synth.SynthC
         os.replace(dst + ".tmp.keras", dst)
         sha, size = file_digest(dst)
         manifest["teachers"][name] = {"record": record, "sha256": sha, "bytes": size}
-    with open(os.path.join(out_dir, PRETRAINED_MANIFEST + ".tmp"), "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(os.path.join(out_dir, PRETRAINED_MANIFEST + ".tmp"), os.path.join(out_dir, PRETRAINED_MANIFEST))
+    write_json(os.path.join(out_dir, PRETRAINED_MANIFEST), manifest)
     return manifest
 
 
@@ -247,11 +245,11 @@ def install_pretrained(spec: zoo.TeacherSpec, where: str, out_dir: str, write: b
     if entry is None:
         raise ValueError(f"{mpath}: no pretrained teacher {spec.name!r} (it holds {sorted(manifest.get('teachers', {}))}); "
                          "train it with --teacher_pretrained='' or rebuild the zoo with `make zoo`")
-    want, have = _spec_json(spec), entry["record"]["spec"]
-    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    from face_transfer.fileio import dict_differences
+    diff = dict_differences(entry["record"]["spec"], _spec_json(spec))
     if diff:
         raise ValueError(f"{mpath}: the pretrained {spec.name!r} is not the teacher the config asks for "
-                         f"(differs in {', '.join(f'{k}: {have.get(k)!r} vs {want.get(k)!r}' for k in diff)}); "
+                         f"(differs in {', '.join(f'{k}: {a!r} vs {b!r}' for k, a, b in diff)}); "
                          "train it with --teacher_pretrained='' or rebuild the zoo with `make zoo`")
     src = os.path.join(root, spec.name, "model.keras")
     if not os.path.exists(src):
@@ -269,8 +267,5 @@ def install_pretrained(spec: zoo.TeacherSpec, where: str, out_dir: str, write: b
         dst = os.path.join(out_dir, "model.keras")
         shutil.copyfile(src, dst + ".tmp")
         os.replace(dst + ".tmp", dst)
-        done = os.path.join(out_dir, TEACHER_JSON)
-        with open(done + ".tmp", "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(done + ".tmp", done)
+        write_json(os.path.join(out_dir, TEACHER_JSON), record)
     return record
