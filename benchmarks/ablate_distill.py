@@ -34,6 +34,12 @@ VARIANTS = {
     "heads_cos_sl1_code": dict(loss="cos_sl1", noise=0.0, heads=True, code_weight=1.0),
     "noisy_heads_cos_sl1": dict(loss="cos_sl1", noise=0.5, heads=True, code_weight=0.0),
     "noisy_heads_cos_sl1_code": dict(loss="cos_sl1", noise=0.5, heads=True, code_weight=1.0),
+    # heads reading the whole ladder (the probed view), the code kept on the AE code
+    "ladder_heads_teacher_space": dict(loss="teacher_space", noise=0.0, heads=True, heads_view="ladder",
+                                       code_weight=1.0),
+    "ladder_heads_cos_sl1": dict(loss="cos_sl1", noise=0.0, heads=True, heads_view="ladder", code_weight=1.0),
+    "teacher_space_relational": dict(loss="teacher_space", noise=0.0, heads=False, code_weight=0.0,
+                                     relational_weight=1.0),
 }
 DEFAULT_VARIANTS = "l2,teacher_space,noisy_l2,heads_cos_sl1,noisy_heads_cos_sl1"
 
@@ -56,6 +62,8 @@ def main(argv=None):
     ap.add_argument("--run_dir", required=True)
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma list of {sorted(VARIANTS)}")
     ap.add_argument("--steps", type=int, default=None, help="override the run's distill steps")
+    ap.add_argument("--set", default="", help="DistillConfig overrides applied to every variant, e.g. "
+                    "'learning_rate=0.01,batch_size=32'; the variant is then named '<variant>[<overrides>]'")
     ap.add_argument("--no_baselines", action="store_true")
     ap.add_argument("--views", default="embedding", help="comma list of student views to probe for every variant "
                     "(student.model.FEATURE_VIEWS: embedding = the code, ladder = + pooled stage outputs); a view "
@@ -116,6 +124,8 @@ def main(argv=None):
         best = max(names, key=lambda n: saved["baselines"][n]["mean_novel"])
         saved["best_teacher"] = best
 
+    extra = parse_overrides(args.set, cfg.distill)
+    tag = f"[{args.set.replace(' ', '')}]" if extra else ""
     dims = Fusion.load(run.p("fusion")).standardizer.dims
     code_fn, concat_fn, dec_fn = fused_teacher_builders(run)
     src = inputs.image_source(run, "distill")
@@ -123,11 +133,12 @@ def main(argv=None):
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         if variant not in VARIANTS:
             raise SystemExit(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
-        names = [variant if v == "embedding" else f"{variant}+{v}" for v in views]
+        names = [variant + tag if v == "embedding" else f"{variant}{tag}+{v}" for v in views]
         if all(n in saved["variants"] for n in names):
             continue
-        dcfg = dataclasses.replace(cfg.distill, **VARIANTS[variant], **({"steps": args.steps} if args.steps else {}))
-        out = os.path.join(out_root, variant)
+        dcfg = dataclasses.replace(cfg.distill, **{**VARIANTS[variant], **extra,
+                                                   **({"steps": args.steps} if args.steps else {})})
+        out = os.path.join(out_root, variant + tag)
         print(f"\n[ablation] {variant}: {VARIANTS[variant]} ({dcfg.steps} steps)", file=sys.stderr, flush=True)
         t0 = time.time()
         rec = distill_student(scfg, dcfg, src, code_fn, out, decoder_fn=dec_fn, dims=dims,
@@ -146,7 +157,7 @@ def main(argv=None):
                     np.save(path, np.asarray(fmodel.predict(images[s], batch_size=256, verbose=0)["features"]))
                 feats[s] = np.load(path)
             row = probe(name, feats)
-            row.update({"overrides": VARIANTS[variant], "view": view, "steps": dcfg.steps,
+            row.update({"overrides": {**VARIANTS[variant], **extra}, "view": view, "steps": dcfg.steps,
                         "train_seconds": rec.get("train_seconds_this_run", round(wall, 1)),
                         "final_loss": rec.get("final_loss"), "params": rec["params"],
                         "teacher_heads_params": rec.get("teacher_heads_params")})
@@ -158,6 +169,22 @@ def main(argv=None):
     with open(os.path.join(out_root, "ablation.md"), "w") as f:
         f.write(text + "\n")
     return saved
+
+
+def parse_overrides(text: str, base) -> dict:
+    """'k=v,k2=v2' -> DistillConfig overrides, each value cast to the type of the field's current value."""
+    out = {}
+    fields = {f.name for f in dataclasses.fields(base)}
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {item!r}: expected key=value with key one of {sorted(fields)}")
+        current = getattr(base, key)
+        try:
+            out[key] = (value.lower() in ("1", "true", "yes")) if isinstance(current, bool) else type(current)(value)
+        except ValueError:
+            raise SystemExit(f"--set {item!r}: {value!r} is not a {type(current).__name__}")
+    return out
 
 
 def table(saved: dict) -> str:

@@ -21,10 +21,11 @@ from face_transfer.student.distill import (
     make_source_dataset,
     l2_code_loss,
     load_student,
+    relational_loss,
     teacher_space_loss,
     train_supervised_student,
 )
-from face_transfer.student.model import StudentConfig
+from face_transfer.student.model import StudentConfig, build_student, feature_model
 
 RNG = np.random.default_rng(0)
 SYNTH = synth.SynthConfig(image_size=32, n_train_identities=20, n_heldout_identities=5)
@@ -262,6 +263,39 @@ def test_heads_noisy_cos_sl1_tiny_run_drops_heads_and_learns(tmp_path):
     assert student.output.shape[-1] == 8
     assert all(not layer.name.startswith("head") or layer.name == "head_conv" for layer in student.layers)
     assert record["params"] == student.count_params()
+
+
+def test_ladder_heads_with_relational_term_train_and_leave_a_plain_student(tmp_path):
+    """Heads reading the ladder (every stage pooled): they are trained with the student and dropped; the saved
+    student is image -> code, and its stage layers received gradient (their weights moved)."""
+    dims = {"a": 2, "b": 4}
+    cfg = DistillConfig(steps=6, batch_size=8, checkpoint_every=6, log_every=6, learning_rate=1e-2,
+                        loss="teacher_space", heads=True, heads_view="ladder", head_hidden=16,
+                        relational_weight=1.0, code_weight=0.5)
+    out = str(tmp_path / "ladder_heads")
+    record = distill_student(STUDENT, cfg, SYNTH, _fused, out, dims=dims, target_concat_fn=_concat_targets)
+    student = load_student(out)
+    assert student.output.shape[-1] == 8 and np.isfinite(record["final_loss"])
+    ladder_width = feature_model(student, "ladder").output["features"].shape[-1]
+    assert record["teacher_heads_params"] > ladder_width * 16  # the heads' first layers read the ladder
+    fresh = build_student(STUDENT)
+    moved = [l.name for l in student.layers if l.name.endswith("_project") and
+             not np.allclose(l.get_weights()[0], fresh.get_layer(l.name).get_weights()[0])]
+    assert moved, "no stage was trained"
+
+
+def test_relational_loss_zero_for_a_rescaled_target_positive_for_a_shuffled_one():
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(6, 5)).astype("float32")
+    dims = {"a": 2, "b": 3}
+    scaled = t * np.array([3, 3, 0.5, 0.5, 0.5], "float32")  # per-block rescaling keeps every block's geometry
+    assert np.allclose(np.asarray(relational_loss(scaled, t, dims)), 0, atol=1e-5)
+    assert np.allclose(np.asarray(relational_loss(t * 2, t)), 0, atol=1e-5)
+    assert float(np.mean(relational_loss(t[::-1], t, dims))) > 0.05
+    with pytest.raises(ValueError, match="heads_view"):
+        DistillConfig(heads_view="code")
+    with pytest.raises(ValueError, match="relational_weight"):
+        DistillConfig(relational_weight=-1)
 
 
 def test_block_losses_decrease_on_a_toy_target(tmp_path):

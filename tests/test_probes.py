@@ -195,6 +195,19 @@ def test_evaluate_all_prints_progress(data, capsys):
     assert "good" in printed and "random" in printed
 
 
+def test_evaluate_all_in_parallel_processes_gives_the_serial_results(data):
+    labels, good, rand = data
+    tasks = [_task("cls", "cls", "classification", num_classes=4)]
+    cfg = ProbeConfig(seeds=(0, 1))
+    reps = {"good": {"photo": good}, "random": {"photo": rand}, "half": {"photo": good[:, : good.shape[1] // 2]}}
+    serial = probes.evaluate_all(reps, {"photo": labels}, tasks, cfg, progress=False, workers=1)
+    parallel = probes.evaluate_all(reps, {"photo": labels}, tasks, cfg, progress=False, workers=2)
+    assert list(parallel) == list(reps)  # the caller's order, whatever order the workers finish in
+    for name in reps:
+        assert parallel[name]["cls"]["scores"] == serial[name]["cls"]["scores"]
+    assert probes.probe_workers(3, 8) == 3 and probes.probe_workers(5, 2) == 2 and probes.probe_workers(1) == 1
+
+
 def test_bad_input_names_what_is_wrong(data):
     labels, good, _ = data
     task = _task("cls", "cls", "classification")

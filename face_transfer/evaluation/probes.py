@@ -540,18 +540,60 @@ def group_means(results_for_rep: dict, tasks: list[Task]) -> dict:
     return out
 
 
+def probe_workers(n_reps: int, workers: int | None = None) -> int:
+    """How many processes probe `n_reps` representations: `workers`, or one per CPU core this process may
+    use (os.sched_getaffinity, so a container's or a job scheduler's CPU limit is respected)."""
+    import os
+    if workers is None:
+        try:
+            workers = len(os.sched_getaffinity(0))
+        except AttributeError:  # macOS, Windows
+            workers = os.cpu_count() or 1
+    return max(1, min(int(workers), n_reps))
+
+
 def evaluate_all(reps: dict[str, dict[str, np.ndarray]], labels_by_set: dict[str, dict],
-                 tasks: list[Task], cfg: ProbeConfig, progress: bool = True) -> dict:
-    """{representation: evaluate_representation(...)}, one progress line per representation."""
-    results = {}
-    for i, (name, features_by_set) in enumerate(reps.items(), 1):
-        start = time.perf_counter()
-        results[name] = evaluate_representation(features_by_set, labels_by_set, tasks, cfg)
+                 tasks: list[Task], cfg: ProbeConfig, progress: bool = True, workers: int | None = None) -> dict:
+    """{representation: evaluate_representation(...)}, one progress line per representation.
+
+    Representations are probed in parallel by `probe_workers(len(reps), workers)` spawned processes (each
+    single-threaded BLAS, see the module docstring; they import numpy and scikit-learn only). Every probe
+    is a pure function of its inputs, so the results do not depend on the number of workers.
+    """
+    n = probe_workers(len(reps), workers)
+
+    def report(i, name, results, seconds):
         if progress:
-            g = group_means(results[name], tasks)
-            dims = sorted({np.shape(features_by_set[s])[1] for s in dict.fromkeys(t.eval_set for t in tasks)})
+            g = group_means(results, tasks)
+            dims = sorted({np.shape(reps[name][s])[1] for s in dict.fromkeys(t.eval_set for t in tasks)})
             print(f"[probes {i}/{len(reps)}] {name} (dim {','.join(map(str, dims))}): "
                   f"novel {g['mean_novel']:.1f}±{g['std_novel']:.1f}  source {g['mean_source']:.1f}"
-                  f"±{g['std_source']:.1f}  all {g['mean_all']:.1f}  "
-                  f"({time.perf_counter() - start:.1f}s)", file=sys.stdout, flush=True)
-    return results
+                  f"±{g['std_source']:.1f}  all {g['mean_all']:.1f}  ({seconds:.1f}s)", file=sys.stdout, flush=True)
+
+    results = {}
+    if n == 1:
+        for i, (name, features_by_set) in enumerate(reps.items(), 1):
+            start = time.perf_counter()
+            results[name] = evaluate_representation(features_by_set, labels_by_set, tasks, cfg)
+            report(i, name, results[name], time.perf_counter() - start)
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    start = time.perf_counter()
+    # spawn, not fork: the parent holds TensorFlow's and BLAS's thread pools, which a forked child inherits
+    # in an undefined state.
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_evaluate_timed, reps[name], labels_by_set, tasks, cfg): name for name in reps}
+        for i, future in enumerate(as_completed(futures), 1):
+            name = futures[future]
+            results[name], seconds = future.result()
+            report(i, name, results[name], seconds)
+    if progress:
+        print(f"[probes] {len(reps)} representations in {time.perf_counter() - start:.1f} s on {n} processes",
+              file=sys.stdout, flush=True)
+    return {name: results[name] for name in reps}
+
+
+def _evaluate_timed(features_by_set, labels_by_set, tasks, cfg):
+    start = time.perf_counter()
+    return evaluate_representation(features_by_set, labels_by_set, tasks, cfg), time.perf_counter() - start

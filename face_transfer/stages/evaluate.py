@@ -20,7 +20,7 @@ DEPENDS_ON = ("data", "teachers", "cache", "fusion", "student")  # rebuilt upstr
 
 def compression_curve(run: Run, reps: dict, labels: dict) -> dict:
     """Mean novel-task score of AE / PCA / random projection codes vs code dim d, against concat."""
-    from face_transfer.evaluation.probes import evaluate_representation, group_means
+    from face_transfer.evaluation.probes import evaluate_all, group_means
     from face_transfer.fusion.autoencoder import Fusion, fit_pca, random_projection, train_fusion
     from face_transfer.teachers.cache import load_embedding_cache
     path = run.p("metrics", "compression_curve.json")
@@ -34,30 +34,30 @@ def compression_curve(run: Run, reps: dict, labels: dict) -> dict:
     concat = reps["concat"]
     probe = run.cfg.probe
 
-    def score(feats):
-        res = evaluate_representation(feats, labels, tasks, probe)
-        g = group_means(res, tasks)
-        return g["mean_novel"], g["std_novel"]
-
-    curve = {"d": [], "ae": [], "pca": [], "random_projection": [], "ae_std": [], "pca_std": [],
-             "random_projection_std": []}
-    c, cs = score(concat)
-    curve.update({"concat": c, "concat_std": cs, "concat_dim": int(cache_concat.shape[1])})
+    t0 = time.time()
+    feats, dims = {"concat": concat}, []
     for d in run.cfg.compression_dims:
         if d >= cache_concat.shape[1]:
             continue
-        t0 = time.time()
         fcfg = dataclasses.replace(run.cfg.fusion, code_dim=d)
         fus = train_fusion(cache, fcfg, run.p("fusion_curve", f"d{d}"))
         pca = fit_pca(cache_concat, d, run.cfg.seed)
         rp = random_projection(cache_concat.shape[1], d, run.cfg.seed)
         for name, fn in (("ae", lambda z: fus.encoder.predict(z, verbose=0)), ("pca", pca), ("random_projection", rp)):
-            m, s = score(features_cached(run, f"{name}_d{d}", lambda st, fn=fn: fn(concat[st])))
-            curve[name].append(m)
-            curve[f"{name}_std"].append(s)
-        curve["d"].append(int(d))
+            feats[f"{name}_d{d}"] = features_cached(run, f"{name}_d{d}", lambda st, fn=fn: fn(concat[st]))
+        dims.append(int(d))
+    # every code of every d probed at once, in parallel (evaluate_all)
+    scores = {k: group_means(r, tasks) for k, r in evaluate_all(feats, labels, tasks, probe, progress=False).items()}
+    c, cs = scores["concat"]["mean_novel"], scores["concat"]["std_novel"]
+    curve = {"d": dims, "ae": [], "pca": [], "random_projection": [], "ae_std": [], "pca_std": [],
+             "random_projection_std": [], "concat": c, "concat_std": cs, "concat_dim": int(cache_concat.shape[1])}
+    for d in dims:
+        for name in ("ae", "pca", "random_projection"):
+            curve[name].append(scores[f"{name}_d{d}"]["mean_novel"])
+            curve[f"{name}_std"].append(scores[f"{name}_d{d}"]["std_novel"])
         summary(f"d={d}: AE {curve['ae'][-1]:.1f}  PCA {curve['pca'][-1]:.1f}  RP {curve['random_projection'][-1]:.1f}"
-                f"  (concat {c:.1f}; {time.time() - t0:.0f} s)")
+                f"  (concat {c:.1f})")
+    summary(f"compression curve: {len(feats)} codes trained and probed in {time.time() - t0:.0f} s")
     write_json(path, curve)
     return curve
 

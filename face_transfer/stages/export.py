@@ -159,7 +159,7 @@ def _metadata_writer(run: Run, analyzer_meta: dict, code_dim: int):
 def run(run: Run, ctx) -> dict:
     """SavedModels, TFLite files, parity + transfer drop per file, latency; export.json written last."""
     from face_transfer.deploy import infer, onnx_export, savedmodel, tflite
-    from face_transfer.evaluation.probes import evaluate_representation, group_means
+    from face_transfer.evaluation.probes import evaluate_all, group_means
     from face_transfer.student.distill import load_student
     header("export: SavedModels, TFLite (float, int8 PTQ, int8 QAT), parity, latency")
     out = run.p("export")
@@ -244,16 +244,17 @@ def run(run: Run, ctx) -> dict:
     # the student files output the code: compare with the float code's own scores (= feats in the embedding view)
     code_feats = feats if run.cfg.student_view == "embedding" else \
         features_cached(run, "student_code", lambda s: predict(student, images[s]))
-    base = evaluate_representation(code_feats, labels, tasks, run.cfg.probe)
+    feats_by_mode = {"float": code_feats}
+    for mode in ("int8_ptq", "int8_qat"):
+        if mode in files:
+            interp = infer.load_interpreter(files[mode], num_threads=2)
+            feats_by_mode[mode] = features_cached(run, f"student_tflite_{mode}",
+                                                  lambda s, it=interp: next(iter(infer.run_tflite(it, images[s]).values())))
+    probed = evaluate_all(feats_by_mode, labels, tasks, run.cfg.probe, progress=False)  # in parallel
+    base = probed.pop("float")
     base_g = group_means(base, tasks)
     drops = {}
-    for mode in ("int8_ptq", "int8_qat"):
-        if mode not in files:
-            continue
-        interp = infer.load_interpreter(files[mode], num_threads=2)
-        tfe = features_cached(run, f"student_tflite_{mode}",
-                              lambda s, it=interp: next(iter(infer.run_tflite(it, images[s]).values())))
-        res = evaluate_representation(tfe, labels, tasks, run.cfg.probe)
+    for mode, res in probed.items():
         g = group_means(res, tasks)
         drops[mode] = {"mean_novel_drop": base_g["mean_novel"] - g["mean_novel"],
                        "mean_source_drop": base_g["mean_source"] - g["mean_source"],

@@ -90,6 +90,23 @@ def cos_smooth_l1_loss(pred_concat, target_concat, dims: dict, w_cos: float = 0.
     return total / len(dims)
 
 
+def _similarity(x):
+    x = x / (ops.norm(x, axis=-1, keepdims=True) + 1e-6)
+    return ops.matmul(x, ops.transpose(x))
+
+
+def relational_loss(pred, target, dims: dict | None = None):
+    """AMoE's relational term, per example: the mean squared difference between the rows of the student's
+    and the teacher's batch cosine-similarity matrices; with `dims`, per standardised teacher block, mean
+    over teachers (every teacher's geometry of the batch counts equally)."""
+    if not dims:
+        return ops.mean(ops.square(_similarity(pred) - _similarity(target)), axis=-1)
+    total = 0.0
+    for (p, _), (t, _) in zip(_blocks(pred, dims), _blocks(target, dims)):
+        total = total + ops.mean(ops.square(_similarity(p) - _similarity(t)), axis=-1)
+    return total / len(dims)
+
+
 def build_teacher_heads(embedding_dim: int, dims: dict, hidden: int = 256, name: str = "teacher_heads"):
     """One small MLP per teacher (AM-RADIO's adaptor MLP: Dense -> LayerNorm -> GELU -> Dense) from the
     student's embedding to that teacher's standardised block; outputs the concatenation of the blocks.
@@ -178,12 +195,24 @@ class DistillConfig:
     heads: bool = False
     head_hidden: int = 256
     code_weight: float = 0.0  # block losses: + code_weight * L2 to the AE code on the student's embedding
+    # What the trainable heads read (student.model.FEATURE_VIEWS): "embedding" (the code, AM-RADIO) or
+    # "ladder" (every stage pooled next to the code, the view that is probed and deployed): the teachers'
+    # blocks are then predicted from the whole ladder, not squeezed through the 64-d code first.
+    heads_view: str = "embedding"
+    # Relational term (AMoE): + relational_weight * the squared difference between the student's and each
+    # teacher's batch cosine-similarity matrices (per teacher block for block losses, on the code otherwise).
+    relational_weight: float = 0.0
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"DistillConfig.loss={self.loss!r}; expected one of {LOSSES}")
         if not 0.0 <= self.noise <= 1.0:
             raise ValueError(f"DistillConfig.noise={self.noise!r}; expected a probability in [0, 1]")
+        from face_transfer.student.model import FEATURE_VIEWS
+        if self.heads_view not in FEATURE_VIEWS:
+            raise ValueError(f"DistillConfig.heads_view={self.heads_view!r}; expected one of {FEATURE_VIEWS}")
+        if self.relational_weight < 0:
+            raise ValueError(f"DistillConfig.relational_weight={self.relational_weight!r}; expected >= 0")
         if self.head_hidden < 1 or self.code_weight < 0:
             raise ValueError(f"DistillConfig: head_hidden={self.head_hidden!r} must be >= 1 and "
                              f"code_weight={self.code_weight!r} >= 0")
@@ -277,12 +306,18 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
         raise ValueError(f"distill_student: loss={cfg.loss!r} needs target_concat_fn, dims and "
                          f"{'' if cfg.heads else 'decoder_fn'}")
 
+    ladder_heads = block and cfg.heads and cfg.heads_view != "embedding"
+
     def build():
         student = build_student(student_cfg)
         targets = target_concat_fn() if block else build_targets_fn()
         targets.trainable = False
         extras = {"targets": targets}
-        if block and cfg.heads:
+        if ladder_heads:
+            view = feature_model(student, cfg.heads_view)
+            extras["view"] = view
+            extras["heads"] = build_teacher_heads(int(view.output["features"].shape[-1]), dims, cfg.head_hidden)
+        elif block and cfg.heads:
             extras["heads"] = build_teacher_heads(student_cfg.embedding_dim, dims, cfg.head_hidden)
         elif block:
             dec = decoder_fn()
@@ -297,14 +332,22 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
     def loss_fn(models, batch):
         clean, seen = batch if cfg.noise > 0 else (batch, batch)
         target = models["targets"](clean, training=False)
-        pred = models["student"](seen, training=True)
-        if cfg.loss == "l2":
-            return l2_code_loss(pred, target)
-        if cfg.loss == "cosine":
-            return cosine_code_loss(pred, target)
-        blocks = models["heads"](pred, training=True) if cfg.heads else models["decoder"](pred, training=False)
+        if ladder_heads:
+            out = models["view"](seen, training=True)
+            pred, blocks = out["embedding"], models["heads"](out["features"], training=True)
+        else:
+            pred = models["student"](seen, training=True)
+        if cfg.loss in CODE_LOSSES:
+            loss = l2_code_loss(pred, target) if cfg.loss == "l2" else cosine_code_loss(pred, target)
+            if cfg.relational_weight > 0:
+                loss = loss + cfg.relational_weight * relational_loss(pred, target)
+            return loss
+        if not ladder_heads:
+            blocks = models["heads"](pred, training=True) if cfg.heads else models["decoder"](pred, training=False)
         loss = block_sq_loss(blocks, target, dims) if cfg.loss == "teacher_space" else \
             cos_smooth_l1_loss(blocks, target, dims)
+        if cfg.relational_weight > 0:
+            loss = loss + cfg.relational_weight * relational_loss(blocks, target, dims)
         if code_w > 0:
             loss = loss + code_w * l2_code_loss(pred, models["encoder"](target, training=False))
         return loss
