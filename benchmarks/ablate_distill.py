@@ -139,7 +139,7 @@ def main(argv=None):
         dcfg = dataclasses.replace(cfg.distill, **{**VARIANTS[variant], **extra,
                                                    **({"steps": args.steps} if args.steps else {})})
         out = os.path.join(out_root, variant + tag)
-        print(f"\n[ablation] {variant}: {VARIANTS[variant]} ({dcfg.steps} steps)", file=sys.stderr, flush=True)
+        print(f"\n[ablation] {variant}{tag}: {({**VARIANTS[variant], **extra})} ({dcfg.steps} steps)", file=sys.stderr, flush=True)
         t0 = time.time()
         rec = distill_student(scfg, dcfg, src, code_fn, out, decoder_fn=dec_fn, dims=dims,
                               target_concat_fn=concat_fn)

@@ -120,6 +120,9 @@ def test_bad_flag_exits_nonzero_before_any_work(tmp_path):
     (["--preset=smoke", "--config_json=/nonexistent.json"], "ValidationError", "--config_json"),
     (["--preset=smoke", "--distill_noise=2"], "ValidationError", "--distill_noise"),
     (["--preset=smoke", "--distill_loss=huber"], "IllegalFlagValueError", "distill_loss"),
+    (["--preset=smoke", "--distill_relational_weight=-1"], "ValidationError", "--distill_"),
+    (["--preset=smoke", "--distill_batch_size=0"], "ValidationError", "--distill_batch_size"),
+    (["--preset=smoke", "--distill_learning_rate=0"], "ValidationError", "--distill_learning_rate"),
 ])
 def test_bad_flags_are_named(tmp_path, argv, error, needle):
     from absl import flags
@@ -314,6 +317,22 @@ def test_a_stage_rerun_after_its_record_was_deleted_refreshes_its_dependants(tmp
     os.remove(os.path.join(run_dir, "student.txt"))
     pipeline.run_pipeline(cfg, run_dir, until="report")
     assert calls == ["data", "student", "report", "student", "report"]
+
+
+def test_distillation_lever_flags_reach_the_config(tmp_path):
+    from absl import flags
+    from absl.testing import flagsaver
+    import trainers.pipeline  # noqa: F401
+    from trainers import common
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--batch_size=48",
+                     "--distill_batch_size=24", "--distill_learning_rate=0.002", "--distill_relational_weight=0.5",
+                     "--distill_heads", "--distill_heads_view=ladder"])
+        cfg = common.config_from_flags()
+    d = cfg.distill
+    assert (d.batch_size, d.learning_rate, d.relational_weight, d.heads, d.heads_view) == (24, 0.002, 0.5, True, "ladder")
+    assert cfg.teacher_train.batch_size == 48  # --batch_size still sets the teachers'
 
 
 def test_student_view_and_ceiling_flags_reach_the_config(tmp_path):

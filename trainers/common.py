@@ -36,6 +36,14 @@ def define_run_flags():
     flags.DEFINE_float("distill_noise", None, "Noisy student: probability in [0, 1] that a face is degraded (colour, "
                        "gray, blur, occlusion, noise) for the student only; the teachers see it clean.")
     flags.DEFINE_float("distill_code_weight", None, "Block losses: weight of an extra L2 anchor to the AE code (>= 0).")
+    flags.DEFINE_enum("distill_heads_view", None, ["embedding", "ladder"], "With --distill_heads: what the heads "
+                      "read, the student's code (embedding) or its ladder (every stage pooled next to the code).")
+    flags.DEFINE_float("distill_relational_weight", None, "Weight (>= 0) of AMoE's relational term: the student's "
+                       "and each teacher's batch cosine-similarity matrices matched. 0: off.")
+    flags.DEFINE_integer("distill_batch_size", None, "The student's batch (and the supervised control's and the "
+                         "ceiling's); --batch_size sets it together with the teachers'. Default: the preset's.")
+    flags.DEFINE_float("distill_learning_rate", None, "The student's peak learning rate (AdamW, cosine decay). "
+                       "Default: the preset's.")
     flags.DEFINE_enum("student_view", None, ["embedding", "ladder"], "What of the student the probes and the "
                       "analyser's heads read: its code (embedding, the paper's) or the code plus every resolution "
                       "stage's pooled output (ladder). Default: the preset's.")
@@ -112,7 +120,8 @@ def config_from_flags():
         cfg = r(cfg, fusion=r(cfg.fusion, code_dim=FLAGS.code_dim), student=r(cfg.student, embedding_dim=FLAGS.code_dim))
     if FLAGS.distill_loss:
         cfg = r(cfg, distill=r(cfg.distill, loss=FLAGS.distill_loss))
-    levers = {k: getattr(FLAGS, f"distill_{k}") for k in ("heads", "noise", "code_weight")}
+    levers = {k: getattr(FLAGS, f"distill_{k}") for k in ("heads", "noise", "code_weight", "heads_view",
+                                                          "relational_weight")}
     levers = {k: v for k, v in levers.items() if v is not None}
     if levers:
         try:
@@ -151,6 +160,14 @@ def config_from_flags():
             raise flags.ValidationError(f"--batch_size={FLAGS.batch_size}: expected >= 1")
         cfg = r(cfg, distill=r(cfg.distill, batch_size=FLAGS.batch_size),
                 teacher_train=r(cfg.teacher_train, batch_size=FLAGS.batch_size))
+    if FLAGS.distill_batch_size is not None:
+        if FLAGS.distill_batch_size < 1:
+            raise flags.ValidationError(f"--distill_batch_size={FLAGS.distill_batch_size}: expected >= 1")
+        cfg = r(cfg, distill=r(cfg.distill, batch_size=FLAGS.distill_batch_size))
+    if FLAGS.distill_learning_rate is not None:
+        if not FLAGS.distill_learning_rate > 0:
+            raise flags.ValidationError(f"--distill_learning_rate={FLAGS.distill_learning_rate}: expected > 0")
+        cfg = r(cfg, distill=r(cfg.distill, learning_rate=FLAGS.distill_learning_rate))
     if FLAGS.student_width is not None:
         if FLAGS.student_width <= 0:
             raise flags.ValidationError(f"--student_width={FLAGS.student_width}: expected > 0")
