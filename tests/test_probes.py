@@ -208,6 +208,19 @@ def test_evaluate_all_in_parallel_processes_gives_the_serial_results(data):
     assert probes.probe_workers(3, 8) == 3 and probes.probe_workers(5, 2) == 2 and probes.probe_workers(1) == 1
 
 
+def test_probe_workers_do_not_re_import_the_parents_main_module():
+    """A spawned worker re-imports the parent's __main__ (trainers.pipeline loads TensorFlow: seconds per worker);
+    while the probe workers start, the main module is hidden from multiprocessing's preparation data."""
+    import sys
+    from multiprocessing import spawn
+    main = sys.modules["__main__"]
+    before = (getattr(main, "__spec__", None), getattr(main, "__file__", None))
+    with probes._main_module_hidden():
+        prep = spawn.get_preparation_data("probe-worker")
+        assert "init_main_from_name" not in prep and "init_main_from_path" not in prep
+    assert (getattr(main, "__spec__", None), getattr(main, "__file__", None)) == before
+
+
 def test_bad_input_names_what_is_wrong(data):
     labels, good, _ = data
     task = _task("cls", "cls", "classification")

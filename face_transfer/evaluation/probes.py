@@ -583,7 +583,8 @@ def evaluate_all(reps: dict[str, dict[str, np.ndarray]], labels_by_set: dict[str
     # spawn, not fork: the parent holds TensorFlow's and BLAS's thread pools, which a forked child inherits
     # in an undefined state.
     with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_evaluate_timed, reps[name], labels_by_set, tasks, cfg): name for name in reps}
+        with _main_module_hidden():  # the workers start during the submits
+            futures = {pool.submit(_evaluate_timed, reps[name], labels_by_set, tasks, cfg): name for name in reps}
         for i, future in enumerate(as_completed(futures), 1):
             name = futures[future]
             results[name], seconds = future.result()
@@ -592,6 +593,24 @@ def evaluate_all(reps: dict[str, dict[str, np.ndarray]], labels_by_set: dict[str
         print(f"[probes] {len(reps)} representations in {time.perf_counter() - start:.1f} s on {n} processes",
               file=sys.stdout, flush=True)
     return {name: results[name] for name in reps}
+
+
+class _main_module_hidden:
+    """A spawned worker first re-imports the parent's __main__ (e.g. trainers.pipeline, which loads TensorFlow:
+    seconds and hundreds of MB per worker). The probe workers need only this module, so while they start the
+    parent's main module does not name itself."""
+
+    def __enter__(self):
+        self.main = sys.modules.get("__main__")
+        self.saved = {k: getattr(self.main, k) for k in ("__spec__", "__file__") if hasattr(self.main, k)}
+        for k in self.saved:
+            setattr(self.main, k, None) if k == "__spec__" else delattr(self.main, k)
+        return self
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            setattr(self.main, k, v)
+        return False
 
 
 def _evaluate_timed(features_by_set, labels_by_set, tasks, cfg):
