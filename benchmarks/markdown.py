@@ -176,6 +176,17 @@ def _pretrained(res: dict, preset: str) -> bool:
     return False
 
 
+def _reused(res: dict, preset: str) -> str:
+    """The stages a re-run resumed from an earlier run of the same configuration (their seconds are that run's)."""
+    r = res.get(f"presets.{preset}.reused_stages")
+    if not r:
+        return ""
+    secs = r.get("seconds", {})
+    return (f". It is the sum of the stage seconds. The {', '.join(secs)} stages ({_f(sum(secs.values()), 0)} s) are "
+            f"those of {r.get('from', 'an earlier run')}: this run resumed them, and its evaluation reused that run's "
+            "eval-set features of the teachers and fused codes")
+
+
 def preset_section(res: dict, preset: str) -> list[str]:
     """One preset's section of BENCHMARKS.md (empty when results.json has no figures for it)."""
     h = res.get(f"presets.{preset}")
@@ -195,7 +206,8 @@ def preset_section(res: dict, preset: str) -> list[str]:
                 if mach else []),
               f"- Wall time from nothing: **{_f(wall, 0)} s** (`pipeline.{preset}_wall_s`; target: "
               + ("<= 900 s on a 2-core AVX2-only CPU, which ran the 2026-11-27 demo x2.9 slower than the AVX-512 "
-                 "benchmark machine, so about <= 310 s on that machine)" if preset == "demo" else "<= 5400 s)"),
+                 "benchmark machine, so about <= 310 s on that machine)" if preset == "demo" else "<= 5400 s)")
+              + _reused(res, preset),
               f"- Teachers (feature extractors): {_f(h.get('teachers.total_params'))} params; + fusion encoder: "
               f"{_f(h.get('teachers_plus_encoder.params'))}",
               f"- Student: {_f(h.get('student.params'))} params, {_f(h.get('student.mflops'))} MFLOPs; "

@@ -347,8 +347,22 @@ def test_student_view_and_ceiling_flags_reach_the_config(tmp_path):
         cfg = common.config_from_flags()
     assert (cfg.student_view, cfg.ceiling, cfg.ceiling_budget) == ("embedding", False, 2.5)
     from face_transfer.stages.student import ceiling_distill_config
-    assert (ceiling_distill_config(cfg).steps, ceiling_distill_config(cfg).checkpoint_every) == \
-        (round(2.5 * cfg.distill.steps), round(2.5 * cfg.distill.checkpoint_every))
+    c = ceiling_distill_config(cfg)
+    faces = cfg.distill.steps * cfg.distill.batch_size
+    assert c.steps * c.batch_size == round(2.5 * faces) and c.batch_size == cfg.ceiling_batch_size
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--ceiling_batch_size=0",
+                     "--ceiling_budget=2.5"])
+        cfg = common.config_from_flags()
+    c = ceiling_distill_config(cfg)  # the student's batch: the steps and the checkpoints scale with the budget
+    assert (c.steps, c.batch_size, c.checkpoint_every) == \
+        (round(2.5 * cfg.distill.steps), cfg.distill.batch_size, round(2.5 * cfg.distill.checkpoint_every))
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--ceiling_batch_size=-8"])
+        with pytest.raises(flags.ValidationError, match=r"--ceiling_batch_size=-8"):
+            common.config_from_flags()
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--ceiling_budget=0.5"])

@@ -51,6 +51,8 @@ def define_run_flags():
                          "task's labels) and report every score as a percentage of it. Default: the preset's.")
     flags.DEFINE_float("ceiling_budget", None, "The ceiling's training steps as a multiple (>= 1) of the student's "
                        "distillation steps. Default: the preset's.")
+    flags.DEFINE_integer("ceiling_batch_size", None, "The ceiling's batch (0: the student's); its budget stays "
+                         "--ceiling_budget times the student's faces. Default: the preset's.")
     flags.DEFINE_integer("teacher_steps", None, "Training steps per zoo teacher.")
     flags.DEFINE_string("teacher_pretrained", None, "Zoo teachers already trained, used instead of training them: "
                         "'package' (the ones shipped with face-transfer, `make zoo`), a directory written by "
@@ -137,6 +139,11 @@ def config_from_flags():
             cfg = r(cfg, ceiling_budget=FLAGS.ceiling_budget)
         except ValueError as e:
             raise flags.ValidationError(f"--ceiling_budget={FLAGS.ceiling_budget}: {e}") from None
+    if FLAGS.ceiling_batch_size is not None:
+        try:
+            cfg = r(cfg, ceiling_batch_size=FLAGS.ceiling_batch_size)
+        except ValueError as e:
+            raise flags.ValidationError(f"--ceiling_batch_size={FLAGS.ceiling_batch_size}: {e}") from None
     if FLAGS.distill_steps is not None:
         if FLAGS.distill_steps < 1:
             raise flags.ValidationError(f"--distill_steps={FLAGS.distill_steps}: expected >= 1")

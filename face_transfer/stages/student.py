@@ -63,10 +63,13 @@ def fused_teacher_builders(run: Run):
 
 
 def ceiling_distill_config(cfg):
-    """The ceiling's training schedule: the student's, for `cfg.ceiling_budget` times its steps."""
-    steps = int(round(cfg.distill.steps * cfg.ceiling_budget))
-    every = int(round(cfg.distill.checkpoint_every * cfg.ceiling_budget))
-    return dataclasses.replace(cfg.distill, steps=steps, checkpoint_every=max(every, 1))
+    """The ceiling's training schedule: `cfg.ceiling_budget` times the student's faces (steps x batch), in
+    batches of `cfg.ceiling_batch_size` (0: the student's)."""
+    batch = cfg.ceiling_batch_size or cfg.distill.batch_size
+    scale = cfg.ceiling_budget * cfg.distill.batch_size / batch
+    steps = max(1, int(round(cfg.distill.steps * scale)))
+    every = max(1, int(round(cfg.distill.checkpoint_every * scale)))
+    return dataclasses.replace(cfg.distill, steps=steps, batch_size=batch, checkpoint_every=every)
 
 
 def student_dirs(run: Run) -> dict:
