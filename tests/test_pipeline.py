@@ -343,13 +343,13 @@ def test_student_view_and_ceiling_flags_reach_the_config(tmp_path):
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--student_view=embedding",
-                     "--noceiling", "--ceiling_budget=2.5"])
+                     "--noceiling", "--ceiling_budget=2.5", "--ceiling_batch_size=64"])
         cfg = common.config_from_flags()
-    assert (cfg.student_view, cfg.ceiling, cfg.ceiling_budget) == ("embedding", False, 2.5)
+    assert (cfg.student_view, cfg.ceiling, cfg.ceiling_budget, cfg.ceiling_batch_size) == ("embedding", False, 2.5, 64)
     from face_transfer.stages.student import ceiling_distill_config
-    c = ceiling_distill_config(cfg)
+    c = ceiling_distill_config(cfg)  # the budget in faces, in batches of 64
     faces = cfg.distill.steps * cfg.distill.batch_size
-    assert c.steps * c.batch_size == round(2.5 * faces) and c.batch_size == cfg.ceiling_batch_size
+    assert c.steps * c.batch_size == round(2.5 * faces) and c.batch_size == 64
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--ceiling_batch_size=0",
