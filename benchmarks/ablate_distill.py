@@ -38,6 +38,9 @@ VARIANTS = {
     "ladder_heads_teacher_space": dict(loss="teacher_space", noise=0.0, heads=True, heads_view="ladder",
                                        code_weight=1.0),
     "ladder_heads_cos_sl1": dict(loss="cos_sl1", noise=0.0, heads=True, heads_view="ladder", code_weight=1.0),
+    # the ladder holds linearly what the code reconstructs badly: decoder(code) + linear(ladder)
+    "teacher_space_ladder_residual": dict(loss="teacher_space", noise=0.0, heads=False, code_weight=0.0,
+                                          ladder_residual=True),
     "teacher_space_relational": dict(loss="teacher_space", noise=0.0, heads=False, code_weight=0.0,
                                      relational_weight=1.0),
 }
@@ -160,7 +163,8 @@ def main(argv=None):
             row.update({"overrides": {**VARIANTS[variant], **extra}, "view": view, "steps": dcfg.steps,
                         "train_seconds": rec.get("train_seconds_this_run", round(wall, 1)),
                         "final_loss": rec.get("final_loss"), "params": rec["params"],
-                        "teacher_heads_params": rec.get("teacher_heads_params")})
+                        "teacher_heads_params": rec.get("teacher_heads_params"),
+                        "ladder_residual_params": rec.get("ladder_residual_params")})
             saved["variants"][name] = row
             _write(results_path, saved)
 

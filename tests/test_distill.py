@@ -348,3 +348,24 @@ def test_ceiling_tiny_run_learns_every_kind_and_drops_heads(tmp_path):
     student = load_student(out)
     assert student.output.shape[-1] == 8
     assert all(not layer.name.startswith("sup") for layer in student.layers)
+
+
+def test_ladder_residual_trains_through_the_decoder_and_is_dropped(tmp_path):
+    """decoder(code) + linear(ladder): the residual map is trained (its count is recorded) and dropped; the
+    saved student is image -> code. It needs the frozen decoder's block loss."""
+    dims = {"a": 2, "b": 4}
+    cfg = DistillConfig(steps=6, batch_size=8, checkpoint_every=6, log_every=6, learning_rate=1e-2,
+                        loss="teacher_space", ladder_residual=True)
+    out = str(tmp_path / "residual")
+    record = distill_student(STUDENT, cfg, SYNTH, _fused, out, dims=dims, target_concat_fn=_concat_targets,
+                             decoder_fn=_toy_decoder)
+    student = load_student(out)
+    assert student.output.shape[-1] == 8 and np.isfinite(record["final_loss"])
+    ladder_width = feature_model(student, "ladder").output["features"].shape[-1]
+    assert record["ladder_residual_params"] == (ladder_width + 1) * 6
+    assert "teacher_heads_params" not in record
+    assert not any(l.name.startswith("ladder_residual") for l in student.layers)
+    with pytest.raises(ValueError, match="ladder_residual"):
+        DistillConfig(loss="l2", ladder_residual=True)
+    with pytest.raises(ValueError, match="ladder_residual"):
+        DistillConfig(loss="teacher_space", heads=True, ladder_residual=True)

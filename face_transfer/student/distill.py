@@ -123,6 +123,14 @@ def build_teacher_heads(embedding_dim: int, dims: dict, hidden: int = 256, name:
     return keras.Model(inp, out, name=name)
 
 
+def build_ladder_residual(features_dim: int, concat_dim: int, name: str = "ladder_residual"):
+    """A linear map from the student's ladder to the standardised concatenation, zero-initialised (training
+    starts exactly at the decoder-only loss); trained with the student, never part of the saved student."""
+    inp = keras.Input((features_dim,), name="ladder")
+    out = keras.layers.Dense(concat_dim, kernel_initializer="zeros", name=f"{name}_fc")(inp)
+    return keras.Model(inp, out, name=name)
+
+
 # ---- noisy student: generic degradations of the student's input only ---------------------------------
 
 def degrade(images: np.ndarray, positions: np.ndarray, prob: float, seed: int = 0) -> np.ndarray:
@@ -202,6 +210,11 @@ class DistillConfig:
     # Relational term (AMoE): + relational_weight * the squared difference between the student's and each
     # teacher's batch cosine-similarity matrices (per teacher block for block losses, on the code otherwise).
     relational_weight: float = 0.0
+    # Ladder residual (block losses through the frozen decoder): the teacher blocks are predicted as
+    # decoder(code) + a zero-initialised linear map of the ladder (every stage pooled next to the code; the
+    # view that is probed), trained with the student and dropped after. The code still imitates the AE
+    # code; the ladder is pushed to hold, linearly, what the d-dim code reconstructs badly (the AE's residual).
+    ladder_residual: bool = False
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -213,6 +226,9 @@ class DistillConfig:
             raise ValueError(f"DistillConfig.heads_view={self.heads_view!r}; expected one of {FEATURE_VIEWS}")
         if self.relational_weight < 0:
             raise ValueError(f"DistillConfig.relational_weight={self.relational_weight!r}; expected >= 0")
+        if self.ladder_residual and (self.loss not in BLOCK_LOSSES or self.heads):
+            raise ValueError(f"DistillConfig.ladder_residual=True needs a block loss {BLOCK_LOSSES} through the "
+                             f"frozen decoder (heads=False); got loss={self.loss!r}, heads={self.heads!r}")
         if self.head_hidden < 1 or self.code_weight < 0:
             raise ValueError(f"DistillConfig: head_hidden={self.head_hidden!r} must be >= 1 and "
                              f"code_weight={self.code_weight!r} >= 0")
@@ -307,6 +323,7 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
                          f"{'' if cfg.heads else 'decoder_fn'}")
 
     ladder_heads = block and cfg.heads and cfg.heads_view != "embedding"
+    residual = block and cfg.ladder_residual
 
     def build():
         student = build_student(student_cfg)
@@ -323,6 +340,10 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
             dec = decoder_fn()
             dec.trainable = False
             extras["decoder"] = dec
+        if residual:
+            view = feature_model(student, "ladder")
+            extras["view"] = view
+            extras["residual"] = build_ladder_residual(int(view.output["features"].shape[-1]), sum(dims.values()))
         if code_w > 0:
             enc = find_encoder(build_targets_fn(), sum(dims.values()), student_cfg.embedding_dim)
             enc.trainable = False
@@ -335,6 +356,9 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
         if ladder_heads:
             out = models["view"](seen, training=True)
             pred, blocks = out["embedding"], models["heads"](out["features"], training=True)
+        elif residual:
+            out = models["view"](seen, training=True)
+            pred = out["embedding"]
         else:
             pred = models["student"](seen, training=True)
         if cfg.loss in CODE_LOSSES:
@@ -344,6 +368,8 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
             return loss
         if not ladder_heads:
             blocks = models["heads"](pred, training=True) if cfg.heads else models["decoder"](pred, training=False)
+        if residual:
+            blocks = blocks + models["residual"](out["features"], training=True)
         loss = block_sq_loss(blocks, target, dims) if cfg.loss == "teacher_space" else \
             cos_smooth_l1_loss(blocks, target, dims)
         if cfg.relational_weight > 0:
@@ -361,7 +387,9 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
         checkpoint_every=cfg.checkpoint_every, on_step=_Progress(cfg.steps, cfg.log_every, "distill"))
     student = hist["models"]["student"]
     recalibrate_batchnorm(student, _recalibration_batches(source, cfg))
-    extra = {"teacher_heads_params": count_params(hist["models"]["heads"])} if "heads" in hist["models"] else {}
+    extra = {key: count_params(hist["models"][k]) for k, key in (("heads", "teacher_heads_params"),
+                                                                 ("residual", "ladder_residual_params"))
+             if k in hist["models"]}
     record = _save_student(student, student_cfg, out_dir, strategy, {
         "kind": "distilled", "distill": dataclasses.asdict(cfg), "final_loss": _final_loss(hist, out_dir, strategy),
         "train_seconds_this_run": round(time.time() - t0, 1), "resumed_from_step": hist["start_step"], **extra})
