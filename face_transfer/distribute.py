@@ -195,6 +195,7 @@ def train_loop(
     checkpoint_every=100,
     on_step=None,
     max_to_keep=3,
+    steps_per_execution=1,
 ):
     """A synchronous custom training loop under `strategy`, checkpointed and resumable.
 
@@ -212,12 +213,17 @@ def train_loop(
     end; a later call with the same checkpoint_dir restores the latest one and continues from its step.
     Only the chief writes there; other workers write to worker_dir(checkpoint_dir) and delete it.
     on_step(step, logs) is called after each step with the 1-based global step and {"loss": float}.
+    steps_per_execution: up to this many steps run inside one tf.function call (a graph loop, as Keras'
+        `steps_per_execution`), which removes the per-step dispatch and host sync that dominate small batches
+        on CPU. A call never crosses a checkpoint boundary, so checkpoints, resume and the per-step loss
+        history are the same as one step per call; on_step runs after each call, once per step.
     Returns {"step": [...], "loss": [...], "start_step", "final_step", "checkpoint", "models", "optimizer"}.
     """
-    if steps < 0 or global_batch_size < 1 or checkpoint_every < 1:
+    if steps < 0 or global_batch_size < 1 or checkpoint_every < 1 or steps_per_execution < 1:
         raise ValueError(
             f"train_loop: steps={steps}, global_batch_size={global_batch_size}, checkpoint_every="
-            f"{checkpoint_every}; expected steps >= 0 and positive batch size and interval"
+            f"{checkpoint_every}, steps_per_execution={steps_per_execution}; expected steps >= 0 and positive "
+            "batch size, interval and steps per execution"
         )
     if global_batch_size % strategy.num_replicas_in_sync:
         raise ValueError(
@@ -262,9 +268,13 @@ def train_loop(
         return loss
 
     @tf.function
-    def train_step(it):
-        per_replica = strategy.run(replica_step, args=(next(it),))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    def train_steps(it, n):
+        losses = tf.TensorArray(tf.float32, size=n)
+        for i in tf.range(n):
+            per_replica = strategy.run(replica_step, args=(next(it),))
+            losses = losses.write(i, tf.cast(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None),
+                                             tf.float32))
+        return losses.stack()
 
     def save(number):
         path = manager.save(checkpoint_number=number)
@@ -273,16 +283,20 @@ def train_loop(
             tf.io.gfile.rmtree(write_dir)
         return path
 
-    for current in range(start_step + 1, steps + 1):
-        loss = float(train_step(iterator))
+    current = start_step
+    while current < steps:
+        n = min(steps_per_execution, steps - current, checkpoint_every - current % checkpoint_every)
+        losses = train_steps(iterator, tf.constant(n, tf.int32)).numpy()
+        first, current = current + 1, current + n
         step.assign(current)
-        history["step"].append(current)
-        history["loss"].append(loss)
+        history["step"].extend(range(first, current + 1))
+        history["loss"].extend(float(x) for x in losses)
         if manager is not None and (current % checkpoint_every == 0 or current == steps):
             last_saved = save(current)
             if chief:
                 history["checkpoint"] = last_saved
         if on_step is not None:
-            on_step(current, {"loss": loss})
+            for k, loss in enumerate(losses):
+                on_step(first + k, {"loss": float(loss)})
     history["final_step"] = steps
     return history

@@ -207,3 +207,48 @@ def test_train_loop_in_process_and_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="build_model_fn returned no model"):
         distribute.train_loop(strategy, lambda: 3, loss_fn, dataset_fn, lambda: keras.optimizers.SGD(0.5),
                               steps=1, global_batch_size=4)
+
+
+def test_steps_per_execution_matches_one_step_per_call_and_keeps_checkpoints(tmp_path):
+    """Several steps per tf.function call: the same weights and per-step losses as one step per call, a checkpoint
+    at every checkpoint_every boundary (a call never crosses one), and an exact resume from the middle."""
+    keras = tf.keras
+
+    def build():
+        tf.keras.utils.set_random_seed(3)
+        return keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+
+    def dataset_fn(ctx, start):
+        idx = distribute.make_step_index_dataset(ctx, 4, start)
+        return idx.map(lambda i: tf.cast(tf.stack([i % 7, i * 2 % 5, i * 3 % 11], 1), tf.float32) / 10.0)
+
+    def loss_fn(model, x):
+        return tf.reduce_sum(tf.square(model(x) - tf.reduce_sum(x, 1, keepdims=True)), axis=1)
+
+    def run(d, steps, k):
+        logged = []
+        h = distribute.train_loop(tf.distribute.get_strategy(), build, loss_fn, dataset_fn,
+                                  lambda: keras.optimizers.SGD(0.05), steps=steps, global_batch_size=4,
+                                  checkpoint_dir=str(d), checkpoint_every=3, on_step=lambda s, logs: logged.append(s),
+                                  steps_per_execution=k)
+        return h, logged
+
+    one, _ = run(tmp_path / "one", 8, 1)
+    multi, logged = run(tmp_path / "multi", 8, 4)
+    assert logged == multi["step"] == list(range(1, 9))
+    np.testing.assert_allclose(multi["loss"], one["loss"], rtol=1e-5)
+    for a, b in zip(multi["models"].get_weights(), one["models"].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert sorted(tf.train.get_checkpoint_state(str(tmp_path / "multi")).all_model_checkpoint_paths)[-1] \
+        .endswith("ckpt-8")
+    saved = {os.path.basename(p) for p in tf.train.get_checkpoint_state(str(tmp_path / "multi")).all_model_checkpoint_paths}
+    assert saved == {"ckpt-3", "ckpt-6", "ckpt-8"}
+    # stop at 5 (mid-chunk of a later run), then resume to 8 in chunks of 4: same end point
+    run(tmp_path / "resumed", 5, 4)
+    resumed, logged = run(tmp_path / "resumed", 8, 4)
+    assert resumed["start_step"] == 5 and logged == [6, 7, 8]
+    for a, b in zip(resumed["models"].get_weights(), one["models"].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="steps_per_execution"):
+        distribute.train_loop(tf.distribute.get_strategy(), build, loss_fn, dataset_fn,
+                              lambda: keras.optimizers.SGD(0.05), steps=1, global_batch_size=4, steps_per_execution=0)

@@ -215,6 +215,9 @@ class DistillConfig:
     # view that is probed), trained with the student and dropped after. The code still imitates the AE
     # code; the ladder is pushed to hold, linearly, what the d-dim code reconstructs badly (the AE's residual).
     ladder_residual: bool = False
+    # Training steps per tf.function call (distribute.train_loop): the same steps, losses and checkpoints,
+    # without the per-step dispatch and host sync that small batches pay on CPU.
+    steps_per_execution: int = 16
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -226,6 +229,8 @@ class DistillConfig:
             raise ValueError(f"DistillConfig.heads_view={self.heads_view!r}; expected one of {FEATURE_VIEWS}")
         if self.relational_weight < 0:
             raise ValueError(f"DistillConfig.relational_weight={self.relational_weight!r}; expected >= 0")
+        if not (isinstance(self.steps_per_execution, int) and self.steps_per_execution >= 1):
+            raise ValueError(f"DistillConfig.steps_per_execution={self.steps_per_execution!r}; expected an int >= 1")
         if self.ladder_residual and (self.loss not in BLOCK_LOSSES or self.heads):
             raise ValueError(f"DistillConfig.ladder_residual=True needs a block loss {BLOCK_LOSSES} through the "
                              f"frozen decoder (heads=False); got loss={self.loss!r}, heads={self.heads!r}")
@@ -384,7 +389,8 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
         strategy, build, loss_fn,
         lambda ctx, start: make_source_dataset(source, cfg, ctx, start, gb),
         lambda: _optimizer(cfg), cfg.steps, gb, checkpoint_dir=os.path.join(out_dir, "ckpt"),
-        checkpoint_every=cfg.checkpoint_every, on_step=_Progress(cfg.steps, cfg.log_every, "distill"))
+        checkpoint_every=cfg.checkpoint_every,
+        steps_per_execution=cfg.steps_per_execution, on_step=_Progress(cfg.steps, cfg.log_every, "distill"))
     student = hist["models"]["student"]
     recalibrate_batchnorm(student, _recalibration_batches(source, cfg))
     extra = {key: count_params(hist["models"][k]) for k, key in (("heads", "teacher_heads_params"),
@@ -616,7 +622,8 @@ def train_supervised_student(student_cfg: StudentConfig, cfg: DistillConfig, syn
         lambda ctx, start: make_distill_dataset(synth_cfg, dcfg, ctx, start, gb, stream="supervised",
                                                 label_keys=label_keys),
         lambda: _optimizer(cfg), cfg.steps, gb, checkpoint_dir=os.path.join(out_dir, "ckpt"),
-        checkpoint_every=cfg.checkpoint_every, on_step=_Progress(cfg.steps, cfg.log_every, kind.split("_")[0]))
+        checkpoint_every=cfg.checkpoint_every,
+        steps_per_execution=cfg.steps_per_execution, on_step=_Progress(cfg.steps, cfg.log_every, kind.split("_")[0]))
     recalibrate_batchnorm(hist["models"]["student"], _recalibration_batches(synth_cfg, dcfg))
     return _save_student(hist["models"]["student"], student_cfg, out_dir, strategy, {
         "kind": kind, "distill": dataclasses.asdict(dcfg), "tasks": [h["name"] for h in heads], "heads_on": view,
