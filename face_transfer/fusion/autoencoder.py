@@ -27,6 +27,11 @@ class FusionConfig:
     depth: int = 1  # hidden layers on each side of the code (encoder and decoder)
     standardize: str = "zscore"  # or "phi_s"
     input_noise: float = 0.1  # denoising AE: Gaussian noise on the input (fraction of unit variance)
+    # Similarity preservation (Tung & Mori 2019; AMoE's relational term): + relational_weight * the mean
+    # squared difference between the code's batch cosine-similarity matrix and the teachers' (each teacher's
+    # block compared on its own, averaged). Reconstruction keeps variance, as PCA does; this keeps who is
+    # close to whom in every teacher, which cosine-based uses (verification, retrieval) read. 0 = off.
+    relational_weight: float = 0.0
     epochs: int = 60
     batch_size: int = 256
     learning_rate: float = 2e-3
@@ -54,8 +59,43 @@ def build_autoencoder(input_dim: int, dims: dict[str, int], cfg: FusionConfig):
         g = layers.Dense(cfg.hidden, activation="relu", name="dec_hidden" + (f"{i}" if i else ""))(g)
     recon = layers.Dense(input_dim, name="dec_out")(g)
     decoder = keras.Model(dec_in, recon, name="decoder")
-    auto = keras.Model(inp, decoder(encoder(x)), name="fusion_autoencoder")
+    code_x = encoder(x)
+    if cfg.relational_weight > 0:
+        code_x = SimilarityPreservation(dims, cfg.relational_weight, name="similarity_preservation")([code_x, inp])
+    auto = keras.Model(inp, decoder(code_x), name="fusion_autoencoder")
     return auto, encoder, decoder
+
+
+def _cosine_matrix(x):
+    x = x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-6)
+    return ops.matmul(x, ops.transpose(x))
+
+
+def similarity_preservation_loss(code, concat, dims: dict[str, int]):
+    """Mean over teachers of the mean squared difference between the batch cosine-similarity matrices of the
+    code and of that teacher's standardised block (a scalar for the batch)."""
+    s_code, total, i = _cosine_matrix(code), 0.0, 0
+    for d in dims.values():
+        total = total + ops.mean(ops.square(s_code - _cosine_matrix(concat[:, i:i + d])))
+        i += d
+    return total / len(dims)
+
+
+class SimilarityPreservation(layers.Layer):
+    """Identity on the code that adds weight * similarity_preservation_loss(code, clean concat) to the
+    model's losses (training graph only: the saved encoder and decoder never contain it)."""
+
+    def __init__(self, dims: dict, weight: float, **kwargs):
+        super().__init__(**kwargs)
+        self.dims, self.weight = dict(dims), float(weight)
+
+    def call(self, inputs):
+        code, concat = inputs
+        self.add_loss(self.weight * similarity_preservation_loss(code, concat, self.dims))
+        return code
+
+    def get_config(self):
+        return {**super().get_config(), "dims": self.dims, "weight": self.weight}
 
 
 def balanced_reconstruction_loss(y_true, y_pred, dims: dict[str, int]):

@@ -1,0 +1,116 @@
+"""Ablation of the fusion auto-encoder on a finished run (teachers and cache done).
+
+Trains each FusionConfig variant on the run's own embedding cache into `<run_dir>/ablation_fusion/<variant>/`,
+encodes the run's eval sets (the teachers' cached eval features, standardised as the run's fusion does) and
+probes the codes exactly as the evaluate stage does (same tasks, seeds, probe config, in parallel), next to
+the concatenation, the run's AE code and PCA at the same d. Resumable: trained fusions and probed variants are
+skipped. Prints and saves `ablation_fusion/ablation.json` and `ablation.md`.
+
+    .venv/bin/python -m benchmarks.ablate_fusion --run_dir=runs/bench/paper \
+        --variants=base,relational --set=relational_weight=4
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+
+from benchmarks.ablate_distill import _json, _write, parse_overrides
+
+# name -> FusionConfig overrides (on top of the run's own fusion config)
+VARIANTS = {
+    "base": {},  # the run's configuration, retrained (the training noise of one fusion)
+    "relational": dict(relational_weight=2.0),  # similarity preservation on the code
+    "longer": dict(epochs=120, patience=12),
+}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run_dir", required=True)
+    ap.add_argument("--variants", default="base,relational", help=f"comma list of {sorted(VARIANTS)}")
+    ap.add_argument("--set", default="", help="FusionConfig overrides applied to every variant, e.g. "
+                    "'relational_weight=4,code_dim=32'; the variant is then named '<variant>[<overrides>]'")
+    args = ap.parse_args(argv)
+
+    from face_transfer.configs import ExperimentConfig
+    from face_transfer.evaluation.probes import evaluate_all, group_means
+    from face_transfer.fusion.autoencoder import Fusion, fit_pca, train_fusion
+    from face_transfer.stages import inputs
+    from face_transfer.stages.features import features_cached
+    from face_transfer.stages.rundir import Run
+    from face_transfer.teachers.cache import load_embedding_cache
+
+    with open(os.path.join(args.run_dir, "config.json")) as f:
+        cfg = ExperimentConfig.from_json(f.read())
+    run = Run(args.run_dir, cfg)  # read-only use of a finished run
+    out_root = run.p("ablation_fusion")
+    os.makedirs(out_root, exist_ok=True)
+    results_path = os.path.join(out_root, "ablation.json")
+    saved = _json(results_path, {"variants": {}, "baselines": {}})
+
+    images, labels = inputs.load_eval_data(run)
+    tasks = inputs.run_tasks(run)
+    sets = inputs.eval_set_names(run)
+    _, cache = load_embedding_cache(run.p("cache"))
+    run_fusion = Fusion.load(run.p("fusion"))
+    std, d = run_fusion.standardizer, run_fusion.code_dim
+    teachers = inputs.load_teachers(run)
+    per_teacher = {t.name: features_cached(run, f"teacher__{t.name}", lambda s, t=t: t.embed(images[s]))
+                   for t in teachers}
+    concat = {s: std.concat({k: per_teacher[k][s] for k in std.teachers}) for s in sets}
+
+    extra = parse_overrides(args.set, cfg.fusion)
+    tag = f"[{args.set.replace(' ', '')}]" if extra else ""
+    todo, meta = {}, {}
+    if not saved["baselines"]:
+        pca = fit_pca(std.concat(cache), d, cfg.seed)
+        todo.update({"concat": concat,
+                     "ae": features_cached(run, f"ae_d{d}", lambda s: run_fusion.encoder.predict(concat[s], verbose=0)),
+                     f"pca_d{d}": features_cached(run, f"pca_d{d}", lambda s: pca(concat[s]))})
+    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        if variant not in VARIANTS:
+            raise SystemExit(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
+        name = variant + tag
+        if name in saved["variants"]:
+            continue
+        fcfg = dataclasses.replace(cfg.fusion, **{**VARIANTS[variant], **extra})
+        t0 = time.time()
+        fus = train_fusion(cache, fcfg, os.path.join(out_root, name))
+        if fus.standardizer.dims != std.dims:
+            raise SystemExit(f"{name}: standardised dims {fus.standardizer.dims} differ from the run's {std.dims}")
+        todo[name] = {s: fus.encoder.predict(concat[s], verbose=0) for s in sets}
+        meta[name] = {"overrides": {**VARIANTS[variant], **extra}, "train_seconds": round(time.time() - t0, 1),
+                      "epochs_run": fus.record["epochs_run"], "val_r2_per_teacher": fus.record["val_r2_per_teacher"]}
+        print(f"[fusion ablation] {name}: trained in {meta[name]['train_seconds']:.0f} s, "
+              f"{fus.record['epochs_run']} epochs, val R2 {meta[name]['val_r2_per_teacher']}", flush=True)
+    if todo:
+        t0 = time.time()
+        results = evaluate_all(todo, labels, tasks, cfg.probe, progress=False)
+        print(f"[fusion ablation] {len(todo)} representations probed in {time.time() - t0:.0f} s", flush=True)
+        for name, res in results.items():
+            g = group_means(res, tasks)
+            row = {"mean_novel": g["mean_novel"], "std_novel": g["std_novel"], "mean_source": g["mean_source"],
+                   "per_task": {t: r["score_mean"] for t, r in res.items()}, **meta.get(name, {})}
+            saved["variants" if name in meta else "baselines"][name] = row
+        _write(results_path, saved)
+    text = table(saved)
+    print("\n" + text)
+    with open(os.path.join(out_root, "ablation.md"), "w") as f:
+        f.write(text + "\n")
+    return saved
+
+
+def table(saved: dict) -> str:
+    lines = ["| representation | mean novel ± std (seeds) | mean source | train s |", "|---|---|---|---|"]
+    for name, r in saved["variants"].items():
+        lines.append(f"| AE: {name} | {r['mean_novel']:.1f} ± {r['std_novel']:.1f} | {r['mean_source']:.1f} "
+                     f"| {r['train_seconds']:.0f} |")
+    for name, r in saved["baselines"].items():
+        lines.append(f"| {name} | {r['mean_novel']:.1f} ± {r['std_novel']:.1f} | {r['mean_source']:.1f} | |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
