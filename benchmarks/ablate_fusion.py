@@ -21,7 +21,8 @@ from benchmarks.ablate_distill import _json, _write, parse_overrides
 # name -> FusionConfig overrides (on top of the run's own fusion config)
 VARIANTS = {
     "base": {},  # the run's configuration, retrained (the training noise of one fusion)
-    "relational": dict(relational_weight=2.0),  # similarity preservation on the code
+    "plain": dict(relational_weight=0.0),  # reconstruction only (the paper's auto-encoder)
+    "relational": dict(relational_weight=6.0),  # similarity preservation on the code
     "longer": dict(epochs=120, patience=12),
 }
 

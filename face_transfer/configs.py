@@ -24,6 +24,9 @@ class ConfigError(ValueError):
 
 
 # Fields added after runs were written: an older config.json without them reads with their default.
+# FusionConfig fields whose default changed after run directories existed: a config.json written without them
+# describes a fusion trained with these values (a resumed run keeps meaning what it meant).
+_LEGACY_FUSION = {"relational_weight": 0.0}
 _OPTIONAL_FIELDS = {"teacher_files", "ceiling", "student_view", "ceiling_budget", "ceiling_batch_size"}
 
 
@@ -127,7 +130,7 @@ class ExperimentConfig:
             data=DataConfig(**data),
             teachers=tuple(build(TeacherSpec, t) for t in d.pop("teachers")),
             teacher_train=build(TeacherTrainConfig, d.pop("teacher_train")),
-            fusion=build(FusionConfig, d.pop("fusion")),
+            fusion=build(FusionConfig, {**_LEGACY_FUSION, **d.pop("fusion")}),
             student=build(StudentConfig, d.pop("student")),
             distill=build(DistillConfig, d.pop("distill")),
             probe=build(ProbeConfig, d.pop("probe")),

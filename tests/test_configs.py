@@ -55,3 +55,16 @@ def test_unknown_preset_lists_presets():
     assert "huge" in msg
     for name in PRESETS:
         assert name in msg
+
+
+def test_a_config_written_before_the_fusion_relational_term_means_a_plain_fusion():
+    """A run directory's config.json without FusionConfig.relational_weight (written before it existed) trained a
+    plain auto-encoder: it loads as 0.0, not as today's default, so resuming such a run never mixes fusions."""
+    cfg = preset_config("demo")
+    d = json.loads(cfg.to_json())
+    del d["fusion"]["relational_weight"]
+    old = ExperimentConfig.from_dict(d)
+    assert old.fusion.relational_weight == 0.0
+    assert old != cfg or cfg.fusion.relational_weight == 0.0
+    with pytest.raises(ValueError, match="relational_weight"):
+        dataclasses.replace(cfg.fusion, relational_weight=-1.0)

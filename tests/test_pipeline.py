@@ -122,6 +122,8 @@ def test_bad_flag_exits_nonzero_before_any_work(tmp_path):
     (["--preset=smoke", "--distill_loss=huber"], "IllegalFlagValueError", "distill_loss"),
     (["--preset=smoke", "--distill_relational_weight=-1"], "ValidationError", "--distill_"),
     (["--preset=smoke", "--distill_batch_size=0"], "ValidationError", "--distill_batch_size"),
+    (["--preset=smoke", "--fusion_relational_weight=-1"], "ValidationError", "--fusion_relational_weight"),
+    (["--preset=smoke", "--distill_loss=l2", "--distill_ladder_residual"], "ValidationError", "ladder_residual"),
     (["--preset=smoke", "--distill_learning_rate=0"], "ValidationError", "--distill_learning_rate"),
 ])
 def test_bad_flags_are_named(tmp_path, argv, error, needle):
@@ -333,6 +335,12 @@ def test_distillation_lever_flags_reach_the_config(tmp_path):
     d = cfg.distill
     assert (d.batch_size, d.learning_rate, d.relational_weight, d.heads, d.heads_view) == (24, 0.002, 0.5, True, "ladder")
     assert cfg.teacher_train.batch_size == 48  # --batch_size still sets the teachers'
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--distill_ladder_residual",
+                     "--fusion_relational_weight=0"])
+        cfg = common.config_from_flags()
+    assert cfg.distill.ladder_residual and cfg.fusion.relational_weight == 0.0
 
 
 def test_student_view_and_ceiling_flags_reach_the_config(tmp_path):

@@ -40,6 +40,11 @@ def define_run_flags():
                       "read, the student's code (embedding) or its ladder (every stage pooled next to the code).")
     flags.DEFINE_float("distill_relational_weight", None, "Weight (>= 0) of AMoE's relational term: the student's "
                        "and each teacher's batch cosine-similarity matrices matched. 0: off.")
+    flags.DEFINE_boolean("distill_ladder_residual", None, "Block losses through the frozen decoder: predict the "
+                         "teachers as decoder(code) + a linear map of the student's ladder (trained, then dropped).")
+    flags.DEFINE_float("fusion_relational_weight", None, "Weight (>= 0) of the fusion's similarity-preservation "
+                       "term: the code's batch cosine similarities matched to every teacher's. 0: plain "
+                       "reconstruction (the paper's). Default: the preset's.")
     flags.DEFINE_integer("distill_batch_size", None, "The student's batch (and the supervised control's and the "
                          "ceiling's); --batch_size sets it together with the teachers'. Default: the preset's.")
     flags.DEFINE_float("distill_learning_rate", None, "The student's peak learning rate (AdamW, cosine decay). "
@@ -123,13 +128,18 @@ def config_from_flags():
     if FLAGS.distill_loss:
         cfg = r(cfg, distill=r(cfg.distill, loss=FLAGS.distill_loss))
     levers = {k: getattr(FLAGS, f"distill_{k}") for k in ("heads", "noise", "code_weight", "heads_view",
-                                                          "relational_weight")}
+                                                          "relational_weight", "ladder_residual")}
     levers = {k: v for k, v in levers.items() if v is not None}
     if levers:
         try:
             cfg = r(cfg, distill=r(cfg.distill, **levers))
         except ValueError as e:
             raise flags.ValidationError(f"--distill_{'/'.join(levers)}: {e}") from None
+    if FLAGS.fusion_relational_weight is not None:
+        try:
+            cfg = r(cfg, fusion=r(cfg.fusion, relational_weight=FLAGS.fusion_relational_weight))
+        except ValueError as e:
+            raise flags.ValidationError(f"--fusion_relational_weight={FLAGS.fusion_relational_weight}: {e}") from None
     if FLAGS.student_view is not None:
         cfg = r(cfg, student_view=FLAGS.student_view)
     if FLAGS.ceiling is not None:

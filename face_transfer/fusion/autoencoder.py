@@ -31,7 +31,7 @@ class FusionConfig:
     # squared difference between the code's batch cosine-similarity matrix and the teachers' (each teacher's
     # block compared on its own, averaged). Reconstruction keeps variance, as PCA does; this keeps who is
     # close to whom in every teacher, which cosine-based uses (verification, retrieval) read. 0 = off.
-    relational_weight: float = 0.0
+    relational_weight: float = 6.0
     epochs: int = 60
     batch_size: int = 256
     learning_rate: float = 2e-3
@@ -40,6 +40,10 @@ class FusionConfig:
     patience: int = 8
     seed: int = 0
     verbose: int = 0
+
+    def __post_init__(self):
+        if not self.relational_weight >= 0:
+            raise ValueError(f"FusionConfig.relational_weight={self.relational_weight!r}; expected >= 0")
 
 
 def build_autoencoder(input_dim: int, dims: dict[str, int], cfg: FusionConfig):
@@ -195,6 +199,10 @@ def train_fusion(embeddings: dict[str, np.ndarray], cfg: FusionConfig, out_dir: 
                       keras.callbacks.TensorBoard(os.path.join(out_dir, "tb"))]
     hist = auto.fit(xt, xt, validation_data=(xv, xv), epochs=cfg.epochs, batch_size=cfg.batch_size,
                     callbacks=callbacks, verbose=cfg.verbose)
+    # The code's normalisation: exact training-set statistics, not moving averages that lag a short fit (an
+    # off-centre code skews every cosine computed on it, and the student imitates it).
+    from face_transfer.student.distill import recalibrate_batchnorm
+    recalibrate_batchnorm(encoder, (xt[i:i + 4096] for i in range(0, len(xt), 4096)))
     recon = std.split(np.asarray(decoder.predict(encoder.predict(xv, verbose=0), verbose=0)))
     truth = std.split(xv)
     # Per-teacher fraction of variance explained on the validation split (R^2 of the block).
