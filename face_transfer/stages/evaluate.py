@@ -40,7 +40,9 @@ def compression_curve(run: Run, reps: dict, labels: dict) -> dict:
         if d >= cache_concat.shape[1]:
             continue
         fcfg = dataclasses.replace(run.cfg.fusion, code_dim=d)
-        fus = train_fusion(cache, fcfg, run.p("fusion_curve", f"d{d}"))
+        # at the run's own d the curve's AE is the run's fusion (its codes are the cached ae_d{d} features)
+        fus = Fusion.load(run.p("fusion")) if fcfg == run.cfg.fusion else \
+            train_fusion(cache, fcfg, run.p("fusion_curve", f"d{d}"))
         pca = fit_pca(cache_concat, d, run.cfg.seed)
         rp = random_projection(cache_concat.shape[1], d, run.cfg.seed)
         for name, fn in (("ae", lambda z: fus.encoder.predict(z, verbose=0)), ("pca", pca), ("random_projection", rp)):
