@@ -27,7 +27,8 @@ class ConfigError(ValueError):
 # FusionConfig fields whose default changed after run directories existed: a config.json written without them
 # describes a fusion trained with these values (a resumed run keeps meaning what it meant).
 _LEGACY_FUSION = {"relational_weight": 0.0}
-_OPTIONAL_FIELDS = {"teacher_files", "ceiling", "student_view", "ceiling_budget", "ceiling_batch_size"}
+_OPTIONAL_FIELDS = {"teacher_files", "ceiling", "student_view", "ceiling_budget", "ceiling_batch_size",
+                    "student_workers"}
 
 
 def _field_names(klass) -> set:
@@ -87,6 +88,10 @@ class ExperimentConfig:
     # The ceiling's batch; 0: the student's. Its budget stays in faces (ceiling_budget x the student's steps x
     # batch), so a larger batch means fewer, cheaper-per-face steps (the demo's time budget).
     ceiling_batch_size: int = 0
+    # Processes that train the student stage's networks (student, loss variants, control, ceiling) side by side
+    # under the default strategy, the cores shared out between them: 0 = one per usable core, 1 = one after the
+    # other in the main process. Speed only: each network's training is the same.
+    student_workers: int = 0
     # What of every student-architecture network (student, controls, ceiling, random student) is probed and
     # carries the analyser's heads: "embedding" (the distilled code, the paper's) or "ladder" (the code plus
     # the pooled output of every resolution stage; student.model.feature_model).
@@ -99,6 +104,9 @@ class ExperimentConfig:
         from face_transfer.student.model import FEATURE_VIEWS
         if self.student_view not in FEATURE_VIEWS:
             raise ValueError(f"ExperimentConfig.student_view={self.student_view!r}; expected one of {FEATURE_VIEWS}")
+        if not (isinstance(self.student_workers, int) and self.student_workers >= 0):
+            raise ValueError(f"ExperimentConfig.student_workers={self.student_workers!r}; expected 0 (one per usable "
+                             "core) or a number of processes")
         if not (isinstance(self.ceiling_batch_size, int) and self.ceiling_batch_size >= 0):
             raise ValueError(f"ExperimentConfig.ceiling_batch_size={self.ceiling_batch_size!r}; expected 0 (the "
                              "student's batch) or a positive batch size")
@@ -171,6 +179,14 @@ class ExperimentConfig:
             return cls.from_dict(d)
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"{path}: bad field ({type(e).__name__}: {e})") from None
+
+
+def same_experiment(a: ExperimentConfig, b: ExperimentConfig) -> bool:
+    """Equal but for the options that change how fast a run goes, not what it computes (how many processes
+    train the student stage, how many steps one graph call runs): a run may resume with other values."""
+    def core(c):
+        return dataclasses.replace(c, student_workers=0, distill=dataclasses.replace(c.distill, steps_per_execution=1))
+    return core(a) == core(b)
 
 
 def _preset(name: str) -> ExperimentConfig:

@@ -68,3 +68,29 @@ def test_a_config_written_before_the_fusion_relational_term_means_a_plain_fusion
     assert old != cfg or cfg.fusion.relational_weight == 0.0
     with pytest.raises(ValueError, match="relational_weight"):
         dataclasses.replace(cfg.fusion, relational_weight=-1.0)
+
+
+def test_speed_only_options_do_not_make_another_experiment():
+    from face_transfer.configs import same_experiment
+    cfg = preset_config("demo")
+    faster = dataclasses.replace(cfg, student_workers=1,
+                                 distill=dataclasses.replace(cfg.distill, steps_per_execution=4))
+    assert same_experiment(cfg, faster) and faster != cfg
+    assert not same_experiment(cfg, dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, steps=7)))
+    with pytest.raises(ValueError, match="student_workers"):
+        dataclasses.replace(cfg, student_workers=-1)
+    with pytest.raises(ValueError, match="steps_per_execution"):
+        dataclasses.replace(cfg.distill, steps_per_execution=0)
+
+
+def test_parallel_student_workers_only_under_the_default_strategy(tmp_path):
+    import tensorflow as tf
+    from face_transfer.stages.rundir import Run
+    from face_transfer.stages.student import parallel_workers
+    run = Run(str(tmp_path), dataclasses.replace(preset_config("smoke"), student_workers=3))
+    assert parallel_workers(run, None, ["student", "ceiling"]) == 2  # never more processes than networks
+    assert parallel_workers(run, None, ["student", "ceiling", "a", "b"]) == 3
+    assert parallel_workers(run, None, ["student"]) == 1
+    assert parallel_workers(run, tf.distribute.MirroredStrategy(["/cpu:0"]), ["student", "ceiling"]) == 1
+    assert parallel_workers(Run(str(tmp_path), dataclasses.replace(run.cfg, student_workers=1)), None,
+                            ["student", "ceiling"]) == 1

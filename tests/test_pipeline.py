@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,6 +123,7 @@ def test_bad_flag_exits_nonzero_before_any_work(tmp_path):
     (["--preset=smoke", "--distill_loss=huber"], "IllegalFlagValueError", "distill_loss"),
     (["--preset=smoke", "--distill_relational_weight=-1"], "ValidationError", "--distill_"),
     (["--preset=smoke", "--distill_batch_size=0"], "ValidationError", "--distill_batch_size"),
+    (["--preset=smoke", "--student_workers=-1"], "ValidationError", "--student_workers"),
     (["--preset=smoke", "--fusion_relational_weight=-1"], "ValidationError", "--fusion_relational_weight"),
     (["--preset=smoke", "--distill_loss=l2", "--distill_ladder_residual"], "ValidationError", "ladder_residual"),
     (["--preset=smoke", "--distill_learning_rate=0"], "ValidationError", "--distill_learning_rate"),
@@ -428,3 +430,27 @@ def _fake_stages(monkeypatch, spec, calls):
     monkeypatch.setattr(pipeline, "STAGE_NAMES", tuple(spec))
     monkeypatch.setattr(pipeline, "ALWAYS_RUN", ())
     return pipeline
+
+
+@pytest.mark.timeout(900)
+def test_student_stage_in_parallel_processes_matches_the_sequential_one(smoke_run, tmp_path):
+    """The student stage's networks trained side by side in spawned processes (--student_workers=2) give the
+    sequential stage's records (same networks, losses equal up to thread rounding), and a speed-only option
+    does not make the run directory 'another configuration'."""
+    run_dir = _copy_run(smoke_run, tmp_path)
+    stage = json.load(open(os.path.join(run_dir, "metrics", "stages", "student.json")))["record"]["students"]
+    import shutil
+    for rep in stage:
+        shutil.rmtree(os.path.join(run_dir, {"student": "student", "supervised_student": "student_supervised",
+                                             "ceiling": "student_ceiling"}.get(rep, rep)))
+    os.remove(os.path.join(run_dir, "metrics", "stages", "student.json"))
+    out = subprocess.run(_cmd(run_dir, "--until=student", "--student_workers=2"), cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "in 2 processes of" in out.stdout + out.stderr, out.stderr[-2000:]
+    again = json.load(open(os.path.join(run_dir, "metrics", "stages", "student.json")))["record"]["students"]
+    assert list(again) == list(stage)
+    for rep, rec in stage.items():
+        assert again[rep]["params"] == rec["params"] and again[rep]["kind"] == rec["kind"]
+        numpy.testing.assert_allclose(again[rep]["final_loss"], rec["final_loss"], rtol=0.1)
+    assert json.load(open(os.path.join(run_dir, "config.json")))["student_workers"] == 2

@@ -58,6 +58,9 @@ def define_run_flags():
                        "distillation steps. Default: the preset's.")
     flags.DEFINE_integer("ceiling_batch_size", None, "The ceiling's batch (0: the student's); its budget stays "
                          "--ceiling_budget times the student's faces. Default: the preset's.")
+    flags.DEFINE_integer("student_workers", None, "Processes training the student stage's networks side by side "
+                         "(default strategy only): 0 = one per usable core, 1 = one after the other. Default: the "
+                         "preset's.")
     flags.DEFINE_integer("teacher_steps", None, "Training steps per zoo teacher.")
     flags.DEFINE_string("teacher_pretrained", None, "Zoo teachers already trained, used instead of training them: "
                         "'package' (the ones shipped with face-transfer, `make zoo`), a directory written by "
@@ -154,6 +157,11 @@ def config_from_flags():
             cfg = r(cfg, ceiling_batch_size=FLAGS.ceiling_batch_size)
         except ValueError as e:
             raise flags.ValidationError(f"--ceiling_batch_size={FLAGS.ceiling_batch_size}: {e}") from None
+    if FLAGS.student_workers is not None:
+        try:
+            cfg = r(cfg, student_workers=FLAGS.student_workers)
+        except ValueError as e:
+            raise flags.ValidationError(f"--student_workers={FLAGS.student_workers}: {e}") from None
     if FLAGS.distill_steps is not None:
         if FLAGS.distill_steps < 1:
             raise flags.ValidationError(f"--distill_steps={FLAGS.distill_steps}: expected >= 1")

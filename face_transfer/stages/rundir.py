@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 
-from face_transfer.configs import ExperimentConfig
+from face_transfer.configs import ExperimentConfig, same_experiment
 from face_transfer.fileio import dict_differences, read_json, write_json
 
 CONFIG_JSON = "config.json"
@@ -111,7 +111,7 @@ class Run:
                 raise CorruptArtifactError(f"{e}; this run directory's configuration is damaged: restore "
                                            f"{path} (a copy of the flags is in flags.txt) or use another --run_dir") from None
             have_dict = read_json(path)
-            if have != cfg and not overwrite:
+            if not same_experiment(have, cfg) and not overwrite:
                 want_dict = json.loads(cfg.to_json())
                 diff = [k for k, _, _ in dict_differences({**want_dict, **have_dict}, {**have_dict, **want_dict})]
                 teacher_diff = _teacher_file_changes(have, cfg)

@@ -85,40 +85,94 @@ def student_dirs(run: Run) -> dict:
     return out
 
 
-def run(run: Run, ctx) -> dict:
+def train_one(run: Run, rep: str, out_dir: str, strategy=None) -> dict:
+    """Train (or load, when finished) one of `student_dirs(run)`: the student, a loss-comparison variant, the
+    supervised control or the ceiling."""
     from face_transfer.fusion.autoencoder import Fusion
     from face_transfer.student.distill import distill_student, train_supervised_student
     cfg = run.cfg
-    header(f"student: distil the fused teacher into a {cfg.student.arch} (width {cfg.student.width}, "
-           f"{cfg.distill.steps} steps, loss {cfg.distill.loss})")
+    scfg = dataclasses.replace(cfg.student, embedding_dim=cfg.fusion.code_dim)
+    if rep == "supervised_student":
+        print("  control: the same student trained on all source-task labels (multi-task supervised)",
+              file=sys.stderr)
+        return train_supervised_student(scfg, cfg.distill, cfg.data.synth, out_dir, strategy, view=cfg.student_view)
+    if rep == "ceiling":
+        print("  ceiling: the same student trained on the labels of every task, source and novel, on fresh "
+              "faces of every domain (the per-task reference)", file=sys.stderr)
+        return train_supervised_student(scfg, ceiling_distill_config(cfg), cfg.data.synth, out_dir, strategy,
+                                        tasks=ceiling_tasks(run), domain="mixed", kind="ceiling", view=cfg.student_view)
+    dcfg = cfg.distill if rep == "student" else dataclasses.replace(cfg.distill, loss=rep[len("student_"):])
+    if rep != "student":
+        print(f"  loss comparison: {dcfg.loss}", file=sys.stderr)
     dims = Fusion.load(run.p("fusion")).standardizer.dims
     code_fn, concat_fn, dec_fn = fused_teacher_builders(run)
-    src = inputs.image_source(run, "distill")
-    scfg = dataclasses.replace(cfg.student, embedding_dim=cfg.fusion.code_dim)
+    return distill_student(scfg, dcfg, inputs.image_source(run, "distill"), code_fn, out_dir, strategy,
+                           decoder_fn=dec_fn, dims=dims, target_concat_fn=concat_fn)
+
+
+def _relative_cost(run: Run, rep: str) -> float:
+    """Faces a network of the stage sees (steps x batch): the longest jobs start first."""
+    d = ceiling_distill_config(run.cfg) if rep == "ceiling" else run.cfg.distill
+    return float(d.steps * d.batch_size)
+
+
+def parallel_workers(run: Run, strategy, todo: list) -> int:
+    """How many processes train the stage's networks (`todo`) side by side: at most one per network, and
+    ExperimentConfig.student_workers of them (0: one per usable core). 1, in this process, when there is a
+    single network or a distribution strategy (mirrored, multi-worker, TPU) runs the stage."""
+    import tensorflow as tf
+    if len(todo) < 2 or not (strategy is None or strategy is tf.distribute.get_strategy()):
+        return 1
+    from face_transfer.evaluation.probes import probe_workers
+    return probe_workers(len(todo), run.cfg.student_workers or None)
+
+
+def _train_in_process(run_dir: str, cfg_json: str, rep: str, out_dir: str, threads: int):
+    """A spawned worker: `threads` TensorFlow threads, then train_one as the sequential stage would."""
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    from face_transfer.configs import ExperimentConfig
+    t0 = time.time()
+    rec = train_one(Run(run_dir, ExperimentConfig.from_json(cfg_json)), rep, out_dir)
+    return rec, time.time() - t0
+
+
+def run(run: Run, ctx) -> dict:
+    cfg = run.cfg
+    header(f"student: distil the fused teacher into a {cfg.student.arch} (width {cfg.student.width}, "
+           f"{cfg.distill.steps} steps, loss {cfg.distill.loss})")
+    dirs = student_dirs(run)
     records = {}
-    for rep, out_dir in student_dirs(run).items():
-        t0 = time.time()
-        if rep == "supervised_student":
-            print("  control: the same student trained on all source-task labels (multi-task supervised)",
-                  file=sys.stderr)
-            rec = train_supervised_student(scfg, cfg.distill, cfg.data.synth, out_dir, ctx.strategy,
-                                           view=cfg.student_view)
-        elif rep == "ceiling":
-            print("  ceiling: the same student trained on the labels of every task, source and novel, on fresh "
-                  "faces of every domain (the per-task reference)", file=sys.stderr)
-            rec = train_supervised_student(scfg, ceiling_distill_config(cfg), cfg.data.synth, out_dir, ctx.strategy,
-                                           tasks=ceiling_tasks(run), domain="mixed", kind="ceiling",
-                                           view=cfg.student_view)
-        else:
-            dcfg = cfg.distill if rep == "student" else dataclasses.replace(cfg.distill, loss=rep[len("student_"):])
-            if rep != "student":
-                print(f"  loss comparison: {dcfg.loss}", file=sys.stderr)
-            rec = distill_student(scfg, dcfg, src, code_fn, out_dir, ctx.strategy,
-                                  decoder_fn=dec_fn, dims=dims, target_concat_fn=concat_fn)
+
+    def done(rep, rec, seconds):
         records[rep] = rec
         summary(f"{rep}: {rec['params']:,} params, {rec['mflops']:.1f} MFLOPs, final loss {rec['final_loss']} "
-                f"({time.time() - t0:.0f} s)")
-    return {"students": records, "outputs": [os.path.join(d, "student.json") for d in student_dirs(run).values()],
-            "artifacts": [os.path.join(d, "model.keras") for d in student_dirs(run).values()],
-            "reset": [os.path.join(d, sub) for d in student_dirs(run).values() for sub in ("ckpt", "model.keras")]}
+                f"({seconds:.0f} s)")
 
+    todo = [r for r in dirs if not os.path.exists(os.path.join(dirs[r], "student.json"))]
+    n = parallel_workers(run, ctx.strategy, todo)
+    if n > 1:
+        # Small-batch training of a small CNN keeps two threads half idle: the networks train side by side,
+        # one process each, the cores shared out (results equal the sequential stage's up to float rounding).
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from face_transfer.evaluation.probes import _main_module_hidden
+        from face_transfer.evaluation.probes import probe_workers as usable
+        threads = max(1, usable(10**6) // n)
+        order = sorted(todo, key=lambda r: -_relative_cost(run, r))
+        summary(f"training {', '.join(order)} in {n} processes of {threads} thread(s)")
+        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with _main_module_hidden():
+                futures = {pool.submit(_train_in_process, run.dir, cfg.to_json(), r, dirs[r], threads): r
+                           for r in order}
+            for future in as_completed(futures):
+                done(futures[future], *future.result())
+    for rep, out_dir in dirs.items():
+        if rep not in records:
+            t0 = time.time()
+            done(rep, train_one(run, rep, out_dir, ctx.strategy), time.time() - t0)
+    records = {r: records[r] for r in dirs}
+    return {"students": records, "outputs": [os.path.join(d, "student.json") for d in dirs.values()],
+            "artifacts": [os.path.join(d, "model.keras") for d in dirs.values()],
+            "reset": [os.path.join(d, sub) for d in dirs.values() for sub in ("ckpt", "model.keras")]}
