@@ -1,0 +1,60 @@
+"""Seconds of the distillation alone, on a finished run (teachers and fusion done), for DistillConfig overrides.
+
+Trains a throw-away student into a temporary directory with the run's distillation (plus `--set` overrides) and
+prints the seconds and the final loss, `--repeats` times; `--threads` sets TensorFlow's intra- and inter-op threads
+first. Used for BENCHMARKS.md's step-overhead figures:
+
+    .venv/bin/python -m benchmarks.time_distill --run_dir=runs/bench/demo --set=steps=300,steps_per_execution=1
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run_dir", required=True)
+    ap.add_argument("--set", default="", help="DistillConfig overrides, e.g. 'steps=300,steps_per_execution=1'")
+    ap.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: its default, every core)")
+    ap.add_argument("--repeats", type=int, default=1)
+    args = ap.parse_args(argv)
+    if args.threads:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    from benchmarks.ablate_distill import parse_overrides
+    from face_transfer.configs import ExperimentConfig
+    from face_transfer.fusion.autoencoder import Fusion
+    from face_transfer.stages import inputs
+    from face_transfer.stages.rundir import Run
+    from face_transfer.stages.student import fused_teacher_builders
+    from face_transfer.student.distill import distill_student
+
+    cfg = ExperimentConfig.from_file(os.path.join(args.run_dir, "config.json"))
+    run = Run(args.run_dir, cfg)  # read-only use of a finished run
+    dcfg = dataclasses.replace(cfg.distill, **parse_overrides(args.set, cfg.distill))
+    dcfg = dataclasses.replace(dcfg, checkpoint_every=dcfg.steps, log_every=10 ** 9)
+    dims = Fusion.load(run.p("fusion")).standardizer.dims
+    code_fn, concat_fn, dec_fn = fused_teacher_builders(run)
+    src = inputs.image_source(run, "distill")
+    scfg = dataclasses.replace(cfg.student, embedding_dim=cfg.fusion.code_dim)
+    for rep in range(args.repeats):
+        out = tempfile.mkdtemp(prefix="time_distill_")
+        try:
+            t0 = time.time()
+            rec = distill_student(scfg, dcfg, src, code_fn, out, decoder_fn=dec_fn, dims=dims,
+                                  target_concat_fn=concat_fn)
+            print(f"[time_distill] {args.set or 'the run'} threads={args.threads or 'default'} repeat {rep}: "
+                  f"{time.time() - t0:.1f} s in all, {rec['train_seconds_this_run']} s training, "
+                  f"final loss {rec['final_loss']:.4f}", flush=True)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
