@@ -73,12 +73,10 @@ def main(argv=None):
                     "other than embedding is reported as '<variant>+<view>'")
     args = ap.parse_args(argv)
 
-    from face_transfer.configs import ExperimentConfig
     from face_transfer.evaluation.probes import evaluate_representation, group_means
     from face_transfer.fusion.autoencoder import Fusion
     from face_transfer.stages import inputs
     from face_transfer.stages.features import features_cached
-    from face_transfer.stages.rundir import Run
     from face_transfer.stages.student import fused_teacher_builders
     from face_transfer.student.distill import distill_student, load_student
     from face_transfer.student.model import FEATURE_VIEWS, feature_model
@@ -87,14 +85,7 @@ def main(argv=None):
     if not views or any(v not in FEATURE_VIEWS for v in views):
         raise SystemExit(f"--views={args.views!r}: expected a comma list of {FEATURE_VIEWS}")
 
-    with open(os.path.join(args.run_dir, "config.json")) as f:
-        cfg = ExperimentConfig.from_json(f.read())
-    run = Run(args.run_dir, cfg)  # read-only use of a finished run: never rewrites its config
-    out_root = run.p("ablation")
-    os.makedirs(out_root, exist_ok=True)
-    results_path = os.path.join(out_root, "ablation.json")
-    saved = _json(results_path, {"variants": {}, "baselines": {}})
-
+    cfg, run, out_root, results_path, saved = open_finished_run(args.run_dir, "ablation")
     images, labels = inputs.load_eval_data(run)
     tasks = inputs.run_tasks(run)
     sets = inputs.eval_set_names(run)
@@ -111,12 +102,9 @@ def main(argv=None):
         return row
 
     if not args.no_baselines:
-        fusion = Fusion.load(run.p("fusion"))
-        std, d = fusion.standardizer, fusion.code_dim
+        fusion, per_teacher, concat = teacher_features(run, images)
+        d = fusion.code_dim
         teachers = inputs.load_teachers(run)
-        per_teacher = {t.name: features_cached(run, f"teacher__{t.name}", lambda s, t=t: t.embed(images[s]))
-                       for t in teachers}
-        concat = {s: std.concat({k: per_teacher[k][s] for k in std.teachers}) for s in sets}
         base = {**per_teacher, "concat": concat,
                 "ae": features_cached(run, f"ae_d{d}", lambda s: fusion.encoder.predict(concat[s], verbose=0))}
         for name, feats in base.items():
@@ -168,11 +156,35 @@ def main(argv=None):
             saved["variants"][name] = row
             _write(results_path, saved)
 
-    text = table(saved)
-    print("\n" + text)
-    with open(os.path.join(out_root, "ablation.md"), "w") as f:
-        f.write(text + "\n")
+    write_table(out_root, table(saved))
     return saved
+
+
+def open_finished_run(run_dir: str, subdir: str):
+    """(cfg, run, out_root, results_path, saved results) of an ablation writing under <run_dir>/<subdir>/; the run
+    itself is only read (its config is never rewritten)."""
+    from face_transfer.configs import ExperimentConfig
+    from face_transfer.stages.rundir import Run
+    cfg = ExperimentConfig.from_file(os.path.join(run_dir, "config.json"))
+    run = Run(run_dir, cfg)
+    out_root = run.p(subdir)
+    os.makedirs(out_root, exist_ok=True)
+    results_path = os.path.join(out_root, "ablation.json")
+    return cfg, run, out_root, results_path, _json(results_path, {"variants": {}, "baselines": {}})
+
+
+def teacher_features(run, images: dict):
+    """(the run's fusion, {teacher: {eval_set: features}}, {eval_set: standardised concatenation}); the teachers'
+    eval-set features are shared with the pipeline's cache (features/teacher__*)."""
+    from face_transfer.fusion.autoencoder import Fusion
+    from face_transfer.stages import inputs
+    from face_transfer.stages.features import features_cached
+    fusion = Fusion.load(run.p("fusion"))
+    per_teacher = {t.name: features_cached(run, f"teacher__{t.name}", lambda s, t=t: t.embed(images[s]))
+                   for t in inputs.load_teachers(run)}
+    concat = {s: fusion.standardizer.concat({k: per_teacher[k][s] for k in fusion.standardizer.teachers})
+              for s in images}
+    return fusion, per_teacher, concat
 
 
 def parse_overrides(text: str, base) -> dict:
@@ -191,19 +203,27 @@ def parse_overrides(text: str, base) -> dict:
     return out
 
 
-def table(saved: dict) -> str:
+def table(saved: dict, kind: str = "student", baselines=None) -> str:
+    """The ablation's markdown table: every variant ('<kind>: <name>'), then the baselines (default: the
+    concatenation, the AE code and the best single teacher)."""
     lines = ["| representation | mean novel ± std (seeds) | mean source | train s |", "|---|---|---|---|"]
     for name, r in saved["variants"].items():
-        lines.append(f"| student: {name} | {r['mean_novel']:.1f} ± {r['std_novel']:.1f} | {r['mean_source']:.1f} "
+        lines.append(f"| {kind}: {name} | {r['mean_novel']:.1f} ± {r['std_novel']:.1f} | {r['mean_source']:.1f} "
                      f"| {r['train_seconds']:.0f} |")
     base = saved.get("baselines", {})
     best = saved.get("best_teacher")
-    for name in ("concat", "ae") + ((best,) if best else ()):
+    for name in baselines if baselines is not None else ("concat", "ae") + ((best,) if best else ()):
         if name in base:
             r = base[name]
             label = f"best single teacher ({name})" if name == best else name
             lines.append(f"| {label} | {r['mean_novel']:.1f} ± {r['std_novel']:.1f} | {r['mean_source']:.1f} | |")
     return "\n".join(lines)
+
+
+def write_table(out_root: str, text: str):
+    print("\n" + text)
+    with open(os.path.join(out_root, "ablation.md"), "w") as f:
+        f.write(text + "\n")
 
 
 if __name__ == "__main__":

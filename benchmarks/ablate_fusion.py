@@ -16,7 +16,7 @@ import dataclasses
 import os
 import time
 
-from benchmarks.ablate_distill import _json, _write, parse_overrides
+from benchmarks.ablate_distill import _write, open_finished_run, parse_overrides, table, teacher_features, write_table
 
 # name -> FusionConfig overrides (on top of the run's own fusion config)
 VARIANTS = {
@@ -35,32 +35,19 @@ def main(argv=None):
                     "'relational_weight=4,code_dim=32'; the variant is then named '<variant>[<overrides>]'")
     args = ap.parse_args(argv)
 
-    from face_transfer.configs import ExperimentConfig
     from face_transfer.evaluation.probes import evaluate_all, group_means
-    from face_transfer.fusion.autoencoder import Fusion, fit_pca, train_fusion
+    from face_transfer.fusion.autoencoder import fit_pca, train_fusion
     from face_transfer.stages import inputs
     from face_transfer.stages.features import features_cached
-    from face_transfer.stages.rundir import Run
     from face_transfer.teachers.cache import load_embedding_cache
 
-    with open(os.path.join(args.run_dir, "config.json")) as f:
-        cfg = ExperimentConfig.from_json(f.read())
-    run = Run(args.run_dir, cfg)  # read-only use of a finished run
-    out_root = run.p("ablation_fusion")
-    os.makedirs(out_root, exist_ok=True)
-    results_path = os.path.join(out_root, "ablation.json")
-    saved = _json(results_path, {"variants": {}, "baselines": {}})
-
+    cfg, run, out_root, results_path, saved = open_finished_run(args.run_dir, "ablation_fusion")
     images, labels = inputs.load_eval_data(run)
     tasks = inputs.run_tasks(run)
     sets = inputs.eval_set_names(run)
     _, cache = load_embedding_cache(run.p("cache"))
-    run_fusion = Fusion.load(run.p("fusion"))
+    run_fusion, _, concat = teacher_features(run, images)
     std, d = run_fusion.standardizer, run_fusion.code_dim
-    teachers = inputs.load_teachers(run)
-    per_teacher = {t.name: features_cached(run, f"teacher__{t.name}", lambda s, t=t: t.embed(images[s]))
-                   for t in teachers}
-    concat = {s: std.concat({k: per_teacher[k][s] for k in std.teachers}) for s in sets}
 
     extra = parse_overrides(args.set, cfg.fusion)
     tag = f"[{args.set.replace(' ', '')}]" if extra else ""
@@ -96,21 +83,8 @@ def main(argv=None):
                    "per_task": {t: r["score_mean"] for t, r in res.items()}, **meta.get(name, {})}
             saved["variants" if name in meta else "baselines"][name] = row
         _write(results_path, saved)
-    text = table(saved)
-    print("\n" + text)
-    with open(os.path.join(out_root, "ablation.md"), "w") as f:
-        f.write(text + "\n")
+    write_table(out_root, table(saved, "AE", list(saved["baselines"])))
     return saved
-
-
-def table(saved: dict) -> str:
-    lines = ["| representation | mean novel ± std (seeds) | mean source | train s |", "|---|---|---|---|"]
-    for name, r in saved["variants"].items():
-        lines.append(f"| AE: {name} | {r['mean_novel']:.1f} ± {r['std_novel']:.1f} | {r['mean_source']:.1f} "
-                     f"| {r['train_seconds']:.0f} |")
-    for name, r in saved["baselines"].items():
-        lines.append(f"| {name} | {r['mean_novel']:.1f} ± {r['std_novel']:.1f} | {r['mean_source']:.1f} | |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

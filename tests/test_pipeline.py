@@ -454,3 +454,24 @@ def test_student_stage_in_parallel_processes_matches_the_sequential_one(smoke_ru
         assert again[rep]["params"] == rec["params"] and again[rep]["kind"] == rec["kind"]
         numpy.testing.assert_allclose(again[rep]["final_loss"], rec["final_loss"], rtol=0.1)
     assert json.load(open(os.path.join(run_dir, "config.json")))["student_workers"] == 2
+
+
+@pytest.mark.timeout(900)
+def test_fusion_ablation_and_distill_timing_run_on_a_finished_run(smoke_run, tmp_path):
+    """benchmarks.ablate_fusion trains fusion variants on a finished run's cache and probes them next to the
+    concatenation, the run's AE and PCA; benchmarks.time_distill times the run's distillation with overrides."""
+    run_dir = _copy_run(smoke_run, tmp_path)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.ablate_fusion", f"--run_dir={run_dir}",
+                          "--variants=plain,relational"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    saved = json.load(open(os.path.join(run_dir, "ablation_fusion", "ablation.json")))
+    assert set(saved["variants"]) == {"plain", "relational"}
+    assert {"concat", "ae"} <= set(saved["baselines"]) and any(k.startswith("pca_d") for k in saved["baselines"])
+    assert saved["variants"]["relational"]["overrides"]["relational_weight"] > 0
+    assert all(0 <= r["mean_novel"] <= 100 for r in {**saved["variants"], **saved["baselines"]}.values())
+    assert "| AE: relational |" in open(os.path.join(run_dir, "ablation_fusion", "ablation.md")).read()
+    out = subprocess.run([sys.executable, "-m", "benchmarks.time_distill", f"--run_dir={run_dir}",
+                          "--set=steps=4,steps_per_execution=2", "--threads=1"], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "[time_distill] steps=4,steps_per_execution=2 threads=1 repeat 0:" in out.stdout, out.stdout[-2000:]
