@@ -184,7 +184,7 @@ def _reused(res: dict, preset: str) -> str:
     secs = r.get("seconds", {})
     return (f". It is the sum of the stage seconds. The {', '.join(secs)} stages ({_f(sum(secs.values()), 0)} s) are "
             f"those of {r.get('from', 'an earlier run')}: this run resumed them, and its evaluation reused that run's "
-            "eval-set features of the teachers and fused codes")
+            f"eval-set features of {r.get('features', 'the teachers and fused codes')}")
 
 
 def preset_section(res: dict, preset: str) -> list[str]:

@@ -21,6 +21,7 @@ def main():
     parser.add_argument("--ckpt_dir", default=None)
     parser.add_argument("--checkpoint_every", type=int, default=100)
     parser.add_argument("--kill_at_step", type=int, default=0, help="SIGKILL after this step, first run only")
+    parser.add_argument("--steps_per_execution", type=int, default=1)
     parser.add_argument("--out", required=True, help="prefix: writes <out>.npz and <out>.json")
     args = parser.parse_args()
 
@@ -73,7 +74,7 @@ def main():
     history = distribute.train_loop(
         strategy, build_model, loss_fn, dataset_fn, optimizer_fn, steps=args.steps,
         global_batch_size=args.global_batch, checkpoint_dir=args.ckpt_dir,
-        checkpoint_every=args.checkpoint_every, on_step=on_step,
+        checkpoint_every=args.checkpoint_every, on_step=on_step, steps_per_execution=args.steps_per_execution,
     )
     import numpy as np
 

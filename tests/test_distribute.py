@@ -56,9 +56,10 @@ def _load(out):
 
 
 def test_two_cpu_replicas_match_one(tmp_path):
-    # Same global batch of 8, 6 SGD steps: the only difference is where the float sums happen.
+    # Same global batch of 8, 6 SGD steps: the only difference is where the float sums happen (and the two
+    # replicas run 4 steps per graph call, then 2).
     one = _start(tmp_path / "one", "--strategy", "mirrored", "--num_cpu_replicas", 1)
-    two = _start(tmp_path / "two", "--strategy", "mirrored", "--num_cpu_replicas", 2)
+    two = _start(tmp_path / "two", "--strategy", "mirrored", "--num_cpu_replicas", 2, "--steps_per_execution", 4)
     _wait([one, two])
     w1, s1 = _load(tmp_path / "one")
     w2, s2 = _load(tmp_path / "two")
@@ -87,7 +88,7 @@ def test_multi_worker_two_processes(tmp_path):
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         procs.append(_start(tmp_path / f"w{index}", "--strategy", "multi_worker", "--steps", 4, "--ckpt_dir", ckpt,
-                            "--checkpoint_every", 2, env=_env(TF_CONFIG=tf_config)))
+                            "--checkpoint_every", 2, "--steps_per_execution", 3, env=_env(TF_CONFIG=tf_config)))
     _wait(procs)
     (w0, s0), (w1, s1) = _load(tmp_path / "w0"), _load(tmp_path / "w1")
     assert s0["replicas"] == s1["replicas"] == 2
