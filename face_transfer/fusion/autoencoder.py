@@ -1,7 +1,8 @@
 """The fusion auto-encoder (the paper's common embedding) and the baselines it is compared with.
 
 encode: standardised, balanced concatenation of the teacher embeddings -> code [N, d];
-decode: code -> every teacher's standardised embedding; loss balanced across teachers.
+decode: code -> every teacher's standardised embedding; loss balanced across teachers, plus (relational_weight)
+a term keeping every teacher's batch cosine similarities in the code.
 """
 from __future__ import annotations
 
