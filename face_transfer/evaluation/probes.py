@@ -540,16 +540,19 @@ def group_means(results_for_rep: dict, tasks: list[Task]) -> dict:
     return out
 
 
-def probe_workers(n_reps: int, workers: int | None = None) -> int:
-    """How many processes probe `n_reps` representations: `workers`, or one per CPU core this process may
-    use (os.sched_getaffinity, so a container's or a job scheduler's CPU limit is respected)."""
+def usable_cores() -> int:
+    """CPU cores this process may use (os.sched_getaffinity, so a container's or a job scheduler's CPU limit is
+    respected)."""
     import os
-    if workers is None:
-        try:
-            workers = len(os.sched_getaffinity(0))
-        except AttributeError:  # macOS, Windows
-            workers = os.cpu_count() or 1
-    return max(1, min(int(workers), n_reps))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def probe_workers(n_reps: int, workers: int | None = None) -> int:
+    """How many processes probe `n_reps` representations: `workers`, or one per usable core (usable_cores)."""
+    return max(1, min(int(workers if workers is not None else usable_cores()), n_reps))
 
 
 def evaluate_all(reps: dict[str, dict[str, np.ndarray]], labels_by_set: dict[str, dict],

@@ -157,9 +157,8 @@ def run(run: Run, ctx) -> dict:
         # one process each, the cores shared out (results equal the sequential stage's up to float rounding).
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
-        from face_transfer.evaluation.probes import _main_module_hidden
-        from face_transfer.evaluation.probes import probe_workers as usable
-        threads = max(1, usable(10**6) // n)
+        from face_transfer.evaluation.probes import _main_module_hidden, usable_cores
+        threads = max(1, usable_cores() // n)
         order = sorted(todo, key=lambda r: -_relative_cost(run, r))
         summary(f"training {', '.join(order)} in {n} processes of {threads} thread(s)")
         with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
