@@ -23,6 +23,7 @@ import numpy as np
 
 # name -> DistillConfig overrides (on top of the run's own distill config)
 VARIANTS = {
+    "preset": {},  # the run's own distillation (with --set / --student_set: one lever on top of it)
     "l2": dict(loss="l2", noise=0.0, heads=False, code_weight=0.0),  # the paper's recipe
     "cosine": dict(loss="cosine", noise=0.0, heads=False, code_weight=0.0),
     "teacher_space": dict(loss="teacher_space", noise=0.0, heads=False, code_weight=0.0),
@@ -67,6 +68,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="override the run's distill steps")
     ap.add_argument("--set", default="", help="DistillConfig overrides applied to every variant, e.g. "
                     "'learning_rate=0.01,batch_size=32'; the variant is then named '<variant>[<overrides>]'")
+    ap.add_argument("--student_set", default="", help="StudentConfig overrides applied to every variant, e.g. "
+                    "'head_channels=384' (a wider last block); the variant's name gets '{<overrides>}'")
     ap.add_argument("--no_baselines", action="store_true")
     ap.add_argument("--views", default="embedding", help="comma list of student views to probe for every variant "
                     "(student.model.FEATURE_VIEWS: embedding = the code, ladder = + pooled stage outputs); a view "
@@ -116,11 +119,13 @@ def main(argv=None):
         saved["best_teacher"] = best
 
     extra = parse_overrides(args.set, cfg.distill)
-    tag = f"[{args.set.replace(' ', '')}]" if extra else ""
+    student_extra = parse_overrides(args.student_set, cfg.student)
+    tag = (f"[{args.set.replace(' ', '')}]" if extra else "") + \
+        (f"{{{args.student_set.replace(' ', '')}}}" if student_extra else "")
     dims = Fusion.load(run.p("fusion")).standardizer.dims
     code_fn, concat_fn, dec_fn = fused_teacher_builders(run)
     src = inputs.image_source(run, "distill")
-    scfg = dataclasses.replace(cfg.student, embedding_dim=cfg.fusion.code_dim)
+    scfg = dataclasses.replace(cfg.student, **student_extra, embedding_dim=cfg.fusion.code_dim)
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         if variant not in VARIANTS:
             raise SystemExit(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
@@ -148,7 +153,7 @@ def main(argv=None):
                     np.save(path, np.asarray(fmodel.predict(images[s], batch_size=256, verbose=0)["features"]))
                 feats[s] = np.load(path)
             row = probe(name, feats)
-            row.update({"overrides": {**VARIANTS[variant], **extra}, "view": view, "steps": dcfg.steps,
+            row.update({"overrides": {**VARIANTS[variant], **extra}, "student_overrides": student_extra, "view": view, "steps": dcfg.steps,
                         "train_seconds": rec.get("train_seconds_this_run", round(wall, 1)),
                         "final_loss": rec.get("final_loss"), "params": rec["params"],
                         "teacher_heads_params": rec.get("teacher_heads_params"),
@@ -188,7 +193,8 @@ def teacher_features(run, images: dict):
 
 
 def parse_overrides(text: str, base) -> dict:
-    """'k=v,k2=v2' -> DistillConfig overrides, each value cast to the type of the field's current value."""
+    """'k=v,k2=v2' -> overrides of the dataclass `base` (DistillConfig, StudentConfig), each value cast to the
+    type of the field's current value (an int for a field that is None)."""
     out = {}
     fields = {f.name for f in dataclasses.fields(base)}
     for item in [t.strip() for t in text.split(",") if t.strip()]:
@@ -197,7 +203,8 @@ def parse_overrides(text: str, base) -> dict:
             raise SystemExit(f"--set {item!r}: expected key=value with key one of {sorted(fields)}")
         current = getattr(base, key)
         try:
-            out[key] = (value.lower() in ("1", "true", "yes")) if isinstance(current, bool) else type(current)(value)
+            kind = int if current is None else type(current)
+            out[key] = (value.lower() in ("1", "true", "yes")) if isinstance(current, bool) else kind(value)
         except ValueError:
             raise SystemExit(f"--set {item!r}: {value!r} is not a {type(current).__name__}")
     return out

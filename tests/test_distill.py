@@ -369,3 +369,63 @@ def test_ladder_residual_trains_through_the_decoder_and_is_dropped(tmp_path):
         DistillConfig(loss="l2", ladder_residual=True)
     with pytest.raises(ValueError, match="ladder_residual"):
         DistillConfig(loss="teacher_space", heads=True, ladder_residual=True)
+
+
+def test_mix_faces_blends_a_fraction_deterministically_per_position():
+    from face_transfer.student.distill import mix_faces
+    images, _ = synth.render_faces(SYNTH, np.arange(16))
+    pos = np.arange(40, 56)
+    a = mix_faces(images, pos, prob=0.5, seed=1)
+    assert a.shape == images.shape and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, mix_faces(images, pos, prob=0.5, seed=1))
+    changed = np.array([not np.array_equal(x, y) for x, y in zip(a, images)])
+    assert 0 < changed.sum() < 16
+    # a blended face lies between itself and its partner (the next face, cyclically), nearer itself
+    i = int(np.flatnonzero(changed)[0])
+    x, p, m = (v.astype(np.float32) for v in (images[i], images[(i + 1) % 16], a[i]))
+    w = np.sum((m - x) * (p - x)) / np.sum((p - x) ** 2)
+    assert 0 < w <= 0.5 + 1e-2 and np.abs(m - (x + w * (p - x))).max() <= 1.0
+    np.testing.assert_array_equal(mix_faces(images, pos, prob=0.0), images)
+    with pytest.raises(ValueError, match="mixup"):
+        DistillConfig(mixup=-0.1)
+
+
+def test_mixup_and_consistent_noise_feed_the_teachers_what_the_student_sees():
+    from face_transfer.student.distill import _as_source
+    src = _as_source(SYNTH, TINY)
+    plain = np.asarray(next(iter(make_source_dataset(src, TINY, None, 1, 8))))
+    mixed_cfg = dataclasses.replace(TINY, mixup=1.0)
+    mixed = np.asarray(next(iter(make_source_dataset(src, mixed_cfg, None, 1, 8))))
+    assert mixed.shape == plain.shape and not np.array_equal(mixed, plain)  # one batch for both
+    consistent = dataclasses.replace(TINY, noise=1.0, consistent_noise=True)
+    one = np.asarray(next(iter(make_source_dataset(src, consistent, None, 1, 8))))
+    clean, noisy = (np.asarray(x) for x in next(iter(make_source_dataset(src, dataclasses.replace(
+        consistent, consistent_noise=False), None, 1, 8))))
+    np.testing.assert_array_equal(one, noisy)  # the degraded faces, for teachers and student alike
+    np.testing.assert_array_equal(clean, plain)
+
+
+def test_teacher_dropping_keeps_the_worst_teacher_and_the_mean_scale():
+    import tensorflow as tf
+    from face_transfer.student.distill import teacher_dropping
+    losses = tf.constant(np.random.default_rng(2).random((32, 4)).astype("float32"))
+    seed = tf.constant([3, 4])
+    np.testing.assert_allclose(teacher_dropping(losses, 0.0, seed), np.mean(losses, -1), rtol=1e-6)
+    # everything but the worst teacher dropped: the batch mean is the mean of every face's worst loss
+    np.testing.assert_allclose(np.mean(teacher_dropping(losses, 1.0, seed)), np.mean(np.max(losses, -1)), rtol=1e-5)
+    half = np.asarray(teacher_dropping(losses, 0.5, seed))
+    np.testing.assert_array_equal(half, np.asarray(teacher_dropping(losses, 0.5, seed)))  # stateless
+    assert not np.allclose(half, np.mean(losses, -1))
+    with pytest.raises(ValueError, match="block loss"):
+        DistillConfig(loss="cosine", teacher_drop=0.5)
+
+
+def test_teacher_dropping_and_mixup_tiny_run(tmp_path):
+    dims = {"a": 2, "b": 4}
+    cfg = DistillConfig(steps=4, batch_size=8, checkpoint_every=2, log_every=2, loss="teacher_space",
+                        teacher_drop=0.5, mixup=0.5, code_weight=0.5)
+    out = str(tmp_path / "drop")
+    record = distill_student(STUDENT, cfg, SYNTH, _fused, out, dims=dims, target_concat_fn=_concat_targets,
+                             decoder_fn=_toy_decoder)
+    assert np.isfinite(record["final_loss"]) and record["distill"]["teacher_drop"] == 0.5
+    assert load_student(out).output.shape[-1] == 8

@@ -127,6 +127,9 @@ def test_bad_flag_exits_nonzero_before_any_work(tmp_path):
     (["--preset=smoke", "--fusion_relational_weight=-1"], "ValidationError", "--fusion_relational_weight"),
     (["--preset=smoke", "--distill_loss=l2", "--distill_ladder_residual"], "ValidationError", "ladder_residual"),
     (["--preset=smoke", "--distill_learning_rate=0"], "ValidationError", "--distill_learning_rate"),
+    (["--preset=smoke", "--distill_mixup=1.5"], "ValidationError", "mixup"),
+    (["--preset=smoke", "--distill_loss=l2", "--distill_teacher_drop=0.5"], "ValidationError", "teacher_drop"),
+    (["--preset=smoke", "--student_head_channels=-2"], "ValidationError", "--student_head_channels"),
 ])
 def test_bad_flags_are_named(tmp_path, argv, error, needle):
     from absl import flags
@@ -343,6 +346,15 @@ def test_distillation_lever_flags_reach_the_config(tmp_path):
                      "--fusion_relational_weight=0"])
         cfg = common.config_from_flags()
     assert cfg.distill.ladder_residual and cfg.fusion.relational_weight == 0.0
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--distill_mixup=0.5",
+                     "--distill_teacher_drop=0.3", "--distill_noise=0.2", "--distill_consistent_noise",
+                     "--student_head_channels=384"])
+        cfg = common.config_from_flags()
+    d = cfg.distill
+    assert (d.mixup, d.teacher_drop, d.noise, d.consistent_noise) == (0.5, 0.3, 0.2, True)
+    assert cfg.student.head_channels == 384
 
 
 def test_student_view_and_ceiling_flags_reach_the_config(tmp_path):

@@ -35,6 +35,12 @@ def define_run_flags():
                          "MLP heads (dropped at inference) instead of the frozen decoder.")
     flags.DEFINE_float("distill_noise", None, "Noisy student: probability in [0, 1] that a face is degraded (colour, "
                        "gray, blur, occlusion, noise) for the student only; the teachers see it clean.")
+    flags.DEFINE_float("distill_mixup", None, "Function matching: probability in [0, 1] that a face is blended "
+                       "with another face of its batch; teachers and student see the same blend. 0: off.")
+    flags.DEFINE_boolean("distill_consistent_noise", None, "With --distill_noise: the teachers see the degraded "
+                         "face too (function matching) instead of the clean one (noisy student).")
+    flags.DEFINE_float("distill_teacher_drop", None, "Teacher dropping (UNIC), block losses: probability that a "
+                       "teacher other than the worst-imitated one leaves a face's loss. 0: off.")
     flags.DEFINE_float("distill_code_weight", None, "Block losses: weight of an extra L2 anchor to the AE code (>= 0).")
     flags.DEFINE_enum("distill_heads_view", None, ["embedding", "ladder"], "With --distill_heads: what the heads "
                       "read, the student's code (embedding) or its ladder (every stage pooled next to the code).")
@@ -67,6 +73,8 @@ def define_run_flags():
                         "export.package_zoo, or '' to train every zoo teacher from nothing. Default: the preset's.")
     flags.DEFINE_integer("batch_size", None, "Global batch size for teachers and student.")
     flags.DEFINE_float("student_width", None, "Student width multiplier.")
+    flags.DEFINE_integer("student_head_channels", None, "Channels of the student's last 1x1 conv before pooling "
+                         "(a wider last block; 0 drops it). Default: the architecture's (mobilenet_v2: 192).")
     flags.DEFINE_list("real_teachers", None, "Imported pretrained teachers to add to the ensemble "
                       "(names from face_transfer.teachers.real.REAL_TEACHERS; empty string for none).")
     flags.DEFINE_boolean("deterministic", False, "Enable TensorFlow op determinism (same seed and config -> "
@@ -131,7 +139,8 @@ def config_from_flags():
     if FLAGS.distill_loss:
         cfg = r(cfg, distill=r(cfg.distill, loss=FLAGS.distill_loss))
     levers = {k: getattr(FLAGS, f"distill_{k}") for k in ("heads", "noise", "code_weight", "heads_view",
-                                                          "relational_weight", "ladder_residual")}
+                                                          "relational_weight", "ladder_residual", "mixup",
+                                                          "consistent_noise", "teacher_drop")}
     levers = {k: v for k, v in levers.items() if v is not None}
     if levers:
         try:
@@ -197,6 +206,11 @@ def config_from_flags():
         if FLAGS.student_width <= 0:
             raise flags.ValidationError(f"--student_width={FLAGS.student_width}: expected > 0")
         cfg = r(cfg, student=r(cfg.student, width=FLAGS.student_width))
+    if FLAGS.student_head_channels is not None:
+        try:
+            cfg = r(cfg, student=r(cfg.student, head_channels=FLAGS.student_head_channels))
+        except ValueError as e:
+            raise flags.ValidationError(f"--student_head_channels={FLAGS.student_head_channels}: {e}") from None
     if FLAGS.real_teachers is not None:
         from face_transfer.teachers.real import REAL_TEACHERS, available_real_teachers
         names = tuple(n for n in FLAGS.real_teachers if n)

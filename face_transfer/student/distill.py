@@ -61,12 +61,15 @@ def _blocks(x, dims: dict):
         i += d
 
 
+def block_sq_losses(pred_concat, target_concat, dims: dict):
+    """[B, teachers]: each standardised block's squared error (each teacher's relative error)."""
+    return ops.stack([ops.sum(ops.square(p - t), axis=-1)
+                      for (p, _), (t, _) in zip(_blocks(pred_concat, dims), _blocks(target_concat, dims))], axis=-1)
+
+
 def block_sq_loss(pred_concat, target_concat, dims: dict):
     """Mean over teachers of each standardised block's squared error (each block's relative error)."""
-    total = 0.0
-    for (p, _), (t, _) in zip(_blocks(pred_concat, dims), _blocks(target_concat, dims)):
-        total = total + ops.sum(ops.square(p - t), axis=-1)
-    return total / len(dims)
+    return ops.mean(block_sq_losses(pred_concat, target_concat, dims), axis=-1)
 
 
 def smooth_l1(x, beta: float = 1.0):
@@ -75,19 +78,40 @@ def smooth_l1(x, beta: float = 1.0):
     return ops.where(a < beta, 0.5 * ops.square(x) / beta, a - 0.5 * beta)
 
 
-def cos_smooth_l1_loss(pred_concat, target_concat, dims: dict, w_cos: float = 0.5, w_sl1: float = 0.5):
-    """UNIC / Theia: per teacher block, w_cos * (1 - cosine) + w_sl1 * smooth-L1, mean over teachers.
+def cos_smooth_l1_losses(pred_concat, target_concat, dims: dict, w_cos: float = 0.5, w_sl1: float = 0.5):
+    """[B, teachers]: UNIC / Theia's w_cos * (1 - cosine) + w_sl1 * smooth-L1 of each teacher block.
 
     Our blocks carry unit *total* variance (per-dim variance ~1/d), so the smooth-L1 term is taken on
     the block times sqrt(d), i.e. at unit per-dim scale, where it is what UNIC computes on its
     standardised teacher features (otherwise it would vanish next to the cosine term).
     """
-    total = 0.0
+    out = []
     for (p, d), (t, _) in zip(_blocks(pred_concat, dims), _blocks(target_concat, dims)):
         cos = ops.sum(p * t, -1) / (ops.norm(p, axis=-1) * ops.norm(t, axis=-1) + 1e-6)
         scale = float(np.sqrt(d))
-        total = total + w_cos * (1.0 - cos) + w_sl1 * ops.mean(smooth_l1((p - t) * scale), axis=-1)
-    return total / len(dims)
+        out.append(w_cos * (1.0 - cos) + w_sl1 * ops.mean(smooth_l1((p - t) * scale), axis=-1))
+    return ops.stack(out, axis=-1)
+
+
+def cos_smooth_l1_loss(pred_concat, target_concat, dims: dict, w_cos: float = 0.5, w_sl1: float = 0.5):
+    """UNIC / Theia: per teacher block, w_cos * (1 - cosine) + w_sl1 * smooth-L1, mean over teachers."""
+    return ops.mean(cos_smooth_l1_losses(pred_concat, target_concat, dims, w_cos, w_sl1), axis=-1)
+
+
+def teacher_dropping(losses, drop_prob: float, seed):
+    """UNIC's teacher dropping, per example: [B, T] per-teacher losses -> [B] loss.
+
+    For every face the teacher it imitates worst is always kept; each other teacher is left out with
+    probability `drop_prob`. The kept (face, teacher) terms are averaged over the batch, so with nothing
+    dropped this is the mean over teachers, as without dropping. `seed`: an int32 [2] tensor for the
+    stateless draw (distill_student derives it from the batch, so resumed runs draw the same).
+    """
+    losses = tf.convert_to_tensor(losses)
+    keep = tf.random.stateless_uniform(tf.shape(losses), seed=seed) >= drop_prob
+    worst = tf.one_hot(tf.argmax(losses, axis=-1), tf.shape(losses)[-1], on_value=True, off_value=False)
+    coeffs = tf.stop_gradient(tf.cast(keep | worst, losses.dtype))
+    batch = tf.cast(tf.shape(losses)[0], losses.dtype)
+    return tf.reduce_sum(coeffs * losses, axis=-1) * batch / tf.reduce_sum(coeffs)
 
 
 def _similarity(x):
@@ -179,6 +203,26 @@ def degrade(images: np.ndarray, positions: np.ndarray, prob: float, seed: int = 
     return out
 
 
+def mix_faces(images: np.ndarray, positions: np.ndarray, prob: float, seed: int = 0) -> np.ndarray:
+    """Mixup for function matching: a fraction `prob` of the faces is blended with the next face of the batch
+    (cyclically), the partner weighing uniformly in [0, 0.5], so the face stays the dominant one. Each
+    face's draw is a pure function of (seed, its stream position): resumed runs mix exactly the same."""
+    x = np.asarray(images)
+    n = len(x)
+    if n < 2 or prob <= 0:
+        return x
+    w = np.zeros(n, np.float32)
+    for i in range(n):
+        rng = np.random.default_rng([int(seed) & 0x7FFFFFFF, 0x313, int(positions[i]) & 0x7FFFFFFFFFFFFFFF])
+        if rng.random() < prob:
+            w[i] = rng.uniform(0.0, 0.5)
+    if not w.any():
+        return x
+    w = w.reshape(n, *([1] * (x.ndim - 1)))
+    mixed = (1.0 - w) * x.astype(np.float32) + w * np.roll(x, -1, axis=0).astype(np.float32)
+    return np.clip(np.rint(mixed), 0, 255).astype(x.dtype)
+
+
 # ---- configuration ---------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -218,12 +262,26 @@ class DistillConfig:
     # Training steps per tf.function call (distribute.train_loop): the same steps, losses and checkpoints,
     # without the per-step dispatch and host sync that small batches pay on CPU.
     steps_per_execution: int = 16
+    # Function matching (Beyer et al., CVPR 2022): probability that a face is blended with another face of
+    # its batch (mixup; the partner's weight is uniform in [0, 0.5]). The teachers and the student see the
+    # same blend, so the student learns the teachers' function between faces too. 0 = off.
+    mixup: float = 0.0
+    # With noise > 0: the teachers see the degraded face too (consistent, function matching) instead of
+    # the clean one (noisy student).
+    consistent_noise: bool = False
+    # Teacher dropping (UNIC), block losses only: per face, every teacher but the one the student
+    # imitates worst leaves the loss with this probability. 0 = off.
+    teacher_drop: float = 0.0
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"DistillConfig.loss={self.loss!r}; expected one of {LOSSES}")
-        if not 0.0 <= self.noise <= 1.0:
-            raise ValueError(f"DistillConfig.noise={self.noise!r}; expected a probability in [0, 1]")
+        for name in ("noise", "mixup", "teacher_drop"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"DistillConfig.{name}={getattr(self, name)!r}; expected a probability in [0, 1]")
+        if self.teacher_drop > 0 and self.loss not in BLOCK_LOSSES:
+            raise ValueError(f"DistillConfig.teacher_drop={self.teacher_drop!r} needs a block loss {BLOCK_LOSSES} "
+                             f"(one term per teacher); got loss={self.loss!r}")
         from face_transfer.student.model import FEATURE_VIEWS
         if self.heads_view not in FEATURE_VIEWS:
             raise ValueError(f"DistillConfig.heads_view={self.heads_view!r}; expected one of {FEATURE_VIEWS}")
@@ -356,7 +414,7 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
         return {"student": student, **extras}
 
     def loss_fn(models, batch):
-        clean, seen = batch if cfg.noise > 0 else (batch, batch)
+        clean, seen = batch if _student_only_noise(cfg) else (batch, batch)
         target = models["targets"](clean, training=False)
         if ladder_heads:
             out = models["view"](seen, training=True)
@@ -375,8 +433,14 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
             blocks = models["heads"](pred, training=True) if cfg.heads else models["decoder"](pred, training=False)
         if residual:
             blocks = blocks + models["residual"](out["features"], training=True)
-        loss = block_sq_loss(blocks, target, dims) if cfg.loss == "teacher_space" else \
-            cos_smooth_l1_loss(blocks, target, dims)
+        per_teacher = block_sq_losses(blocks, target, dims) if cfg.loss == "teacher_space" else \
+            cos_smooth_l1_losses(blocks, target, dims)
+        if cfg.teacher_drop > 0:
+            # The draw is a function of the batch (its targets' bits), so a resumed run draws the same.
+            bits = tf.bitcast(tf.reduce_sum(target, axis=0)[:2], tf.int32)
+            loss = teacher_dropping(per_teacher, cfg.teacher_drop, bits + cfg.seed)
+        else:
+            loss = ops.mean(per_teacher, axis=-1)
         if cfg.relational_weight > 0:
             loss = loss + cfg.relational_weight * relational_loss(blocks, target, dims)
         if code_w > 0:
@@ -460,19 +524,32 @@ def make_source_dataset(source, cfg: DistillConfig, input_context, start_step: i
     """
     aug = (lambda images, idx: _augment(images, idx)) if cfg.augment else None
     ds = source.make_dataset(input_context, start_step, global_batch, stream, augment_fn=aug)
-    if cfg.noise <= 0:
+    if cfg.noise <= 0 and cfg.mixup <= 0:
         return ds
     ctx = input_context if input_context is not None else tf.distribute.InputContext()
     positions = distribute.make_step_index_dataset(ctx, global_batch, start_step=start_step)
     seed = cfg.seed * 1_000_003 + 7
 
-    def pair(images, idx):
-        noisy = tf.numpy_function(lambda x, i: degrade(x, i, cfg.noise, seed), [images, idx], tf.uint8,
-                                  stateful=False)
-        return images, tf.ensure_shape(noisy, images.shape)
+    def views(images, idx):
+        def np_views(x, i):
+            if cfg.mixup > 0:
+                x = mix_faces(x, i, cfg.mixup, seed)
+            if cfg.noise <= 0:
+                return x, x
+            noisy = degrade(x, i, cfg.noise, seed)
+            return (noisy, noisy) if cfg.consistent_noise else (x, noisy)
 
-    return tf.data.Dataset.zip((ds, positions)).map(pair, num_parallel_calls=tf.data.AUTOTUNE,
+        clean, seen = tf.numpy_function(np_views, [images, idx], [tf.uint8, tf.uint8], stateful=False)
+        clean, seen = tf.ensure_shape(clean, images.shape), tf.ensure_shape(seen, images.shape)
+        return (clean, seen) if _student_only_noise(cfg) else clean
+
+    return tf.data.Dataset.zip((ds, positions)).map(views, num_parallel_calls=tf.data.AUTOTUNE,
                                                      deterministic=True).prefetch(2)
+
+
+def _student_only_noise(cfg: DistillConfig) -> bool:
+    """Batches are (teachers' faces, student's faces) pairs: the noisy student; otherwise one face batch."""
+    return cfg.noise > 0 and not cfg.consistent_noise
 
 
 def _optimizer(cfg: DistillConfig):
