@@ -237,3 +237,46 @@ def test_feature_views_embedding_and_ladder():
     np.testing.assert_allclose(lad["embedding"], code, atol=1e-6)
     with pytest.raises(ValueError, match="view='pyramid'"):
         feature_model(model, "pyramid")
+
+
+def test_fused_batchnorm_trains_like_keras_and_the_student_is_saved_with_stock_layers(tmp_path):
+    """train_fast: FusedBatchNormalization gives Keras 3's outputs, moving statistics and gradients in training;
+    student_from_weights turns it back into stock BatchNormalization layers with the same function."""
+    from face_transfer.student.model import FusedBatchNormalization
+    x = tf.constant(np.random.default_rng(0).normal(2, 3, (8, 5, 5, 6)).astype("float32"))
+    stock, fused = (k(momentum=0.9, epsilon=1e-3) for k in (keras.layers.BatchNormalization, FusedBatchNormalization))
+    for bn in (stock, fused):
+        bn.build(x.shape)
+        bn.gamma.assign(np.linspace(0.5, 2.0, 6).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        ys, yf = stock(x, training=True), fused(x, training=True)
+        ls, lf = tf.reduce_sum(ys ** 3), tf.reduce_sum(yf ** 3)
+    np.testing.assert_allclose(yf, ys, atol=1e-5)
+    np.testing.assert_allclose(fused.moving_mean, stock.moving_mean, atol=1e-5)
+    np.testing.assert_allclose(fused.moving_variance, stock.moving_variance, rtol=1e-5)
+    np.testing.assert_allclose(tape.gradient(lf, fused.gamma), tape.gradient(ls, stock.gamma), rtol=1e-4)
+    np.testing.assert_allclose(fused(x), stock(x), atol=1e-5)  # inference: the parent's call
+
+    model = build_student(TINY, train_fast=True)
+    assert any(isinstance(l, FusedBatchNormalization) for l in model.layers)
+    _randomize(model)
+    back = student_from_weights(model, "keras", TINY)
+    assert not any(isinstance(l, FusedBatchNormalization) for l in back.layers)
+    images = np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(back(images), model(images), atol=1e-5)
+    with pytest.raises(ValueError, match="train_fast"):
+        build_student(TINY, backend="tf_keras", train_fast=True)
+
+
+def test_distilled_student_is_saved_without_the_training_layers(tmp_path):
+    from face_transfer.data import synth
+    from face_transfer.student.distill import DistillConfig, distill_student, load_student
+    from face_transfer.student.model import FusedBatchNormalization
+    inp = keras.Input((16, 16, 3))
+    fused_teacher = keras.Model(inp, keras.layers.Dense(8)(keras.layers.GlobalAveragePooling2D()(inp)))
+    out = str(tmp_path / "s")
+    distill_student(TINY, DistillConfig(steps=2, batch_size=4, checkpoint_every=2), synth.SynthConfig(
+        image_size=16, n_train_identities=10, n_heldout_identities=4), lambda: fused_teacher, out)
+    student = load_student(out)
+    assert not any(isinstance(l, FusedBatchNormalization) for l in student.layers)
+    assert any(type(l) is keras.layers.BatchNormalization for l in student.layers)

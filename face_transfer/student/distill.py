@@ -18,7 +18,8 @@ from keras import ops
 
 from face_transfer import distribute
 from face_transfer.data import synth
-from face_transfer.student.model import StudentConfig, build_student, count_flops, count_params, feature_model
+from face_transfer.student.model import (StudentConfig, build_student, count_flops, count_params, feature_model,
+                                         student_from_weights)
 
 LOSSES = ("l2", "cosine", "teacher_space", "cos_sl1")
 CODE_LOSSES = ("l2", "cosine")  # on the AE code itself
@@ -389,7 +390,7 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
     residual = block and cfg.ladder_residual
 
     def build():
-        student = build_student(student_cfg)
+        student = build_student(student_cfg, train_fast=True)
         targets = target_concat_fn() if block else build_targets_fn()
         targets.trainable = False
         extras = {"targets": targets}
@@ -455,7 +456,7 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
         lambda: _optimizer(cfg), cfg.steps, gb, checkpoint_dir=os.path.join(out_dir, "ckpt"),
         checkpoint_every=cfg.checkpoint_every,
         steps_per_execution=cfg.steps_per_execution, on_step=_Progress(cfg.steps, cfg.log_every, "distill"))
-    student = hist["models"]["student"]
+    student = _stock(hist["models"]["student"], student_cfg)
     recalibrate_batchnorm(student, _recalibration_batches(source, cfg))
     extra = {key: count_params(hist["models"][k]) for k, key in (("heads", "teacher_heads_params"),
                                                                  ("residual", "ladder_residual_params"))
@@ -464,6 +465,11 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
         "kind": "distilled", "distill": dataclasses.asdict(cfg), "final_loss": _final_loss(hist, out_dir, strategy),
         "train_seconds_this_run": round(time.time() - t0, 1), "resumed_from_step": hist["start_step"], **extra})
     return record
+
+
+def _stock(trained: keras.Model, student_cfg: StudentConfig) -> keras.Model:
+    """The trained student (built with train_fast) as stock Keras layers: what is saved, exported and probed."""
+    return student_from_weights(trained, "keras", student_cfg, name=trained.name)
 
 
 def find_encoder(fused: keras.Model, concat_dim: int, code_dim: int) -> keras.Model:
@@ -660,7 +666,7 @@ def train_supervised_student(student_cfg: StudentConfig, cfg: DistillConfig, syn
     n_ids = synth_cfg.n_train_identities
 
     def build():
-        student = build_student(student_cfg)
+        student = build_student(student_cfg, train_fast=True)
         emb = feature_model(student, view).output["features"]
         outs = {}
         for j, h in enumerate(heads):
@@ -701,7 +707,8 @@ def train_supervised_student(student_cfg: StudentConfig, cfg: DistillConfig, syn
         lambda: _optimizer(cfg), cfg.steps, gb, checkpoint_dir=os.path.join(out_dir, "ckpt"),
         checkpoint_every=cfg.checkpoint_every,
         steps_per_execution=cfg.steps_per_execution, on_step=_Progress(cfg.steps, cfg.log_every, kind.split("_")[0]))
-    recalibrate_batchnorm(hist["models"]["student"], _recalibration_batches(synth_cfg, dcfg))
-    return _save_student(hist["models"]["student"], student_cfg, out_dir, strategy, {
+    student = _stock(hist["models"]["student"], student_cfg)
+    recalibrate_batchnorm(student, _recalibration_batches(synth_cfg, dcfg))
+    return _save_student(student, student_cfg, out_dir, strategy, {
         "kind": kind, "distill": dataclasses.asdict(dcfg), "tasks": [h["name"] for h in heads], "heads_on": view,
         "final_loss": _final_loss(hist, out_dir, strategy), "train_seconds_this_run": round(time.time() - t0, 1)})

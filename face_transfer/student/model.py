@@ -95,16 +95,47 @@ def _backend_module(backend):
     raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
 
 
-def _conv_bn_relu(K, x, filters, kernel, stride, name, relu6, activation=True):
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """Keras 3's BatchNormalization, with its training-mode call on 4-D channels-last float32 inputs run as
+    TensorFlow's single FusedBatchNormV3 kernel instead of Keras 3's moments-and-normalise graph of small ops.
+    On CPU that makes a student training step about 2x faster (BENCHMARKS.md, "Fused batch normalisation").
+    Same weights, same moving-average update (biased batch variance, as the parent), same inference (the
+    parent's call). Only for training: `build_student(train_fast=True)`; `student_from_weights` copies the
+    weights back into stock layers, which is what is saved, exported and probed.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable and mask is None and len(inputs.shape) == 4 and self.axis in (-1, 3)
+                and self.center and self.scale and not self.renorm and inputs.dtype == "float32"):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+        y, mean, var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=self.gamma, offset=self.beta, mean=tf.zeros_like(self.gamma),
+            variance=tf.zeros_like(self.gamma), epsilon=self.epsilon, exponential_avg_factor=1.0,
+            data_format="NHWC", is_training=True)
+        # The kernel returns the Bessel-corrected variance for the running estimate; Keras 3 averages the biased one.
+        n = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), var.dtype)
+        var = var * (n - 1.0) / tf.maximum(n, 1.0)
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + var * (1.0 - self.momentum))
+        return y
+
+
+def _bn(K, name, fused=False):
+    klass = FusedBatchNormalization if fused else K.layers.BatchNormalization
+    return klass(epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, name=name)
+
+
+def _conv_bn_relu(K, x, filters, kernel, stride, name, relu6, activation=True, fused=False):
     x = K.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=name)(x)
-    x = K.layers.BatchNormalization(epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = _bn(K, f"{name}_bn", fused)(x)
     if activation:
         x = K.layers.ReLU(max_value=6.0 if relu6 else None, name=f"{name}_relu")(x)
     return x
 
 
-def _build(K, cfg, name):
-    """One graph for both backends: K is the `keras` or `tf_keras` module."""
+def _build(K, cfg, name, fused=False):
+    """One graph for both backends: K is the `keras` or `tf_keras` module (fused: FusedBatchNormalization)."""
     relu6 = cfg.arch == "mobilenet_v2"
     size = cfg.input_size
     inputs = K.Input(shape=(size, size, 3), name="image")
@@ -119,7 +150,7 @@ def _build(K, cfg, name):
         name="preprocess",
     )(inputs)
     stem = cfg.stem_channels or ARCH_STEM[cfg.arch][0]
-    x = _conv_bn_relu(K, x, _divisible(stem * cfg.width), 3, ARCH_STEM[cfg.arch][1], "stem_conv", relu6)
+    x = _conv_bn_relu(K, x, _divisible(stem * cfg.width), 3, ARCH_STEM[cfg.arch][1], "stem_conv", relu6, fused=fused)
     channels = _divisible(stem * cfg.width)
     index = 0
     for row in cfg.block_rows():
@@ -131,37 +162,41 @@ def _build(K, cfg, name):
             block_in = x
             hidden = _divisible(channels * expansion)
             if expansion != 1:
-                x = _conv_bn_relu(K, x, hidden, 1, 1, f"{prefix}_expand", relu6)
+                x = _conv_bn_relu(K, x, hidden, 1, 1, f"{prefix}_expand", relu6, fused=fused)
             else:
                 hidden = channels
             x = K.layers.DepthwiseConv2D(
                 kernel, strides=stride if r == 0 else 1, padding="same", use_bias=False, name=f"{prefix}_dw"
             )(x)
-            x = K.layers.BatchNormalization(epsilon=_BN_EPSILON, momentum=_BN_MOMENTUM, name=f"{prefix}_dw_bn")(x)
+            x = _bn(K, f"{prefix}_dw_bn", fused)(x)
             x = K.layers.ReLU(max_value=6.0 if relu6 else None, name=f"{prefix}_dw_relu")(x)
             # Linear bottleneck: no activation after the projection (MobileNetV2).
-            x = _conv_bn_relu(K, x, out, 1, 1, f"{prefix}_project", relu6, activation=False)
+            x = _conv_bn_relu(K, x, out, 1, 1, f"{prefix}_project", relu6, activation=False, fused=fused)
             if (stride if r == 0 else 1) == 1 and channels == out:
                 x = K.layers.Add(name=f"{prefix}_add")([block_in, x])
             channels = out
             index += 1
     head = ARCH_HEAD[cfg.arch] if cfg.head_channels is None else cfg.head_channels
     if head:
-        x = _conv_bn_relu(K, x, _divisible(head * max(1.0, cfg.width)), 1, 1, "head_conv", relu6)
+        x = _conv_bn_relu(K, x, _divisible(head * max(1.0, cfg.width)), 1, 1, "head_conv", relu6, fused=fused)
     x = K.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = K.layers.Dense(cfg.embedding_dim, name="embedding")(x)
     return K.Model(inputs, outputs, name=name)
 
 
-def build_student(cfg: StudentConfig, backend: str = "keras", name: str = "student"):
+def build_student(cfg: StudentConfig, backend: str = "keras", name: str = "student", train_fast: bool = False):
     """Student model: float or uint8 images [N,S,S,3] in 0..255 -> code [N, embedding_dim] (linear).
 
     backend "keras" gives a Keras 3 model, "tf_keras" the twin for tensorflow-model-optimization;
-    both have the same layer names and weight shapes in the same order.
+    both have the same layer names and weight shapes in the same order. train_fast (Keras 3 only): batch
+    normalisation trains through FusedBatchNormalization; turn the trained model back into stock layers with
+    `student_from_weights(model, "keras", cfg)` before saving it.
     """
     if not isinstance(cfg, StudentConfig):
         raise TypeError(f"build_student(cfg=...): expected a StudentConfig, got {type(cfg).__name__}")
-    return _build(_backend_module(backend), cfg, name)
+    if train_fast and backend != "keras":
+        raise ValueError(f"build_student(train_fast=True) is for the Keras 3 backend; got backend={backend!r}")
+    return _build(_backend_module(backend), cfg, name, fused=train_fast)
 
 
 def infer_config(model) -> StudentConfig:
