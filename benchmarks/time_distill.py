@@ -5,6 +5,9 @@ prints the seconds and the final loss, `--repeats` times; `--threads` sets Tenso
 first. Used for BENCHMARKS.md's step-overhead figures:
 
     .venv/bin/python -m benchmarks.time_distill --run_dir=runs/bench/demo --set=steps=300,steps_per_execution=1
+
+`--split` times the parts of a step instead (the teachers' forward pass, the student's training step with stock and
+with fused batch normalisation), which is where BENCHMARKS.md's "where the distillation's time goes" comes from.
 """
 from __future__ import annotations
 
@@ -22,6 +25,10 @@ def main(argv=None):
     ap.add_argument("--set", default="", help="DistillConfig overrides, e.g. 'steps=300,steps_per_execution=1'")
     ap.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: its default, every core)")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--split", action="store_true", help="instead: images/s of the parts of one step at the run's "
+                    "batch (the teachers' forward pass; the student's training step with stock and with fused "
+                    "batch normalisation), each timed alone for --split_seconds")
+    ap.add_argument("--split_seconds", type=float, default=8.0)
     args = ap.parse_args(argv)
     if args.threads:
         import tensorflow as tf
@@ -43,6 +50,8 @@ def main(argv=None):
     code_fn, concat_fn, dec_fn = fused_teacher_builders(run)
     src = inputs.image_source(run, "distill")
     scfg = dataclasses.replace(cfg.student, embedding_dim=cfg.fusion.code_dim)
+    if args.split:
+        return split_step(scfg, dcfg, src, concat_fn, dec_fn, dims, args)
     for rep in range(args.repeats):
         out = tempfile.mkdtemp(prefix="time_distill_")
         try:
@@ -54,6 +63,45 @@ def main(argv=None):
                   f"final loss {rec['final_loss']:.4f}", flush=True)
         finally:
             shutil.rmtree(out, ignore_errors=True)
+
+
+def split_step(scfg, dcfg, src, concat_fn, dec_fn, dims, args):
+    """Images/s of the teachers' forward pass and of the student's training step (through the frozen decoder,
+    the teacher-space loss), each alone on the same batch of faces, repeated for `args.split_seconds`."""
+    import tensorflow as tf
+    from face_transfer.student.distill import _optimizer, block_sq_loss
+    from face_transfer.student.model import build_student
+    b = dcfg.batch_size
+    images = tf.constant(src.images(0, b, "distill"))
+    teachers, decoder = concat_fn(), dec_fn()
+    forward = tf.function(lambda x: teachers(x, training=False))
+    targets = forward(images)
+
+    def rate(fn, *a):
+        fn(*a)  # trace
+        t0, n = time.time(), 0
+        while time.time() - t0 < args.split_seconds:
+            fn(*a)
+            n += b
+        return n / (time.time() - t0)
+
+    out = {"teachers_forward": rate(forward, images)}
+    for fused in (False, True):
+        student = build_student(scfg, train_fast=fused)
+        opt = _optimizer(dcfg)
+        opt.build(student.trainable_variables)
+
+        @tf.function
+        def step(x, t, student=student, opt=opt):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(block_sq_loss(decoder(student(x, training=True), training=False), t, dims))
+            grads = tape.gradient(loss, student.trainable_variables)
+            opt.apply_gradients(zip(grads, student.trainable_variables))
+            return loss
+        out["student_step_" + ("fused_bn" if fused else "stock_bn")] = rate(step, images, targets)
+    print(f"[time_distill] batch {b}, threads={args.threads or 'default'}: " +
+          ", ".join(f"{k} {v:.0f} images/s" for k, v in out.items()), flush=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -487,3 +487,20 @@ def test_fusion_ablation_and_distill_timing_run_on_a_finished_run(smoke_run, tmp
                          capture_output=True, text=True, timeout=800)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "[time_distill] steps=4,steps_per_execution=2 threads=1 repeat 0:" in out.stdout, out.stdout[-2000:]
+    out = subprocess.run([sys.executable, "-m", "benchmarks.time_distill", f"--run_dir={run_dir}", "--split",
+                          "--split_seconds=0.3", "--threads=1"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(l for l in out.stdout.splitlines() if l.startswith("[time_distill] batch"))
+    for part in ("teachers_forward", "student_step_stock_bn", "student_step_fused_bn"):
+        assert f"{part} " in line and " images/s" in line, line
+    # benchmarks.ablate_distill: one lever on top of the run's own distillation, and a student override
+    out = subprocess.run([sys.executable, "-m", "benchmarks.ablate_distill", f"--run_dir={run_dir}", "--variants=preset",
+                          "--set=loss=teacher_space,teacher_drop=0.5", "--student_set=head_channels=40", "--steps=4",
+                          "--views=ladder", "--no_baselines"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    saved = json.load(open(os.path.join(run_dir, "ablation", "ablation.json")))
+    row = saved["variants"]["preset[loss=teacher_space,teacher_drop=0.5]{head_channels=40}+ladder"]
+    assert row["overrides"] == {"loss": "teacher_space", "teacher_drop": 0.5}
+    assert row["student_overrides"] == {"head_channels": 40} and 0 <= row["mean_novel"] <= 100
