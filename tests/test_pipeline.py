@@ -128,6 +128,7 @@ def test_bad_flag_exits_nonzero_before_any_work(tmp_path):
     (["--preset=smoke", "--distill_loss=l2", "--distill_ladder_residual"], "ValidationError", "ladder_residual"),
     (["--preset=smoke", "--distill_learning_rate=0"], "ValidationError", "--distill_learning_rate"),
     (["--preset=smoke", "--distill_mixup=1.5"], "ValidationError", "mixup"),
+    (["--preset=smoke", "--distill_consistent_noise"], "ValidationError", "consistent_noise"),
     (["--preset=smoke", "--distill_loss=l2", "--distill_teacher_drop=0.5"], "ValidationError", "teacher_drop"),
     (["--preset=smoke", "--student_head_channels=-2"], "ValidationError", "--student_head_channels"),
 ])

@@ -280,6 +280,9 @@ class DistillConfig:
         for name in ("noise", "mixup", "teacher_drop"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"DistillConfig.{name}={getattr(self, name)!r}; expected a probability in [0, 1]")
+        if self.consistent_noise and self.noise <= 0:
+            raise ValueError("DistillConfig.consistent_noise=True shows the teachers the degraded faces, but noise=0 "
+                             "degrades none; set noise in (0, 1]")
         if self.teacher_drop > 0 and self.loss not in BLOCK_LOSSES:
             raise ValueError(f"DistillConfig.teacher_drop={self.teacher_drop!r} needs a block loss {BLOCK_LOSSES} "
                              f"(one term per teacher); got loss={self.loss!r}")
