@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from face_transfer.fileio import write_json
+
 # name -> DistillConfig overrides (on top of the run's own distill config)
 VARIANTS = {
     "preset": {},  # the run's own distillation (with --set / --student_set: one lever on top of it)
@@ -56,9 +58,7 @@ def _json(path, default=None):
 
 
 def _write(path, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_json(path, obj)
 
 
 def main(argv=None):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+from face_transfer.fileio import write_text
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -299,6 +301,4 @@ def replace_section(section_lines: list[str], path: str = os.path.join(ROOT, "BE
     else:
         j = next((k for k in starts if lines[k].startswith("## Preset")), len(lines))
         lines[j:j] = [section]
-    with open(path + ".tmp", "w") as f:
-        f.write("".join(lines))
-    os.replace(path + ".tmp", path)
+    write_text(path, "".join(lines))

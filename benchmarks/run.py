@@ -20,6 +20,8 @@ import time
 
 from absl import app, flags
 
+from face_transfer.fileio import write_text
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results.json")
 FLAGS = flags.FLAGS
@@ -52,9 +54,7 @@ def load_results() -> dict:
 
 
 def save_results(res: dict):
-    with open(RESULTS + ".tmp", "w") as f:
-        json.dump(res, f, indent=1, sort_keys=True)
-    os.replace(RESULTS + ".tmp", RESULTS)
+    write_text(RESULTS, json.dumps(res, indent=1, sort_keys=True))
 
 
 def run_preset(preset: str) -> tuple[dict, float, str]:

@@ -5,7 +5,7 @@ import contextlib
 import os
 import time
 
-from face_transfer import distribute
+from face_transfer import distribute, peers
 from face_transfer.configs import ExperimentConfig
 from face_transfer.fileio import write_json
 from face_transfer.stages import ALWAYS_RUN, STAGE_NAMES, STAGES, Run, StageContext, summary
@@ -14,15 +14,11 @@ from face_transfer.stages.rundir import RunLock
 STAGES_BY_NAME = dict(zip(STAGE_NAMES, STAGES))
 
 
-def _wait_for_record(run: Run, name: str, timeout_s: float = 7 * 24 * 3600, poll_s: float = 2.0) -> dict:
-    t0 = time.time()
-    while True:
-        rec = run.stage_done(name)
-        if rec is not None:
-            return rec["record"]
-        if time.time() - t0 > timeout_s:
-            raise TimeoutError(f"stage {name}: the chief did not finish it within {timeout_s:.0f} s")
-        time.sleep(poll_s)
+def _wait_for_record(run: Run, name: str, worker: tuple[int, int], timeout_s: float = 7 * 24 * 3600,
+                     poll_s: float = 2.0) -> dict:
+    rec = peers.wait_for(lambda: run.stage_done(name), run.dir, worker,
+                         f"the chief's record of stage {name} ({run.stage_record_path(name)})", timeout_s, poll_s)
+    return rec["record"]
 
 
 def run_pipeline(cfg: ExperimentConfig, run_dir: str, overwrite: bool = False, strategy=None,
@@ -32,11 +28,15 @@ def run_pipeline(cfg: ExperimentConfig, run_dir: str, overwrite: bool = False, s
         raise ValueError(f"until={until!r}; expected one of {STAGE_NAMES}")
     chief = distribute.is_chief(strategy) if strategy is not None else True
     # The chief holds the run directory for the whole invocation; other workers of a multi-worker run share it.
+    worker = distribute.worker_index(strategy) if strategy is not None else (0, 1)
     with (RunLock(run_dir) if chief else contextlib.nullcontext()):
-        return _run_stages(cfg, run_dir, overwrite, strategy, until, flags_text, chief)
+        # Every worker records itself, and its failure, in the run directory: the others then stop waiting
+        # for its part at once (face_transfer.peers) instead of at a timeout.
+        with peers.worker_part(run_dir, worker):
+            return _run_stages(cfg, run_dir, overwrite, strategy, until, flags_text, chief, worker)
 
 
-def _run_stages(cfg, run_dir, overwrite, strategy, until, flags_text, chief) -> dict:
+def _run_stages(cfg, run_dir, overwrite, strategy, until, flags_text, chief, worker) -> dict:
     run = Run.open(run_dir, cfg, overwrite=overwrite, flags_text=flags_text)
     import keras
     keras.utils.set_random_seed(cfg.seed)  # python, numpy and TF seeds; the data itself is seeded per index
@@ -50,7 +50,7 @@ def _run_stages(cfg, run_dir, overwrite, strategy, until, flags_text, chief) -> 
             # A worker's part ends with the last stage it shares; before that it waits for the chief's record.
             if not any(s.WORKERS == "all" for s in todo[i + 1:]):
                 break
-            out[stage.NAME] = _wait_for_record(run, stage.NAME)
+            out[stage.NAME] = _wait_for_record(run, stage.NAME, worker)
             continue
         had_record = os.path.exists(run.stage_record_path(stage.NAME))
         if had_record and rebuilt & set(stage.DEPENDS_ON):
@@ -58,7 +58,7 @@ def _run_stages(cfg, run_dir, overwrite, strategy, until, flags_text, chief) -> 
             run.reset_stage(stage.NAME, cascade=True)
         done = None if stage.NAME in ALWAYS_RUN else run.stage_done(stage.NAME)
         if done is not None:
-            summary(f"{stage.NAME}: complete and verified ({run.stage_record_path(stage.NAME)}), skipped")
+            summary(f"{stage.NAME}: complete, artifacts verified ({run.stage_record_path(stage.NAME)}), skipped")
             out[stage.NAME] = done["record"]
         else:
             if stage.NAME not in ALWAYS_RUN:  # ran (again, or with its record deleted): dependants are stale

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from face_transfer.fileio import atomic_output, claim_json, write_json
 from face_transfer.data.readers import DataError, NoFaceError, center_square_resize, decode_image_bytes, load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -334,12 +335,6 @@ def _shard_name(s: int) -> str:
     return f"shard-{s:05d}.tfrecord"
 
 
-def _atomic_json(path: str, obj) -> None:
-    # fileio's tmp name is per process: several workers may finish the manifest at the same moment.
-    from face_transfer.fileio import write_json
-    write_json(path, obj)
-
-
 def _config_dict(cfg: FacesConfig) -> dict:
     # real_fraction only sets the mix at training time; the shards do not depend on it, so changing it
     # must not make a prepared 200k-image directory "different".
@@ -365,8 +360,8 @@ def _differences(have: dict, want: dict) -> list[str]:
 def _claim(out_dir: str, want: dict) -> None:
     """Refuse a directory prepared for other inputs or settings; record ours before the first shard.
 
-    The same idea as pipelines.claim_shard_dir, with concise messages (a manifest can hold 1000 skips) and
-    per-process tmp names so that several pre-pass workers can start at once.
+    The same idea as pipelines.claim_shard_dir, with concise messages (a manifest can hold 1000 skips);
+    several pre-pass workers may start at once: the first creates spec.json, the others compare with it.
     """
     os.makedirs(out_dir, exist_ok=True)
     want = json.loads(json.dumps(want))
@@ -379,8 +374,12 @@ def _claim(out_dir: str, want: dict) -> None:
             if diff:
                 raise ValueError(f"{out_dir} already holds faces prepared differently ({path}: "
                                  f"{'; '.join(diff)[:2000]}). Use another directory or delete it.")
-    if not os.path.exists(os.path.join(out_dir, SPEC)):
-        _atomic_json(os.path.join(out_dir, SPEC), want)
+    path = os.path.join(out_dir, SPEC)
+    have = claim_json(path, want)
+    diff = _differences(have, want) if have is not None else []
+    if diff:
+        raise ValueError(f"{out_dir} is being prepared differently by another worker ({path}: "
+                         f"{'; '.join(diff)[:2000]}). Use another directory or delete it.")
 
 
 def _shard_done(out_dir: str, s: int) -> bool:
@@ -394,18 +393,17 @@ def _write_shard(out_dir, s, items, pool, threads, cfg) -> dict:
     # Leftovers of a killed run of this shard (only this worker writes shard s, workers split s % W).
     for stale in glob.glob(glob.escape(path[: -len(".tfrecord")]) + ".*.tmp*"):
         os.remove(stale)
-    tmp = f"{path}.tmp{os.getpid()}"
     info = {"shard": s, "file": _shard_name(s), "count": 0, "corrupt": [], "no_face": []}
     fn = lambda item: _canonical_png(item, cfg.image_size, cfg.align, cfg.image_key)  # noqa: E731
-    with tf.io.TFRecordWriter(tmp) as writer:
-        for kind, where, payload in _bounded_map(pool, fn, items, 4 * threads):
-            if kind == "ok":
-                writer.write(_example(payload, where))
-                info["count"] += 1
-            else:
-                info[kind].append({"where": where, "message": payload})
-    os.replace(tmp, path)  # atomic: a killed run never leaves half a shard under the final name
-    _atomic_json(path[: -len(".tfrecord")] + ".json", info)
+    with atomic_output(path) as tmp:  # atomic: a killed run never leaves half a shard under the final name
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for kind, where, payload in _bounded_map(pool, fn, items, 4 * threads):
+                if kind == "ok":
+                    writer.write(_example(payload, where))
+                    info["count"] += 1
+                else:
+                    info[kind].append({"where": where, "message": payload})
+    write_json(path[: -len(".tfrecord")] + ".json", info)
     return info
 
 
@@ -474,7 +472,7 @@ def prepare_faces(cfg: FacesConfig, out_dir: str, progress: bool | Callable[[int
     manifest = _finish(out_dir, cfg, want, n_shards)
     if written:
         manifest["images_per_s"] = done_items / max(time.time() - t0, 1e-9)
-    _atomic_json(mpath, manifest)
+    write_json(mpath, manifest)
     return manifest
 
 
@@ -482,8 +480,8 @@ def _finish(out_dir: str, cfg: FacesConfig, want: dict, n_shards: int) -> dict:
     """The manifest from the shard JSONs (also writes skipped.txt); DataError if no face was kept."""
     shards, listed, counts = [], [], {"corrupt": 0, "no_face": 0}
     first_message = None
-    tmp = os.path.join(out_dir, f"{SKIPPED}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as skipped_file:
+    with atomic_output(os.path.join(out_dir, SKIPPED)) as tmp, \
+            open(tmp, "w", encoding="utf-8", errors="surrogateescape") as skipped_file:
         skipped_file.write("# kind\twhere\tmessage (items prepare_faces left out)\n")
         for s in range(n_shards):
             with open(os.path.join(out_dir, _shard_name(s)[: -len(".tfrecord")] + ".json")) as f:
@@ -496,7 +494,6 @@ def _finish(out_dir: str, cfg: FacesConfig, want: dict, n_shards: int) -> dict:
                     skipped_file.write(f"{kind}\t{item['where']}\t{item['message']}\n")
                     if len(listed) < MAX_LISTED_SKIPS:
                         listed.append({"where": item["where"], "kind": kind, "message": item["message"]})
-    os.replace(tmp, os.path.join(out_dir, SKIPPED))
     found, kept = want["inputs"]["items"], sum(s["count"] for s in shards)
     if not kept:
         where = ", ".join(cfg.sources)

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from face_transfer.data import synth
 from face_transfer.data.tasks import EVAL_SETS, EvalSet
+from face_transfer.fileio import save_npz, write_json
 
 MANIFEST = "manifest.json"
 
@@ -87,12 +88,10 @@ def write_labelled_shards(out_dir: str, n: int, shard_size: int, images_fn, mani
             continue
         idx = np.arange(s * shard_size, min(n, (s + 1) * shard_size))
         images, labels = images_fn(idx)
-        tmp = path + f".tmp{os.getpid()}.npz"
-        np.savez(tmp, images=images, index=idx, **{f"label__{k}": v for k, v in labels.items()})
-        os.replace(tmp, path)  # atomic: a killed run never leaves a half shard under the final name
+        # atomic: a killed run never leaves a half shard under the final name
+        save_npz(path, images=images, index=idx, **{f"label__{k}": v for k, v in labels.items()})
         if progress:
             progress(s + 1, n_shards)
-    from face_transfer.fileio import write_json
     write_json(os.path.join(out_dir, MANIFEST), {**manifest, "shards": n_shards})
     return n_shards
 
@@ -115,22 +114,30 @@ def complete_manifest(out_dir: str, want: dict, what: str) -> dict | None:
 
 
 def claim_shard_dir(out_dir: str, want: dict):
-    """Record what a sharded directory holds before its first shard is written.
+    """Record what a sharded directory holds before its first shard is written (first writer wins).
 
     The manifest is written last (it marks completion), so an interrupted directory has shards but no
-    manifest; `spec.json` lets a resumed run refuse shards of a different set instead of mixing them.
+    manifest; `spec.json` lets a resumed run refuse shards of a different set instead of mixing them. Several
+    workers may claim the same directory at once: one creates `spec.json`, the others check that it holds
+    their spec. A spec left by an attempt that wrote no shard at all (it failed first, e.g. on a NaN teacher)
+    is replaced, since nothing depends on it.
     """
+    from face_transfer.fileio import claim_json
     spec_path = os.path.join(out_dir, "spec.json")
-    if os.path.exists(spec_path):
-        with open(spec_path) as f:
-            have = json.load(f)
-        if have != json.loads(json.dumps(want)):
-            raise ValueError(f"{out_dir} holds shards of a different set ({spec_path}: {have}); expected "
-                             f"{want}. Use another directory or delete it.")
-        return
-    with open(spec_path + ".tmp", "w") as f:
-        json.dump(want, f, indent=1)
-    os.replace(spec_path + ".tmp", spec_path)
+    want = json.loads(json.dumps(want))
+    for attempt in range(2):
+        have = claim_json(spec_path, want)
+        if have is None or have == want:
+            return
+        if attempt == 0 and not _has_shards(out_dir):
+            os.remove(spec_path)
+            continue
+        raise ValueError(f"{out_dir} holds shards of a different set ({spec_path}: {have}); expected "
+                         f"{want}. Use another directory or delete it.")
+
+
+def _has_shards(out_dir: str) -> bool:
+    return any(n.startswith("shard-") and ".tmp" not in n for n in os.listdir(out_dir))
 
 
 def load_shards(out_dir: str, what: str, resume_with: str) -> dict[str, np.ndarray]:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 
+from face_transfer.fileio import write_bytes
+
 
 # Square canvas sides for P-Net (even, so the canvas itself never needs the pool's padding). The largest
 # pyramid level of a photo downscaled to align.MAX_DETECT_SIDE (1024) at min_face_size 20 is 615 px.
@@ -102,7 +104,4 @@ def convert_mtcnn(out_dir: str, canvases=PNET_CANVASES) -> dict:
 
 
 def _write(path: str, data: bytes) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"  # two processes may fill the same cache
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    write_bytes(path, data)  # two processes may fill the same cache

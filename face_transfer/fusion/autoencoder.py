@@ -14,6 +14,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from face_transfer.fileio import write_json
 from face_transfer.integrity import load_keras_model
 
 from face_transfer.fusion.standardize import Standardizer
@@ -154,9 +155,7 @@ class Fusion:
         self.standardizer.save(os.path.join(out_dir, "standardizer.npz"))
         self.encoder.save(os.path.join(out_dir, "encoder.keras"))
         self.decoder.save(os.path.join(out_dir, "decoder.keras"))
-        with open(os.path.join(out_dir, FUSION_JSON + ".tmp"), "w") as f:
-            json.dump(self.record, f, indent=1)
-        os.replace(os.path.join(out_dir, FUSION_JSON + ".tmp"), os.path.join(out_dir, FUSION_JSON))
+        write_json(os.path.join(out_dir, FUSION_JSON), self.record)
 
     @classmethod
     def load(cls, out_dir: str):

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from face_transfer import peers
 from face_transfer.fileio import read_json, write_json
 from face_transfer.stages import inputs
 from face_transfer.stages.rundir import Run, header, summary
@@ -31,13 +32,19 @@ def run(run: Run, ctx) -> dict:
     if dcfg.faces.sources:
         from face_transfer.data.faces import prepare_faces
         worker = ctx.worker
-        man = prepare_faces(dcfg.faces, run.p(inputs.FACES_DIR), worker=worker)
-        # Split across workers: each prepares its shards; worker 0 writes the manifest once all exist.
-        while not man.get("complete"):
-            time.sleep(2.0)
-            mpath = run.p(inputs.FACES_DIR, "manifest.json")
-            man = prepare_faces(dcfg.faces, run.p(inputs.FACES_DIR), worker=worker, progress=False) \
-                if worker[0] == 0 else (read_json(mpath) if os.path.exists(mpath) else man)
+        faces_dir = run.p(inputs.FACES_DIR)
+        mpath = os.path.join(faces_dir, "manifest.json")
+        with peers.worker_part(faces_dir, worker):
+            man = prepare_faces(dcfg.faces, faces_dir, worker=worker)
+            # Split across workers: each prepares its shards; worker 0 writes the manifest once all exist.
+            if not man.get("complete"):
+                def ready():
+                    if worker[0] == 0:
+                        m = prepare_faces(dcfg.faces, faces_dir, worker=worker, progress=False)
+                        return m if m.get("complete") else None
+                    return read_json(mpath) if os.path.exists(mpath) else None
+                man = peers.wait_for(ready, faces_dir, worker, f"the other workers' face shards ({mpath})",
+                                     timeout_s=7 * 24 * 3600, poll_s=2.0)
         rep = man.get("report", {})
         info["faces"] = {k: rep.get(k) for k in ("found", "kept", "corrupt", "no_face")}
         outputs.append(run.p(inputs.FACES_DIR, "manifest.json"))

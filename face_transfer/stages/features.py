@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from face_transfer.fileio import atomic_output
 from face_transfer.stages import inputs
 from face_transfer.stages.rundir import Run
 
@@ -22,8 +23,8 @@ def features_cached(run: Run, rep: str, compute):
             feats = np.asarray(compute(name), np.float32)
             if not np.all(np.isfinite(feats)):
                 raise FloatingPointError(f"representation {rep!r} has NaN/Inf features on eval set {name}")
-            np.save(path + ".tmp.npy", feats)
-            os.replace(path + ".tmp.npy", path)
+            with atomic_output(path, suffix=".npy") as tmp:
+                np.save(tmp, feats)
         out[name] = np.load(path)
     return out
 

@@ -9,7 +9,7 @@ import sys
 import time
 
 from face_transfer.configs import ExperimentConfig, same_experiment
-from face_transfer.fileio import dict_differences, read_json, write_json
+from face_transfer.fileio import dict_differences, read_json, write_json, write_text
 
 CONFIG_JSON = "config.json"
 LOCK_FILE = ".lock"
@@ -129,10 +129,7 @@ class Run:
             raise PermissionError(f"--run_dir={run_dir} is not writable")
         for name, text in ((CONFIG_JSON, cfg.to_json()), ("flags.txt", flags_text)):
             if text:
-                tmp = os.path.join(run_dir, f"{name}.tmp{os.getpid()}")  # workers of one run open it together
-                with open(tmp, "w") as f:
-                    f.write(text)
-                os.replace(tmp, os.path.join(run_dir, name))
+                write_text(os.path.join(run_dir, name), text)  # workers of one run open it together
         return cls(run_dir, cfg)
 
     # ---- the completeness protocol -----------------------------------------------------------------

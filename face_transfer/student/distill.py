@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras import ops
 
 from face_transfer import distribute
+from face_transfer.fileio import write_json
 from face_transfer.data import synth
 from face_transfer.student.model import (StudentConfig, build_student, count_flops, count_params, feature_model,
                                          student_from_weights)
@@ -591,10 +592,7 @@ def _save_student(student, student_cfg, out_dir, strategy, extra):
               "mflops": count_flops(student) / 1e6, **extra}
     if distribute.is_chief(strategy):
         student.save(os.path.join(out_dir, "model.keras"))
-        path = os.path.join(out_dir, STUDENT_JSON)
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(path + ".tmp", path)
+        write_json(os.path.join(out_dir, STUDENT_JSON), record)
     return record
 
 

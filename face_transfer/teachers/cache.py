@@ -5,7 +5,6 @@ teacher for N images, written shard by shard with the image indices and a manife
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -13,6 +12,10 @@ from typing import Callable, Sequence
 
 import keras
 import numpy as np
+
+from face_transfer import peers
+from face_transfer.data.pipelines import claim_shard_dir, complete_manifest, load_shards
+from face_transfer.fileio import read_json, save_npz, write_json
 
 MANIFEST = "manifest.json"
 
@@ -53,7 +56,7 @@ def _check_finite(e, teacher, where):
 def build_embedding_cache(teachers: Sequence, image_fn: Callable[[np.ndarray], np.ndarray], n: int,
                           out_dir: str, shard_size: int = 2048, batch_size: int = 256,
                           meta: dict | None = None, progress: bool = True, worker: tuple[int, int] = (0, 1),
-                          wait_timeout_s: float = 24 * 3600) -> dict:
+                          wait_timeout_s: float = 24 * 3600, poll_s: float = 1.0) -> dict:
     """Embed images 0..n-1 (`image_fn(indices) -> uint8 images`) with every teacher into shards.
 
     Resumable: finished shards (atomic writes) are not recomputed. Returns the manifest, which has
@@ -61,23 +64,32 @@ def build_embedding_cache(teachers: Sequence, image_fn: Callable[[np.ndarray], n
 
     `worker=(k, W)` splits the teacher pass over W processes sharing `out_dir` (multi-worker runs):
     worker k embeds shards s with s % W == k, and worker 0 writes the manifest once every shard exists
-    (the others wait for it). Each worker's part resumes on its own.
+    (the others wait for it, polling every `poll_s`). Each worker's part resumes on its own. A worker whose
+    peer fails or dies stops waiting at once with face_transfer.peers.PeerFailedError, naming the peer.
     """
     k_worker, n_workers = worker
     if not 0 <= k_worker < n_workers:
         raise ValueError(f"build_embedding_cache: worker={worker}; expected (k, W) with 0 <= k < W")
     names = [t.name for t in teachers]
     want = {"teachers": names, "n": int(n), "shard_size": int(shard_size), "meta": meta or {}}
-    from face_transfer.data.pipelines import claim_shard_dir, complete_manifest
     have = complete_manifest(out_dir, want, "embedding cache")
     if have is not None:
         return have
     claim_shard_dir(out_dir, want)
+    with peers.worker_part(out_dir, worker):
+        return _fill_cache(teachers, image_fn, n, out_dir, shard_size, batch_size, want, progress, worker,
+                           wait_timeout_s, poll_s)
+
+
+def _fill_cache(teachers, image_fn, n, out_dir, shard_size, batch_size, want, progress, worker, wait_timeout_s,
+                poll_s):
+    k_worker, n_workers = worker
+    names = list(want["teachers"])
     mpath = os.path.join(out_dir, MANIFEST)
     n_shards = (n + shard_size - 1) // shard_size
     dims, t0, done_now = {}, time.time(), 0
     for s in range(n_shards):
-        path = os.path.join(out_dir, f"shard-{s:05d}.npz")
+        path = _shard_path(out_dir, s)
         if s % n_workers != k_worker:
             continue
         if os.path.exists(path):
@@ -96,9 +108,7 @@ def build_embedding_cache(teachers: Sequence, image_fn: Callable[[np.ndarray], n
             _check_varies(e, t.name, path)
             arrays[t.name] = e
             dims[t.name] = int(e.shape[1])
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, index=idx, **arrays)
-        os.replace(tmp, path)
+        save_npz(path, index=idx, **arrays)
         done_now += len(idx)
         if progress:
             rate = done_now / max(time.time() - t0, 1e-9)
@@ -110,16 +120,24 @@ def build_embedding_cache(teachers: Sequence, image_fn: Callable[[np.ndarray], n
     elapsed = time.time() - t0
     if n_workers > 1:
         if k_worker != 0:
-            return _wait_for_manifest(mpath, wait_timeout_s)
-        _wait_for_shards(out_dir, n_shards, wait_timeout_s)
-        with np.load(os.path.join(out_dir, "shard-00000.npz")) as z:
+            peers.wait_for(lambda: os.path.exists(mpath), out_dir, worker, f"the embedding cache's {mpath}",
+                           wait_timeout_s, poll_s)
+            return read_json(mpath)
+
+        def all_shards():
+            return all(os.path.exists(_shard_path(out_dir, s)) for s in range(n_shards))
+        peers.wait_for(all_shards, out_dir, worker, f"the other workers' shards of {out_dir}", wait_timeout_s,
+                       poll_s)
+        with np.load(_shard_path(out_dir, 0)) as z:
             dims = {k: int(z[k].shape[1]) for k in names}
     manifest = {**want, "dims": dims, "shards": n_shards, "workers": n_workers,
                 "images_per_s": (done_now * n_workers / elapsed) if done_now else None}
-    with open(mpath + ".tmp", "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(mpath + ".tmp", mpath)
+    write_json(mpath, manifest)
     return manifest
+
+
+def _shard_path(out_dir: str, s: int) -> str:
+    return os.path.join(out_dir, f"shard-{s:05d}.npz")
 
 
 def _check_varies(e, teacher, where):
@@ -130,32 +148,8 @@ def _check_varies(e, teacher, where):
             "input spec (size, channels, scale/offset) and its output layer")
 
 
-def _wait_for_shards(out_dir, n_shards, timeout_s, poll_s=1.0):
-    t0 = time.time()
-    while True:
-        missing = [s for s in range(n_shards) if not os.path.exists(os.path.join(out_dir, f"shard-{s:05d}.npz"))]
-        if not missing:
-            return
-        if time.time() - t0 > timeout_s:
-            raise TimeoutError(f"{out_dir}: shards {missing[:5]} of the embedding cache did not appear within "
-                               f"{timeout_s:.0f} s (a worker stopped?); rerun the same command, it resumes")
-        time.sleep(poll_s)
-
-
-def _wait_for_manifest(mpath, timeout_s, poll_s=1.0):
-    t0 = time.time()
-    while not os.path.exists(mpath):
-        if time.time() - t0 > timeout_s:
-            raise TimeoutError(f"{mpath} did not appear within {timeout_s:.0f} s (the chief stopped?); "
-                               "rerun the same command, it resumes")
-        time.sleep(poll_s)
-    with open(mpath) as f:
-        return json.load(f)
-
-
 def load_embedding_cache(out_dir: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(image indices [N], {teacher: float32 [N, D]}) of a complete cache."""
-    from face_transfer.data.pipelines import load_shards
     arrays = load_shards(out_dir, "embedding cache", "build_embedding_cache")
     index = arrays.pop("index")
     return index, arrays

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from face_transfer import distribute
 from face_transfer.data import synth
-from face_transfer.fileio import write_json
+from face_transfer.fileio import atomic_output, write_json
 from face_transfer.data.pipelines import make_stream_dataset
 from face_transfer.teachers import zoo
 from face_transfer.teachers.adapters import InputSpec, keras_model_teacher, preprocess
@@ -56,15 +56,12 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         # The previous checkpoint stays as prev.keras (+ prev_state.json): a damaged last.keras falls back to it.
         last, prev = os.path.join(self.ckpt_dir, "last.keras"), os.path.join(self.ckpt_dir, "prev.keras")
         state, prev_state = os.path.join(self.ckpt_dir, "state.json"), os.path.join(self.ckpt_dir, "prev_state.json")
-        tmp = os.path.join(self.ckpt_dir, f"last.tmp{os.getpid()}.keras")
-        self.model.save(tmp)
-        if os.path.exists(last) and os.path.exists(state):
-            os.replace(last, prev)
-            os.replace(state, prev_state)
-        os.replace(tmp, last)
-        with open(state + f".tmp{os.getpid()}", "w") as f:
-            json.dump({"epochs_done": epoch + 1, "time": time.time()}, f)
-        os.replace(state + f".tmp{os.getpid()}", state)
+        with atomic_output(last, suffix=".keras") as tmp:
+            self.model.save(tmp)
+            if os.path.exists(last) and os.path.exists(state):
+                os.replace(last, prev)
+                os.replace(state, prev_state)
+        write_json(state, {"epochs_done": epoch + 1, "time": time.time()})
 
 
 def _resume(ckpt_dir):
@@ -160,9 +157,7 @@ def train_teacher(spec: zoo.TeacherSpec, synth_cfg: synth.SynthConfig, cfg: Teac
     }
     if write:
         model.save(os.path.join(out_dir, "model.keras"))
-        with open(done + ".tmp", "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(done + ".tmp", done)
+        write_json(done, record)
     return record
 
 
@@ -219,8 +214,8 @@ def package_pretrained(teacher_dirs: dict, out_dir: str, synth_cfg: synth.SynthC
         dst = os.path.join(out_dir, name, "model.keras")
         # the weights alone: without the optimizer's state the file is ~3x smaller
         model = load_keras_model(os.path.join(src, "model.keras"), "teacher model", compile=False)
-        model.save(dst + ".tmp.keras")
-        os.replace(dst + ".tmp.keras", dst)
+        with atomic_output(dst, suffix=".keras") as tmp:
+            model.save(tmp)
         sha, size = file_digest(dst)
         manifest["teachers"][name] = {"record": record, "sha256": sha, "bytes": size}
     write_json(os.path.join(out_dir, PRETRAINED_MANIFEST), manifest)
@@ -265,7 +260,7 @@ def install_pretrained(spec: zoo.TeacherSpec, where: str, out_dir: str, write: b
     if write:
         os.makedirs(out_dir, exist_ok=True)
         dst = os.path.join(out_dir, "model.keras")
-        shutil.copyfile(src, dst + ".tmp")
-        os.replace(dst + ".tmp", dst)
+        with atomic_output(dst) as tmp:
+            shutil.copyfile(src, tmp)
         write_json(os.path.join(out_dir, TEACHER_JSON), record)
     return record
