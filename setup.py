@@ -57,6 +57,7 @@ setup(
             "face-transfer-infer=export.infer_tflite:run",
             "face-transfer-export=export.export_savedmodel:run",
             "face-transfer-convert=export.convert_tflite:run",
+            "face-transfer-adapt=trainers.adapt:run",
         ],
     },
 )

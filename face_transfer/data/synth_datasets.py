@@ -100,3 +100,26 @@ def write_utkface(cfg: synth.SynthConfig, out_dir: str, n: int, stream: str = "u
                                      quality=95)
             i += 1
     return out_dir
+
+
+def write_folder_csv(cfg: synth.SynthConfig, out_dir: str, n: int, columns=("face_shape",), stream: str = "adapt",
+                     identity_column: str | None = "person", quality: int = 92) -> str:
+    """n JPEG faces under out_dir/images/ and out_dir/labels.csv (`image`, the SynthFaces label `columns`, and the
+    identity as `identity_column`): a labelled folder_csv dataset of any factor, e.g. one outside the task
+    registry (face_shape, light_elevation) to try adapting a student to a task it never saw. Returns the CSV."""
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    csv_path = os.path.join(out_dir, "labels.csv")
+    header = ["image", *columns] + ([identity_column] if identity_column else [])
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        i = 0
+        for images, labels in _render(cfg, 0, n, stream):
+            for k, im in enumerate(images):
+                rel = f"images/face_{i:06d}.jpg"
+                Image.fromarray(im).save(os.path.join(out_dir, rel), quality=quality)
+                row = [rel] + [f"{float(labels[c][k]):.4f}" if np.asarray(labels[c]).dtype.kind == "f"
+                               else int(labels[c][k]) for c in columns]
+                w.writerow(row + ([int(labels["identity"][k])] if identity_column else []))
+                i += 1
+    return csv_path

@@ -16,6 +16,7 @@ import numpy as np
 
 from face_transfer.deploy import savedmodel as _sm
 from face_transfer.deploy.tflite import TFLiteValidationError, _as_dict, _cosines
+from face_transfer.fileio import temp_name
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
@@ -52,7 +53,7 @@ def export_onnx(saved_model_dir, out_path, opset: int = DEFAULT_OPSET, signature
     (in_name, spec), = specs.items()
     want_outputs = sorted(sig.structured_outputs)
     out_path = os.fspath(out_path)
-    tmp = out_path + ".tmp"
+    tmp = temp_name(out_path)
     proto, _ = tf2onnx.convert.from_function(
         getattr(loaded, signature), input_signature=[tf.TensorSpec(spec.shape, spec.dtype, name=in_name)],
         opset=int(opset), output_path=tmp)

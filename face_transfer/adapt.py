@@ -1,0 +1,664 @@
+"""Transfer as a product: a distilled student adapted to a user's new labelled tasks, without re-distilling.
+
+A *student bundle* is what the export stage leaves next to the deployable files (`<run>/export/`): the Keras
+student (`student.keras`), the view its heads read (`bundle.json`: "ladder" or "embedding"), and the analyser's
+heads (`analyzer_heads.npz` parameters, `analyzer_heads.json` names, classes, units, training data).
+`adapt` fits heads for new tasks on it, linearly on the frozen features (mode "linear", as the probes do) or by
+fine-tuning the student after the heads (mode "finetune", with a distillation term to the frozen student's
+features, LwF-style, so the old heads keep working), scores each new task on a held-out split and, when the
+old heads' data is there (a run directory), every old head before and after. `export_analyzer` then writes the
+new analyser: SavedModel, int8 TFLite with metadata, ONNX and the browser page.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+from face_transfer.fileio import read_json, write_json
+
+BUNDLE_JSON = "bundle.json"
+BUNDLE_FORMAT = 1
+STUDENT_KERAS = "student.keras"
+HEADS_NPZ = "analyzer_heads.npz"
+HEADS_JSON = "analyzer_heads.json"
+MODES = ("linear", "finetune")
+# what a head was fitted on, shown next to it by face-transfer-infer and the browser page
+SYNTHETIC_DOMAIN = "synthetic (SynthFaces)"
+
+
+class BundleError(ValueError):
+    """A student folder that is missing a file or comes from an incompatible version; the message names it."""
+
+
+class AdaptUsageError(ValueError):
+    """An adaptation asked for something it must refuse (an --out that is the run, a head name clash, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptConfig:
+    mode: str = "linear"
+    finetune_steps: int = 300  # student updates after the heads (mode "finetune")
+    batch_size: int = 32
+    learning_rate: float = 1e-4  # the student's; 10x below the distillation's, as fine-tuning goes
+    head_learning_rate: float = 1e-3
+    keep_weight: float = 1.0  # weight of the LwF term: the student's features stay near the frozen ones
+    replace_heads: bool = False  # a new task named like an existing head replaces it (else an error)
+    test_fraction: float = 0.2  # held out for the scores; the heads shipped are fitted on the rest
+    seed: int = 0
+    checkpoint_every: int = 100
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"AdaptConfig.mode={self.mode!r}; expected one of {MODES}")
+        if self.finetune_steps < 0 or self.batch_size < 1:
+            raise ValueError(f"AdaptConfig: finetune_steps={self.finetune_steps}, batch_size={self.batch_size}; "
+                             "expected >= 0 and >= 1")
+        if not 0 < self.test_fraction < 0.5:
+            raise ValueError(f"AdaptConfig.test_fraction={self.test_fraction}; expected in (0, 0.5)")
+
+
+@dataclasses.dataclass
+class StudentBundle:
+    """The student, the view its heads read and its heads, as loaded from an export folder."""
+    student: object  # keras.Model: uint8 image -> code
+    view: str
+    heads: dict  # {output name: head parameters (evaluation.heads.fit_head)}
+    heads_meta: dict  # {output name: {"kind", "classes", "units", "task", "trained_on", ...}}
+    path: str
+    run_dir: str | None = None  # the run the bundle came from, when its data is at hand (forgetting)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.student.inputs[0].shape[1])
+
+    def features_model(self):
+        from face_transfer.student.model import feature_model
+        return feature_model(self.student, self.view)
+
+    def features(self, images, batch: int = 256) -> np.ndarray:
+        out = self.features_model().predict(images, batch_size=batch, verbose=0)
+        return np.asarray(out["features"], np.float32)
+
+
+def save_bundle(out_dir: str, student, view: str, heads: dict, heads_meta: dict, extra: dict | None = None) -> list[str]:
+    """Write a student bundle into `out_dir` (the export folder); returns the files written."""
+    from face_transfer import __version__
+    os.makedirs(out_dir, exist_ok=True)
+    from face_transfer.fileio import atomic_output, save_npz
+    with atomic_output(os.path.join(out_dir, STUDENT_KERAS), suffix=".keras") as tmp:
+        student.save(tmp)
+    arrays = {}
+    for name, params in heads.items():
+        for k, v in params.items():
+            if isinstance(v, np.ndarray):
+                arrays[f"{name}/{k}"] = v
+    save_npz(os.path.join(out_dir, HEADS_NPZ), **arrays)
+    scalars = {name: {k: v for k, v in params.items() if not isinstance(v, np.ndarray)}
+               for name, params in heads.items()}
+    write_json(os.path.join(out_dir, HEADS_JSON), heads_meta)
+    write_json(os.path.join(out_dir, BUNDLE_JSON), {
+        "format": BUNDLE_FORMAT, "face_transfer": __version__, "view": view,
+        "image_size": int(student.inputs[0].shape[1]), "code_dim": int(student.outputs[0].shape[-1]),
+        "heads": scalars, **(extra or {})})
+    return [os.path.join(out_dir, n) for n in (STUDENT_KERAS, HEADS_NPZ, HEADS_JSON, BUNDLE_JSON)]
+
+
+def load_bundle(path: str) -> StudentBundle:
+    """The bundle of an export folder, or of a run directory (its `export/`). BundleError names what is wrong."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise BundleError(f"{path}: not a directory; expected a finished run directory or its export/ folder")
+    run_dir = None
+    if os.path.exists(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "export")):
+        run_dir, path = path, os.path.join(path, "export")
+    elif os.path.exists(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")):
+        run_dir = os.path.dirname(os.path.abspath(path))
+    bpath = os.path.join(path, BUNDLE_JSON)
+    if not os.path.exists(bpath):
+        raise BundleError(f"{bpath}: missing; {path} is not a student folder written by face-transfer's export "
+                          "stage (runs exported before the adapt release: rerun the export stage with "
+                          "`face-transfer --run_dir=<run> --until=export` after deleting <run>/export)")
+    info = read_json(bpath)
+    if info.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{bpath}: bundle format {info.get('format')!r} (face-transfer "
+                          f"{info.get('face_transfer', '?')}); this version reads format {BUNDLE_FORMAT}")
+    for name in (STUDENT_KERAS, HEADS_NPZ, HEADS_JSON):
+        if not os.path.exists(os.path.join(path, name)):
+            raise BundleError(f"{os.path.join(path, name)}: missing from the student folder {path}")
+    from face_transfer.integrity import load_keras_model
+    student = load_keras_model(os.path.join(path, STUDENT_KERAS), "student model")
+    heads: dict = {name: dict(scalars) for name, scalars in info.get("heads", {}).items()}
+    with np.load(os.path.join(path, HEADS_NPZ)) as z:
+        for key in z.files:
+            name, field = key.split("/", 1)
+            heads.setdefault(name, {})[field] = z[key]
+    return StudentBundle(student, info["view"], heads, read_json(os.path.join(path, HEADS_JSON)), path, run_dir)
+
+
+# ---- new tasks ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class NewTaskData:
+    task: object  # data.tasks.Task
+    images: np.ndarray
+    labels: dict
+    meta: dict  # the task set's meta (taskset.json)
+    train: np.ndarray  # indices the heads (and the fine-tuning) see: the probe split's train + val
+    test: np.ndarray  # held out for the score
+    probe_cfg: object  # evaluation.probes.ProbeConfig whose split (seed) gives train/val/test
+    seed: int
+
+
+def read_new_tasks(task_sets, image_size: int, cfg: AdaptConfig, existing_heads=()) -> list[NewTaskData]:
+    """Every labelled column of the `task_sets` (data.tasksets.TaskSetConfig) as a new task with a seeded,
+    identity-disjoint train/test split. Errors: no usable row (DataError naming the file), a task name that
+    is an existing head's (unless cfg.replace_heads)."""
+    from face_transfer.data.readers import DataError
+    from face_transfer.data.tasksets import read_task_set, resolve_names, tasks_of_set
+    from face_transfer.evaluation.probes import ProbeConfig, split_indices
+    out, taken = [], set()
+    for ts in resolve_names(list(task_sets)):
+        images, labels, meta, _ = read_task_set(ts, image_size=image_size)
+        if len(images) < 10:
+            raise DataError(f"{ts.path}: {len(images)} labelled image(s); expected at least 10 to fit and score a head")
+        pcfg = ProbeConfig(seeds=(cfg.seed,), train_frac=1 - 2 * cfg.test_fraction, val_frac=cfg.test_fraction)
+        groups = labels.get(meta["identity"]) if meta.get("identity") else None
+        tr, va, te = split_indices(len(images), cfg.seed, pcfg, groups=groups)
+        for task in tasks_of_set(ts.set_name, meta, taken_names=taken):
+            taken.add(task.name)
+            if task.kind == "verification":
+                continue
+            if task.name in existing_heads and not cfg.replace_heads:
+                raise AdaptUsageError(f"task {task.name!r} of {ts.path} has the name of an existing head of the student "
+                                 f"({sorted(existing_heads)}); pass --replace_heads to replace it, or rename the "
+                                 "column in a task file")
+            out.append(NewTaskData(task, images, labels, meta, np.concatenate([tr, va]), te, pcfg, cfg.seed))
+    if not out:
+        raise DataError(f"{', '.join(ts.path for ts in task_sets)}: no labelled column that a head can predict "
+                        "(verification-only or none)")
+    return out
+
+
+def _encoded(nt: NewTaskData) -> dict:
+    return {k: np.asarray(v) for k, v in nt.labels.items()}
+
+
+def score_features(nt: NewTaskData, features: np.ndarray) -> float:
+    """The new task's score (0-100, the probes' metric): the evaluation's linear probe (hyperparameters chosen
+    on the validation part) on the same split as the heads, scored on the held-out test images. The same
+    protocol for every mode and for the ceiling."""
+    from face_transfer.evaluation.probes import probe_task
+    return float(probe_task(nt.task, features, _encoded(nt), nt.seed, nt.probe_cfg)["score"])
+
+
+def _fit_new_heads(new: list[NewTaskData], feats: dict[str, np.ndarray]) -> dict:
+    from face_transfer.evaluation.heads import fit_heads
+    heads = {}
+    for nt in new:
+        tr = nt.train
+        fitted = fit_heads([nt.task.name], feats[nt.task.eval_set][tr],
+                           {k: v[tr] for k, v in _encoded(nt).items()}, {nt.task.name: nt.task})
+        for out_name, params in fitted.items():
+            params["task"] = nt.task.name
+            heads[out_name] = params
+    return heads
+
+
+def head_meta(nt: NewTaskData, params: dict) -> dict:
+    """The analyser metadata of a new head: kind, class names, and the data it was fitted on."""
+    from face_transfer.data.tasksets import SET_DOMAIN
+    m = {"kind": params["kind"], "task": nt.task.name,
+         "trained_on": {"dataset": nt.meta.get("name"), "path": nt.meta.get("path"), "images": int(len(nt.train)),
+                        "domain": SET_DOMAIN, "synthetic": False}}
+    if params["kind"] == "classification":
+        names = nt.meta["columns"][nt.task.labels[0]].get("class_names")
+        m["classes"] = [str(names[int(c)]) if names and int(c) < len(names) else str(c) for c in params["classes"]]
+    if params["kind"] == "regression":
+        m["outputs"] = list(params.get("outputs", []))
+    return m
+
+
+# ---- fine-tuning -------------------------------------------------------------------------------------
+
+def _finetune(bundle: StudentBundle, new: list[NewTaskData], heads: dict, cfg: AdaptConfig, ckpt_dir: str | None,
+              progress: bool = True):
+    """Fine-tune a copy of the student on the new tasks' train images: the new heads (initialised from the
+    linear fit) and the student together, batch norm statistics frozen, plus keep_weight x the mean squared
+    standardised distance between its features and the frozen student's (Learning without Forgetting)."""
+    import keras
+    import tensorflow as tf
+
+    from face_transfer.student.model import feature_model
+    student = keras.models.clone_model(bundle.student)
+    student.set_weights(bundle.student.get_weights())
+    for layer in student.layers:  # fine-tuning on a few thousand faces: keep the distillation's BN statistics
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    feats_model = feature_model(student, bundle.view)
+    frozen = bundle.features_model()
+    # all new tasks' train images, pooled (one set per dataset), each with its heads' targets
+    sets = {}
+    for nt in new:
+        sets.setdefault(nt.task.eval_set, nt)
+    images = np.concatenate([sets[s].images[sets[s].train] for s in sets])
+    set_of = np.concatenate([np.full(len(sets[s].train), i) for i, s in enumerate(sets)])
+    names = list(heads)
+    targets, masks, dense = {}, {}, {}
+    ref = bundle.features(images)
+    ref_scale = ref.std(0) + 1e-6
+    for name in names:
+        h = heads[name]
+        nt = next(n for n in new if n.task.name == h["task"])
+        col = nt.task.labels[0] if h["kind"] != "regression" else h["outputs"][0]
+        y = np.zeros((len(images),) + np.shape(nt.labels[col])[1:], np.float32)
+        m = set_of == list(sets).index(nt.task.eval_set)
+        y[m] = np.asarray(nt.labels[col], np.float32)[nt.train]
+        if h["kind"] == "classification":
+            y = np.searchsorted(np.asarray(h["classes"]), y.astype(np.int64)).astype(np.int64)
+        elif h["kind"] == "landmarks":
+            y = (y.reshape(len(y), -1) - h["target_mean"]) / h["target_scale"]
+        else:
+            y = ((y.reshape(len(y), -1) - h["target_mean"]) / h["target_scale"]).astype(np.float32)
+        finite = np.all(np.isfinite(np.reshape(y, (len(y), -1)).astype(np.float64)), axis=1) if y.dtype.kind == "f" else True
+        targets[name], masks[name] = np.nan_to_num(y) if y.dtype.kind == "f" else y, (m & finite).astype(np.float32)
+        coef = np.asarray(h["coef"], np.float32)
+        if h["kind"] == "classification" and coef.shape[1] == 1:
+            coef = np.concatenate([-coef / 2, coef / 2], 1)
+            icpt = np.asarray([-h["intercept"][0] / 2, h["intercept"][0] / 2], np.float32)
+        else:
+            icpt = np.asarray(h["intercept"], np.float32).reshape(-1)
+        layer = keras.layers.Dense(coef.shape[1], name=f"head_{name}")
+        layer.build((None, coef.shape[0]))
+        layer.set_weights([coef, icpt])
+        dense[name] = (layer, tf.constant(h["mean"], tf.float32), tf.constant(h["scale"], tf.float32))
+    head_vars = [v for layer, _, _ in dense.values() for v in layer.trainable_variables]
+    opt_s = keras.optimizers.Adam(cfg.learning_rate)
+    opt_h = keras.optimizers.Adam(cfg.head_learning_rate)
+    opt_s.build(feats_model.trainable_variables)
+    opt_h.build(head_vars)
+    ref_scale_t = tf.constant(ref_scale, tf.float32)
+
+    @tf.function(reduce_retracing=True)
+    def step(x, ys, ms):
+        with tf.GradientTape() as tape:
+            out = feats_model(x, training=False)  # BN in inference mode (frozen statistics)
+            f = out["features"]
+            keep = tf.reduce_mean(tf.square((f - frozen(x, training=False)["features"]) / ref_scale_t))
+            task_loss = 0.0
+            for name, (layer, mu, sd) in dense.items():
+                z = layer((f - mu) / sd)
+                w = ms[name]
+                if heads[name]["kind"] == "classification":
+                    per = keras.losses.sparse_categorical_crossentropy(ys[name], z, from_logits=True)
+                else:
+                    per = tf.reduce_mean(tf.square(z - ys[name]), axis=-1)
+                task_loss += tf.reduce_sum(per * w) / tf.maximum(tf.reduce_sum(w), 1.0)
+            loss = task_loss + cfg.keep_weight * keep
+        svars, hvars = feats_model.trainable_variables, head_vars
+        grads = tape.gradient(loss, svars + hvars)
+        opt_s.apply_gradients(zip(grads[:len(svars)], svars))
+        opt_h.apply_gradients(zip(grads[len(svars):], hvars))
+        return task_loss, keep
+
+    start = 0
+    state_path = os.path.join(ckpt_dir, "finetune_state.json") if ckpt_dir else None
+    weights_path = os.path.join(ckpt_dir, "finetune.weights.npz") if ckpt_dir else None
+    if state_path and os.path.exists(state_path) and os.path.exists(weights_path):
+        start = int(read_json(state_path)["step"])
+        with np.load(weights_path) as z:
+            student.set_weights([z[f"s{i}"] for i in range(len(student.weights))])
+            for i, v in enumerate(head_vars):
+                v.assign(z[f"h{i}"])
+    bar = None
+    if progress and cfg.finetune_steps > start:
+        import keras as _k
+        bar = _k.utils.Progbar(cfg.finetune_steps, stateful_metrics=["task", "keep"], unit_name="step")
+        bar.update(start)
+    for s in range(start, cfg.finetune_steps):
+        rng = np.random.default_rng([cfg.seed, 7, s])  # a function of the step: a resumed run sees the same batches
+        idx = rng.integers(0, len(images), cfg.batch_size)
+        x = images[idx]
+        flip = rng.random(len(idx)) < 0.5
+        x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+        tl, kl = step(tf.constant(x), {n: tf.constant(targets[n][idx]) for n in names},
+                      {n: tf.constant(masks[n][idx]) for n in names})
+        if bar is not None:
+            bar.update(s + 1, values=[("task", float(tl)), ("keep", float(kl))])
+        if ckpt_dir and ((s + 1) % cfg.checkpoint_every == 0 or s + 1 == cfg.finetune_steps):
+            from face_transfer.fileio import save_npz
+            save_npz(weights_path, **{f"s{i}": w for i, w in enumerate(student.get_weights())},
+                     **{f"h{i}": v.numpy() for i, v in enumerate(head_vars)})
+            write_json(state_path, {"step": s + 1})
+    new_heads = {}
+    for name, (layer, _, _) in dense.items():
+        k, b = layer.get_weights()
+        h = dict(heads[name])
+        h.update(coef=k.astype(np.float32), intercept=b.astype(np.float32))
+        new_heads[name] = h
+    return student, new_heads
+
+
+# ---- old heads: their score before and after -------------------------------------------------------------
+
+def apply_head(params: dict, features: np.ndarray) -> np.ndarray:
+    from face_transfer.deploy.savedmodel import fold_head
+    kernel, bias, _ = fold_head("head", params, features.shape[1])
+    return features @ kernel + bias
+
+
+def head_score(params: dict, task, features: np.ndarray, labels: dict) -> float | None:
+    """A fixed head's score (0-100, the probes' metric) on these images; None for a kind it cannot score."""
+    from face_transfer.evaluation.probes import _balanced_accuracy, _nme, _r2
+    out = apply_head(params, features)
+    if params["kind"] == "classification":
+        y = np.asarray(labels[task.labels[0]])
+        ok = np.isfinite(y.astype(np.float64)) if y.dtype.kind == "f" else np.ones(len(y), bool)
+        pred = np.asarray(params["classes"])[np.argmax(out, 1)]
+        return 100.0 * _balanced_accuracy(pred[ok], y[ok].astype(np.int64))
+    if params["kind"] == "landmarks":
+        y = np.asarray(labels[task.labels[0]], np.float64)
+        nme = _nme(out.reshape(-1, 5, 2), y)
+        base = _nme(np.broadcast_to(y.mean(0), y.shape), y)
+        return 100.0 * max(0.0, 1.0 - nme / base) if base > 0 else 0.0
+    key = (params.get("outputs") or task.labels)[0]
+    y = np.asarray(labels[key], np.float64).reshape(-1, 1)
+    ok = np.isfinite(y[:, 0])
+    return 100.0 * max(_r2(y[ok], out[ok]), 0.0)
+
+
+def old_head_scores(bundle: StudentBundle, student_features_fn) -> dict[str, float]:
+    """{old head: score} on the test split of its own eval set (the run's probe split, seed 0), with the
+    features `student_features_fn(images)`; {} when the bundle has no run data at hand."""
+    if bundle.run_dir is None:
+        return {}
+    from face_transfer.configs import ExperimentConfig
+    from face_transfer.evaluation.probes import ProbeConfig, _set_groups, split_indices
+    from face_transfer.stages import inputs
+    from face_transfer.stages.rundir import Run
+    run = Run(bundle.run_dir, ExperimentConfig.from_dict(read_json(os.path.join(bundle.run_dir, "config.json"))))
+    tasks = {t.name: t for t in inputs.run_tasks(run)}
+    images, labels = inputs.load_eval_data(run)
+    scores, feats = {}, {}
+    for name, params in bundle.heads.items():
+        task = tasks.get(params.get("task") or bundle.heads_meta.get(name, {}).get("task"))
+        if task is None or task.eval_set not in images:
+            continue
+        s = task.eval_set
+        n = len(images[s])
+        _, _, test = split_indices(n, 0, ProbeConfig(), groups=_set_groups([task], labels[s], n))
+        if s not in feats:
+            feats[s] = student_features_fn(images[s][test])
+        scores[name] = head_score(params, task, feats[s], {k: np.asarray(v)[test] for k, v in labels[s].items()})
+    return {k: v for k, v in scores.items() if v is not None}
+
+
+# ---- the whole adaptation ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class AdaptResult:
+    """What `adapt` returns: the student (fine-tuned or the original), every head, and the measurements."""
+    student: object
+    view: str
+    heads: dict
+    heads_meta: dict
+    scores: dict  # {"new": {task: {"linear": .., "finetune": ..}}, "old_before": {...}, "old_after": {...}}
+    seconds: float
+    mode: str
+    new_tasks: list = dataclasses.field(default_factory=list)  # [NewTaskData]: the data and splits used
+
+    @property
+    def forgetting_max(self) -> float | None:
+        before, after = self.scores.get("old_before", {}), self.scores.get("old_after", {})
+        drops = [before[k] - after[k] for k in before if k in after]
+        return max(drops) if drops else None
+
+
+def adapt(bundle: StudentBundle, task_sets, cfg: AdaptConfig = AdaptConfig(), ckpt_dir: str | None = None,
+          progress: bool = True, measure_forgetting: bool = True) -> AdaptResult:
+    """New heads for the tasks of `task_sets` on `bundle`'s student (see the module docstring)."""
+    t0 = time.time()
+    new = read_new_tasks(task_sets, bundle.image_size, cfg, existing_heads=set(bundle.heads))
+    sets = {}
+    for nt in new:
+        sets.setdefault(nt.task.eval_set, nt)
+    feats = {s: bundle.features(nt.images) for s, nt in sets.items()}
+    heads = _fit_new_heads(new, feats)
+    scores: dict = {"new": {nt.task.name: {"linear": score_features(nt, feats[nt.task.eval_set])} for nt in new}}
+    student = bundle.student
+    if cfg.mode == "finetune" and cfg.finetune_steps > 0:
+        if measure_forgetting:
+            scores["old_before"] = old_head_scores(bundle, bundle.features)
+        student, heads = _finetune(bundle, new, heads, cfg, ckpt_dir, progress)
+        tuned = StudentBundle(student, bundle.view, {}, {}, bundle.path)
+        feats = {s: tuned.features(nt.images) for s, nt in sets.items()}
+        for nt in new:
+            scores["new"][nt.task.name]["finetune"] = score_features(nt, feats[nt.task.eval_set])
+        if measure_forgetting:
+            scores["old_after"] = old_head_scores(bundle, tuned.features)
+    all_heads = {k: v for k, v in bundle.heads.items() if k not in heads}
+    all_meta = {k: v for k, v in bundle.heads_meta.items() if k not in heads}
+    for name, params in heads.items():
+        all_heads[name] = params
+        all_meta[name] = head_meta(next(n for n in new if n.task.name == params["task"]), params)
+    return AdaptResult(student, bundle.view, all_heads, all_meta, scores, time.time() - t0, cfg.mode, new)
+
+
+def ceiling_score(nt: NewTaskData, student_cfg, steps: int, batch_size: int = 32, learning_rate: float = 1e-3,
+                  seed: int = 0) -> float:
+    """The same architecture trained from nothing on the task's train images (softmax or MSE head on its
+    features), then scored like the other modes: what the labels alone give."""
+    import keras
+    import tensorflow as tf
+
+    from face_transfer.student.model import build_student, feature_model
+    keras.utils.set_random_seed(seed)
+    net = build_student(student_cfg)
+    fm = feature_model(net, "ladder")
+    task = nt.task
+    y = np.asarray(nt.labels[task.labels[0]])[nt.train]
+    if task.kind == "classification":
+        classes, y = np.unique(y, return_inverse=True)
+        head = keras.layers.Dense(len(classes))
+    else:
+        y = np.asarray(y, np.float32).reshape(len(y), -1)
+        y = (y - np.nanmean(y, 0)) / (np.nanstd(y, 0) + 1e-6)
+        head = keras.layers.Dense(y.shape[1])
+    x_all = nt.images[nt.train]
+    head.build((None, fm.output["features"].shape[-1]))
+    variables = fm.trainable_variables + head.trainable_variables
+    opt = keras.optimizers.Adam(learning_rate)
+    opt.build(variables)
+
+    @tf.function(reduce_retracing=True)
+    def step(x, t):
+        with tf.GradientTape() as tape:
+            z = head(fm(x, training=True)["features"])
+            if task.kind == "classification":
+                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(t, z, from_logits=True))
+            else:
+                ok = tf.cast(tf.math.is_finite(t), tf.float32)
+                loss = tf.reduce_sum(tf.square(tf.where(ok > 0, z - t, 0.0))) / tf.maximum(tf.reduce_sum(ok), 1.0)
+        grads = tape.gradient(loss, variables)
+        opt.apply_gradients(zip(grads, variables))
+        return loss
+
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        idx = rng.integers(0, len(x_all), batch_size)
+        x = x_all[idx]
+        flip = rng.random(len(idx)) < 0.5
+        x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+        step(tf.constant(x), tf.constant(y[idx]))
+    feats = np.asarray(fm.predict(nt.images, batch_size=256, verbose=0)["features"], np.float32)
+    return score_features(nt, feats)
+
+
+# ---- the adapted analyser's files ----------------------------------------------------------------------
+
+def _trained_on_text(meta: dict) -> str:
+    t = meta.get("trained_on")
+    if not t:
+        return "training data not recorded"
+    what = f"fitted on {t.get('images', '?')} images of {t.get('dataset', '?')} ({t.get('domain', '?')})"
+    return what + (", synthetic faces only: check it on real photos, or adapt on yours" if t.get("synthetic") else "")
+
+
+def export_analyzer(result: AdaptResult, out_dir: str, calibration_images: np.ndarray, parity_images: np.ndarray,
+                    min_cosine: float = 0.95, web_page: bool = True) -> dict:
+    """The analyser of `result` into `out_dir`: analyzer_savedmodel/, analyzer_int8.tflite (+ .labels.json and
+    TFLite metadata naming every head, its classes and the data it was fitted on), analyzer.onnx (checked with
+    onnxruntime), the student bundle (so the folder can be adapted again) and, when LiteRT.js is installed, the
+    browser page. Returns {file: size} and the parity figures."""
+    from face_transfer import __version__
+    from face_transfer.deploy import metadata, onnx_export, savedmodel, tflite
+    from face_transfer.student.model import feature_model
+    os.makedirs(out_dir, exist_ok=True)
+    heads = {k: {kk: vv for kk, vv in v.items() if kk != "task"} for k, v in result.heads.items()}
+    analyzer = savedmodel.build_analyzer(result.student, heads, features=feature_model(result.student, result.view))
+    sm_dir = os.path.join(out_dir, "analyzer_savedmodel")
+    savedmodel.export_savedmodel(analyzer, sm_dir, overwrite=True)
+    meta = result.heads_meta
+    for name in ("analyzer_heads.json", "analyzer_int8.labels.json"):
+        write_json(os.path.join(out_dir, name), meta)
+    data = tflite.convert_to_tflite(sm_dir, tflite.QuantizationConfig.for_int8(calibration_images,
+                                                                               steps=len(calibration_images)))
+    code_dim = int(result.student.outputs[0].shape[-1])
+    outputs = {"embedding": {"kind": "embedding", "description": f"facial code, {code_dim} floats"}}
+    for k, v in meta.items():
+        outputs[k] = {"kind": v["kind"], "classes": v.get("classes"), "units": v.get("units"),
+                      "description": ", ".join(x for x in (v["kind"], v.get("task") and f"task {v['task']}",
+                                                           v.get("units"), _trained_on_text(v)) if x)}
+    outputs = {k: v for k, v in outputs.items() if k in savedmodel.model_output_names(analyzer)}
+    data = metadata.write_metadata(
+        data, name="face-transfer facial analyser (adapted, int8_ptq)",
+        description=(f"Multi-task facial analyser: the distilled student ({result.mode} adaptation) plus "
+                     f"{len(meta)} linear heads. Input: RGB uint8 [N,S,S,3], raw pixels 0..255."),
+        outputs=outputs, version=f"face-transfer {__version__}", color_space="RGB", mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0), value_range=(0, 255),
+        extra={"model": "analyzer", "mode": "int8_ptq", "adapt": {"mode": result.mode,
+                                                                  "heads_trained_on": {k: v.get("trained_on")
+                                                                                       for k, v in meta.items()}}})
+
+    def ref(x):
+        return {k: np.asarray(v) for k, v in analyzer.predict(x, verbose=0).items()}
+    report = {"analyzer_int8_ptq": tflite.validate_tflite(data, ref, parity_images, min_cosine=min_cosine)}
+    from face_transfer.fileio import write_bytes
+    write_bytes(os.path.join(out_dir, "analyzer_int8.tflite"), data)
+    conv = onnx_export.export_onnx(sm_dir, os.path.join(out_dir, "analyzer.onnx"))
+    report["analyzer_onnx"] = onnx_export.validate_onnx(conv["path"], ref, parity_images)
+    save_bundle(out_dir, result.student, result.view, result.heads, meta, extra={"adapted": result.mode})
+    page = None
+    if web_page:
+        from face_transfer.deploy import web
+        ok, reason = web.web_status()
+        page = web.build_web_page(out_dir)["dir"] if ok else f"not built: {reason}"
+    files = {n: os.path.getsize(os.path.join(out_dir, n)) for n in ("analyzer_int8.tflite", "analyzer.onnx")}
+    return {"files": files, "cosine": {k: v["cosine_mean"] for k, v in report.items()
+                                       if isinstance(v, dict) and "cosine_mean" in v}, "web": page}
+
+
+def calibration_faces(new: list[NewTaskData], n: int = 128) -> np.ndarray:
+    """Faces for the int8 calibration and parity sets: the new tasks' own training images (the photos the
+    analyser is for), evenly spread."""
+    pool = np.concatenate([nt.images[nt.train] for nt in {id(nt.images): nt for nt in new}.values()])
+    idx = np.linspace(0, len(pool) - 1, min(n, len(pool))).astype(int)
+    return pool[idx]
+
+
+# ---- one adaptation into its own folder (what face-transfer-adapt and the Python API run) ----------------------
+
+ADAPT_JSON = "adapt.json"
+
+
+def check_out_dir(out_dir: str, source: str) -> str:
+    """The output folder, refused when empty, equal to or inside the source (run directory or student folder)."""
+    if not out_dir or not str(out_dir).strip():
+        raise AdaptUsageError("--out is empty; expected a new folder for the adapted analyser")
+    out = os.path.abspath(out_dir)
+    src = os.path.abspath(source)
+    src_run = src if os.path.exists(os.path.join(src, "config.json")) else os.path.dirname(src)
+    for s in {src, src_run}:
+        if out == s or out.startswith(s + os.sep):
+            raise AdaptUsageError(f"--out={out_dir} is (inside) the source {s}; the original run's files are never "
+                             "changed: choose a new folder")
+    return out
+
+
+def run_adapt(source: str, task_sets, out_dir: str, cfg: AdaptConfig = AdaptConfig(), overwrite: bool = False,
+              progress: bool = True, ceiling_steps: int = 0) -> dict:
+    """Adapt the student of `source` (a run directory or a student folder) to `task_sets` and export the new
+    analyser into `out_dir`, under an exclusive lock; returns the record written to `<out_dir>/adapt.json`.
+
+    Resumable: a complete, verified `adapt.json` of the same inputs is returned as is; an interrupted
+    fine-tune resumes from its checkpoint (`ckpt/`). A folder holding another adaptation is refused unless
+    `overwrite`. `ceiling_steps` > 0 also trains the student's architecture from nothing on each new task
+    (the ceiling the scores are compared with)."""
+    import shutil
+
+    from face_transfer.integrity import digest_artifacts, notice, verify_artifacts
+    from face_transfer.stages.rundir import RunLock
+    out = check_out_dir(out_dir, source)
+    bundle = load_bundle(source)
+    want = {"source": os.path.abspath(source), "tasks": [dataclasses.asdict(t) for t in task_sets],
+            "config": dataclasses.asdict(cfg), "ceiling_steps": int(ceiling_steps)}
+    want = json.loads(json.dumps(want, default=str))
+    with RunLock(out):
+        rec_path = os.path.join(out, ADAPT_JSON)
+        spec_path = os.path.join(out, "adapt_spec.json")
+        if os.path.exists(spec_path) and read_json(spec_path) != want:
+            if not overwrite:
+                raise AdaptUsageError(f"{out} holds another adaptation ({spec_path} differs); pass --overwrite to replace "
+                                 "it, or choose another --out")
+        elif not os.path.exists(spec_path) and [e for e in os.listdir(out) if e != ".lock"] and not overwrite:
+            raise AdaptUsageError(f"--out={out_dir} exists and is not empty; choose a new folder or pass --overwrite")
+        if overwrite and (not os.path.exists(spec_path) or read_json(spec_path) != want):
+            for e in os.listdir(out):
+                if e != ".lock":
+                    p = os.path.join(out, e)
+                    shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
+        if os.path.exists(rec_path):
+            rec = read_json(rec_path)
+            bad = verify_artifacts(out, rec.get("artifacts", {}))
+            if not bad:
+                notice(f"{out}: adaptation complete, artifacts verified ({rec_path}); nothing to do")
+                return rec
+            notice(f"{out}: {bad[0][0]} {bad[0][1]}; redoing the adaptation")
+            os.remove(rec_path)
+        write_json(spec_path, want)
+        result = adapt(bundle, task_sets, cfg, ckpt_dir=os.path.join(out, "ckpt"), progress=progress)
+        new = result.new_tasks
+        if ceiling_steps > 0:
+            from face_transfer.student.model import infer_config
+            scfg = infer_config(bundle.student)
+            for nt in new:
+                result.scores["new"][nt.task.name]["ceiling"] = ceiling_score(nt, scfg, ceiling_steps, cfg.batch_size)
+        faces = calibration_faces(new)
+        files = export_analyzer(result, out, faces, faces[::-1][:64])
+        record = {"source": os.path.abspath(source), "mode": cfg.mode, "config": dataclasses.asdict(cfg),
+                  "scores": result.scores, "forgetting_max": result.forgetting_max,
+                  "seconds_adapt": round(result.seconds, 1),
+                  "new_heads": sorted(h for h, p in result.heads.items() if p.get("task") in {nt.task.name for nt in new}),
+                  "heads": sorted(result.heads), **files}
+        record["artifacts"] = digest_artifacts(out, [os.path.join(out, f) for f in os.listdir(out)
+                                                     if f not in (ADAPT_JSON, ".lock", "ckpt", "web")])
+        write_json(rec_path, record)
+        return record
+
+
+def summary_lines(record: dict, out_dir: str) -> str:
+    """What face-transfer-adapt prints at the end: each new task's scores, the old heads' largest drop, files."""
+    lines = [f"adapted ({record['mode']}) in {record['seconds_adapt']:.0f} s -> {out_dir}"]
+    for task, s in record["scores"]["new"].items():
+        lines.append(f"  new head {task}: test score " + ", ".join(f"{k} {v:.1f}" for k, v in s.items()))
+    if record.get("forgetting_max") is not None:
+        lines.append(f"  old heads: largest drop {record['forgetting_max']:+.2f} points "
+                     f"({len(record['scores'].get('old_after', {}))} heads scored on their run's test split)")
+    elif record["mode"] == "finetune":
+        lines.append("  old heads: not scored (their data is not at hand: adapt from the run directory to measure it)")
+    lines.append(f"  analyser: {os.path.join(out_dir, 'analyzer_int8.tflite')} ({len(record['heads'])} heads); "
+                 f"try: face-transfer-infer --model={os.path.join(out_dir, 'analyzer_int8.tflite')} --images=photos/")
+    return "\n".join(lines)
