@@ -11,7 +11,7 @@ import shutil
 
 from absl import app, flags
 
-from trainers.common import define_verbose_flag, guarded  # noqa: E402  (one error boundary per script)
+from trainers.common import define_verbose_flag, guarded, run_script  # noqa: E402  (one error boundary per script)
 
 MODES = ("float32", "float16", "dynamic", "int8", "qat")
 # Mean cosine vs the float model below which the file is refused.
@@ -143,4 +143,4 @@ def run():
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_script(main)

@@ -1,6 +1,8 @@
 """Exports a trained student (optionally with its linear-probe task heads) as a SavedModel.
 
     python -m export.export_savedmodel --student_dir=runs/demo/student --out_dir=runs/demo/export/student
+The student alone has two outputs, as in a run's export/: `embedding` (the code) and `features` (the
+--student_view the run probes; face_transfer.deploy.savedmodel.build_student_export).
     python -m export.export_savedmodel --keras_model=s.keras --heads=probes.json --out_dir=export/analyzer
 """
 import glob
@@ -9,13 +11,15 @@ import os
 
 from absl import app, flags
 
-from trainers.common import define_verbose_flag, guarded  # noqa: E402  (one error boundary per script)
+from trainers.common import define_verbose_flag, guarded, run_script  # noqa: E402  (one error boundary per script)
 
 flags.DEFINE_string("student_dir", None, "Directory holding the trained student as exactly one *.keras file.")
 flags.DEFINE_string("keras_model", None, "Path of the student .keras file (instead of --student_dir).")
 flags.DEFINE_string("heads", None, "JSON file {task: linear-probe parameters}: export the multi-task analyser.")
 flags.DEFINE_string("out_dir", None, "SavedModel directory to write.")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --out_dir.")
+flags.DEFINE_enum("student_view", "ladder", ["embedding", "ladder"], "Without --heads: what the `features` output "
+                  "is, next to the code `embedding` (the run's config student_view; every preset probes the ladder).")
 FLAGS = flags.FLAGS
 define_verbose_flag()
 
@@ -50,13 +54,16 @@ def main(argv):
             heads = json.load(f)
     import keras
 
-    from face_transfer.deploy.savedmodel import analyzer_metadata, build_analyzer, export_savedmodel
+    from face_transfer.deploy.savedmodel import analyzer_metadata, build_analyzer, build_student_export, export_savedmodel
 
     model = keras.models.load_model(path, compile=False)
     labels = {"embedding": {"kind": "embedding"}}
     if heads:
         model = build_analyzer(model, heads)
         labels.update(analyzer_metadata(heads))
+    else:
+        model = build_student_export(model, FLAGS.student_view)
+        labels["features"] = {"kind": "embedding"}
     try:
         out = export_savedmodel(model, FLAGS.out_dir, overwrite=FLAGS.overwrite)
     except FileExistsError as e:
@@ -73,4 +80,4 @@ def run():
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_script(main)

@@ -9,7 +9,7 @@ import sys
 
 from absl import app, flags
 
-from trainers.common import define_verbose_flag, guarded  # noqa: E402  (one error boundary per script)
+from trainers.common import define_verbose_flag, guarded, run_script  # noqa: E402  (one error boundary per script)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -69,7 +69,8 @@ def decode(outputs, labels, i):
             row[name] = {"class": classes[int(v.argmax())],
                          "probabilities": {c: round(float(p), 4) for c, p in zip(classes, v)}}
         else:
-            # Regression values in the task's units; landmarks as [5][x, y]; the embedding as a vector.
+            # Regression values in the task's units; landmarks as [5][x, y]; a student's `embedding` (the code)
+            # and `features` (the view its run's transfer score is measured on) as vectors.
             row[name] = v.astype(float).round(4).tolist()
     return row
 
@@ -134,4 +135,4 @@ def run():
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_script(main)

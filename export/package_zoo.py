@@ -10,7 +10,7 @@ import sys
 
 from absl import app, flags
 
-from trainers.common import define_verbose_flag, guarded  # noqa: E402  (one error boundary per script)
+from trainers.common import define_verbose_flag, guarded, run_script  # noqa: E402  (one error boundary per script)
 
 flags.DEFINE_string("run_dir", None, "A run whose teachers stage finished.")
 flags.DEFINE_string("out", None, "Where to write the pretrained zoo (its manifest.json and model files).")
@@ -45,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_script(main)

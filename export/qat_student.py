@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from trainers.common import define_verbose_flag, guarded  # noqa: E402  (one error boundary per script)
+from trainers.common import define_verbose_flag, guarded, run_script  # noqa: E402  (one error boundary per script)
 
 FLAGS = flags.FLAGS
 define_verbose_flag()
@@ -38,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_script(main)

@@ -11,7 +11,7 @@ import os
 
 from absl import app, flags
 
-from trainers.common import EXIT_USAGE, define_verbose_flag, guarded  # noqa: E402  (one error boundary per script)
+from trainers.common import EXIT_USAGE, define_verbose_flag, guarded, run_script  # noqa: E402  (one error boundary per script)
 
 flags.DEFINE_string("run_dir", None, "Run directory; its export/web/ folder is served.")
 flags.DEFINE_string("dir", None, "Instead of --run_dir: the folder to serve.")
@@ -60,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_script(main)

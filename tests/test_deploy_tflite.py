@@ -1,5 +1,7 @@
 """TFLite conversion (int8 PTQ, float16, dynamic), op-set inspection, validation failures and inference."""
 import json
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -88,6 +90,37 @@ def test_run_tflite_named_outputs_and_backend(student_dir, int8_bytes, tmp_path)
         infer.run_tflite(interpreter, smooth_images(1, size=16))
     with pytest.raises(FileNotFoundError, match="missing.tflite"):
         infer.load_interpreter(str(tmp_path / "missing.tflite"))
+
+
+_DEPRECATED_INTERPRETER = "tf.lite.Interpreter is deprecated"
+
+
+def test_int8_conversion_and_inference_use_no_deprecated_interpreter(student_dir, capfd):
+    """Issue 21: `make demo`/`make test` logged "tf.lite.Interpreter is deprecated and is scheduled for deletion"
+    (a UserWarning from tensorflow/lite/python/interpreter.py): TF's int8 calibrator built a tf.lite.Interpreter
+    for our {input name: array} calibration samples. Neither the conversion nor our inference may build one."""
+    model, out_dir = student_dir
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = convert_to_tflite(out_dir, QuantizationConfig.for_int8(smooth_images(8, seed=4), steps=8))
+        out = infer.run_tflite(infer.load_interpreter(data), smooth_images(2, seed=5))
+        infer.load_interpreter(data, default_delegates=False, preserve_all_tensors=True)
+    assert out["embedding"].shape == (2, 16)
+    deprecated = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if _DEPRECATED_INTERPRETER in str(w.message)]
+    assert not deprecated, deprecated
+    err = capfd.readouterr().err
+    assert _DEPRECATED_INTERPRETER not in err and "scheduled for deletion" not in err, err[-2000:]
+
+
+def test_interpreter_never_falls_back_to_tf_lite(monkeypatch):
+    """Without ai_edge_litert and tflite_runtime there is no interpreter (an ImportError saying what to install),
+    never the deprecated tf.lite.Interpreter."""
+    monkeypatch.setattr(infer, "_BACKEND", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
+    with pytest.raises(ImportError, match="ai-edge-litert"):
+        infer.interpreter_backend()
 
 
 def test_quantization_config_checks_its_inputs(tmp_path):

@@ -92,6 +92,13 @@ def test_smoke_pipeline_killed_mid_stage_resumes_and_finishes(smoke_run):
         assert name in shown.stdout, name
     parity = json.load(open(os.path.join(run_dir, "export", "parity.json")))
     assert parity["student_int8_ptq"]["int8_only"] is True
+    # issue 22: every student file gives the code and the probed (ladder) view, by name, checked against Keras
+    for name in ("student_float32", "student_int8_ptq", "student_int8_qat", "student_onnx"):
+        assert sorted(parity[name]["outputs"]) == ["embedding", "features"], name
+    export = json.load(open(os.path.join(run_dir, "export", "export.json")))
+    assert export["student_outputs"]["view"] == "ladder" and export["student_outputs"]["drops_measured_on"] == "features"
+    assert export["student_outputs"]["dims"]["features"] > export["student_outputs"]["dims"]["embedding"]
+    assert "has two outputs: `features`" in report
     for png in ("task_bars.png", "compression_curve.png", "student_embedding_2d.png"):
         assert os.path.getsize(os.path.join(run_dir, "metrics", png)) > 1000
 
@@ -119,6 +126,7 @@ def test_bad_flag_exits_nonzero_before_any_work(tmp_path):
     (["--preset=smoke", "--distill_steps=0"], "ValidationError", "--distill_steps"),
     (["--preset=smoke", "--student_width=-1"], "ValidationError", "--student_width"),
     (["--preset=smoke", "--config_json=/nonexistent.json"], "ValidationError", "--config_json"),
+    (["--preset=smoke", "--config_json="], "ValidationError", "--config_json is empty"),
     (["--preset=smoke", "--distill_noise=2"], "ValidationError", "--distill_noise"),
     (["--preset=smoke", "--distill_loss=huber"], "IllegalFlagValueError", "distill_loss"),
     (["--preset=smoke", "--distill_relational_weight=-1"], "ValidationError", "--distill_"),

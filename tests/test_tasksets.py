@@ -53,6 +53,21 @@ def _csv_variant(root, name, edit):
     return _write(root / name, "\n".join(lines) + "\n")
 
 
+def _read_dropping(capsys, cfg, image_size):
+    """read_task_set with drop_bad_rows: (its result, its notice line). The dropped rows are the tool's own
+    `  !! ` notice on stderr (integrity.notice), never a Python UserWarning (issue 21)."""
+    import warnings
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = read_task_set(cfg, image_size=image_size)
+    assert not [w for w in caught if "dropped" in str(w.message)], [str(w.message) for w in caught]
+    lines = [line for line in capsys.readouterr().err.splitlines() if "drop_bad_rows dropped" in line]
+    assert len(lines) == 1 and lines[0].startswith("  !! task set "), lines
+    assert lines[0].endswith('all listed in the meta\'s report["skipped_items"]'), lines[0]
+    return out, lines[0]
+
+
 # ---------------------------------------------------------------- flag syntax
 
 
@@ -171,7 +186,7 @@ def test_fer2013_inference_names_and_usage(tmp_path):
     assert not with_sources(tasks, {"age"})[0].source
 
 
-def test_utkface_inference_seeded_subset_and_original_names(tmp_path):
+def test_utkface_inference_seeded_subset_and_original_names(tmp_path, capsys):
     images, _ = _faces(30)
     for i, img in enumerate(images):
         _save(tmp_path / f"{18 + 2 * i}_{i % 2}_{i % 2}_2017011617452{i:04d}.jpg.chip.jpg", img, "JPEG")
@@ -179,9 +194,9 @@ def test_utkface_inference_seeded_subset_and_original_names(tmp_path):
     cfg = TaskSetConfig("utkface", str(tmp_path), max_images=31)
     with pytest.raises(DataError, match=rf"{tmp_path}/39_1_20170116174525125\.jpg\.chip\.jpg: file name"):
         read_task_set(cfg, image_size=SIZE)
-    with pytest.warns(UserWarning, match="dropped 1 bad row"):
-        _, labels, meta, report = read_task_set(
-            TaskSetConfig("utkface", str(tmp_path), max_images=31, drop_bad_rows=True), image_size=SIZE)
+    (_, labels, meta, report), line = _read_dropping(
+        capsys, TaskSetConfig("utkface", str(tmp_path), max_images=31, drop_bad_rows=True), SIZE)
+    assert "dropped 1 bad row(s) (bad_name=1; first: " in line
     assert meta["report"]["skipped"] == 1 and meta["report"]["skipped_by_kind"] == {"bad_name": 1}
     assert meta["report"]["skipped_items"][0]["where"] == str(tmp_path / "39_1_20170116174525125.jpg.chip.jpg")
     cols = meta["columns"]
@@ -259,7 +274,7 @@ def test_task_file_bad_json_names_line(tmp_path):
 # ---------------------------------------------------------------- bad rows
 
 
-def test_bad_label_names_file_row_column_or_is_dropped_and_listed(csv_set):
+def test_bad_label_names_file_row_column_or_is_dropped_and_listed(csv_set, capsys):
     root, _, _ = csv_set
 
     def edit(lines):
@@ -270,8 +285,8 @@ def test_bad_label_names_file_row_column_or_is_dropped_and_listed(csv_set):
     path = _csv_variant(root, "bad.csv", edit)
     with pytest.raises(DataError, match=r"bad\.csv line 6: column 'age' has 'old', expected a number"):
         read_task_set(TaskSetConfig("folder_csv", path), image_size=8)
-    with pytest.warns(UserWarning, match="dropped 2 bad row"):
-        _, labels, meta, report = read_task_set(TaskSetConfig("folder_csv", path, drop_bad_rows=True), image_size=8)
+    (_, labels, meta, report), line = _read_dropping(capsys, TaskSetConfig("folder_csv", path, drop_bad_rows=True), 8)
+    assert f"dropped 2 bad row(s) (bad_label=1, missing_value=1; first: {path} line 6: column 'age'" in line
     assert meta["n_images"] == 78 and report.n_kept == 78
     assert meta["report"]["skipped_by_kind"] == {"bad_label": 1, "missing_value": 1}
     items = meta["report"]["skipped_items"]
@@ -280,14 +295,14 @@ def test_bad_label_names_file_row_column_or_is_dropped_and_listed(csv_set):
     assert np.all(np.isfinite(labels["age"]))
 
 
-def test_unreadable_image_is_named_by_the_users_csv_line(csv_set, tmp_path):
+def test_unreadable_image_is_named_by_the_users_csv_line(csv_set, tmp_path, capsys):
     root, _, _ = csv_set
     _write(root / "imgs" / "broken.png", "not a png")
     path = _csv_variant(root, "broken.csv", lambda lines: _set_cell(lines, 4, "image", "imgs/broken.png"))
     with pytest.raises(DataError, match=r"broken\.csv line 4: .*broken\.png: not a readable image"):
         read_task_set(TaskSetConfig("folder_csv", path), image_size=8)
-    with pytest.warns(UserWarning, match="unreadable_image=1"):
-        _, _, meta, _ = read_task_set(TaskSetConfig("folder_csv", path, drop_bad_rows=True), image_size=8)
+    (_, _, meta, _), line = _read_dropping(capsys, TaskSetConfig("folder_csv", path, drop_bad_rows=True), 8)
+    assert "(unreadable_image=1; " in line
     assert meta["report"]["skipped_items"][0]["where"] == f"{path} line 4" and meta["n_images"] == 79
 
 
@@ -324,6 +339,22 @@ def test_write_task_set_round_trip_idempotent_and_guarded(csv_set, tmp_path):
     tasksets.write_task_set(cfg, out, image_size=SIZE, shard_size=30)
     assert os.path.getmtime(shard) == stamp
     np.testing.assert_array_equal(load_eval_set(out)[0], images)
+
+
+def test_write_task_set_notice_names_the_list_of_dropped_rows(csv_set, tmp_path, capsys):
+    root, _, _ = csv_set
+    path = _csv_variant(root, "one_bad.csv", lambda lines: _set_cell(lines, 6, "age", "old"))
+    out = str(tmp_path / "dropping")
+    capsys.readouterr()
+    meta = tasksets.write_task_set(TaskSetConfig("folder_csv", path, name="dropping", drop_bad_rows=True), out,
+                                   image_size=8)
+    listed = os.path.join(out, "taskset.json")
+    lines = [line for line in capsys.readouterr().err.splitlines() if "drop_bad_rows dropped" in line]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"  !! task set 'dropping': drop_bad_rows dropped 1 bad row(s) (bad_label=1; first: "
+                               f"{path} line 6: column 'age'"), lines
+    assert lines[0].endswith(f"all listed in {listed}"), lines
+    assert json.load(open(listed))["report"]["skipped_items"] == meta["report"]["skipped_items"]
 
 
 # ---------------------------------------------------------------- tasks

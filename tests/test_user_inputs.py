@@ -175,6 +175,22 @@ def _infer(*args):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--model=MISSING", "--synthetic=1"], "--model=MISSING: expected an existing .tflite file"),  # raised in main
+    (["--synthetic=abc"], "--synthetic=abc"),  # rejected by absl's flag parser
+])
+def test_a_rejected_flag_prints_the_error_and_a_pointer_to_help_not_the_help(tmp_path, args, needle):
+    """Issue 21: a rejected flag printed the whole --help (~160 lines for the trainers) before the error."""
+    args = [a.replace("MISSING", str(tmp_path / "missing.tflite")) for a in args]
+    needle = needle.replace("MISSING", str(tmp_path / "missing.tflite"))
+    out = _infer(*args)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and out.stdout == "", (out.returncode, out.stdout[-2000:])
+    assert len(lines) < 5, out.stderr[-3000:]
+    assert needle in out.stderr and lines[-1] == "Run with --help for the list of flags.", out.stderr
+    assert "flags:" not in out.stderr and "--num_threads" not in out.stderr
+
+
 def test_infer_names_a_truncated_tflite_and_refuses_a_non_image_model(tmp_path):
     import tensorflow as tf
     import keras

@@ -115,7 +115,10 @@ def define_run_flags():
 def config_from_flags():
     """The preset (or --config_json) with the flag overrides applied; validated before any work."""
     from face_transfer.configs import ExperimentConfig, preset_config
-    if FLAGS.config_json:
+    if FLAGS.config_json is not None:
+        if not FLAGS.config_json:  # an explicit empty --config_json= is a mistake, not "use the preset"
+            raise flags.ValidationError("--config_json is empty; expected a config.json path (omit it to use "
+                                        "--preset)")
         if not os.path.exists(FLAGS.config_json):
             raise flags.ValidationError(f"--config_json={FLAGS.config_json}: no such file")
         try:
@@ -243,99 +246,17 @@ def config_from_flags():
 
 
 def _user_inputs(cfg):
-    """--teacher/--teachers_json, --faces and --tasks into the config, each checked before any work."""
-    from face_transfer.data.faces import FacesConfig
-    from face_transfer.data.tasks import EVAL_SETS
-    from face_transfer.data.tasksets import parse_task_flag
-    from face_transfer.teachers.real import REAL_TEACHERS, available_real_teachers
-    from face_transfer.teachers.refs import parse_teacher_flag, resolve_ref, teacher_refs_from_json
-    from face_transfer.teachers.adapters import TeacherLoadError
-    from face_transfer.teachers.zoo import ZOO_PRESETS
-    r = dataclasses.replace
-    refs = list(FLAGS.teacher or [])
-    if refs or FLAGS.teachers_json:
-        zoo = {s.name: s for p in (cfg.preset, *ZOO_PRESETS) if p in ZOO_PRESETS for s in reversed(ZOO_PRESETS[p])}
-        zoo.update({s.name: s for s in cfg.teachers})
-        zoo_specs, builtin, files = [], [], []
-        for text in refs:
-            if text.startswith("zoo:"):
-                if text[4:] not in zoo:
-                    raise flags.ValidationError(f"--teacher={text}: no zoo teacher {text[4:]!r}; known: {sorted(zoo)}")
-                zoo_specs.append(zoo[text[4:]])
-            elif "=" not in text:
-                if text not in REAL_TEACHERS:
-                    raise flags.ValidationError(
-                        f"--teacher={text}: not a built-in teacher ({', '.join(sorted(REAL_TEACHERS))}) and not "
-                        "NAME=PATH[,key=value...] (a model file) or zoo:NAME")
-                if text not in available_real_teachers():
-                    raise flags.ValidationError(f"--teacher={text}: not installed; {REAL_TEACHERS[text]['pip']}")
-                builtin.append(text)
-            else:
-                try:
-                    files.append(parse_teacher_flag(text))
-                except ValueError as e:
-                    raise flags.ValidationError(f"--teacher: {e}") from None
-        if FLAGS.teachers_json:
-            try:
-                files += list(teacher_refs_from_json(FLAGS.teachers_json))
-            except (OSError, ValueError) as e:
-                raise flags.ValidationError(f"--teachers_json={FLAGS.teachers_json}: {e}") from None
-        try:
-            files = [resolve_ref(f) for f in files]
-        except TeacherLoadError as e:
-            raise flags.ValidationError(f"--teacher: {e}") from None
-        names = [s.name for s in zoo_specs] + builtin + [f.name for f in files]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise flags.ValidationError(f"--teacher: teacher name(s) {dup} given twice; names must be unique")
-        # --real_teachers given too: its names join the --teacher ones.
-        extra = list(cfg.real_teachers) if FLAGS.real_teachers else []
-        cfg = r(cfg, teachers=tuple(zoo_specs), real_teachers=tuple(dict.fromkeys(builtin + extra)),
-                teacher_files=tuple(files))
-    data = cfg.data
-    if FLAGS.faces:
-        for src in FLAGS.faces:
-            import glob as globlib
-            if not os.path.exists(src) and not globlib.glob(src):
-                raise flags.ValidationError(f"--faces={src}: no such folder or file, and no file matches it as a glob")
-        fraction = 1.0 if FLAGS.real_fraction is None else FLAGS.real_fraction
-        try:
-            faces = FacesConfig(sources=tuple(os.path.abspath(p) if os.path.exists(p) else p for p in FLAGS.faces),
-                                align=FLAGS.align_faces, real_fraction=fraction,
-                                image_size=data.synth.image_size, max_images=FLAGS.max_faces)
-        except ValueError as e:
-            raise flags.ValidationError(f"--faces/--real_fraction: {e}") from None
-        data = r(data, faces=faces)
-    elif FLAGS.real_fraction is not None or FLAGS.align_faces or FLAGS.max_faces is not None:
-        raise flags.ValidationError("--real_fraction, --align_faces and --max_faces need --faces")
-    if FLAGS.tasks:
-        sets = []
-        for text in FLAGS.tasks:
-            try:
-                sets.append(parse_task_flag(text))
-            except ValueError as e:
-                raise flags.ValidationError(f"--tasks={text}: {e}") from None
-            if not os.path.exists(sets[-1].path) and not __import__("glob").glob(sets[-1].path):
-                raise flags.ValidationError(f"--tasks={text}: {sets[-1].path} does not exist")
-            if sets[-1].set_name in EVAL_SETS:
-                raise flags.ValidationError(f"--tasks={text}: name {sets[-1].set_name!r} is a SynthFaces eval set; "
-                                            "give it another with ,name=...")
-        sets = [r(t, path=os.path.abspath(t.path)) if os.path.exists(t.path) else t for t in sets]
-        from face_transfer.data.tasksets import resolve_names
-        try:
-            sets = resolve_names(sets)
-        except ValueError as e:
-            raise flags.ValidationError(f"--tasks: {e}") from None
-        data = r(data, task_sets=tuple(sets))
-    if FLAGS["synth_tasks"].present:
-        data = r(data, synth_tasks=FLAGS.synth_tasks)
-    if not data.synth_tasks and not data.task_sets:
-        raise flags.ValidationError("--nosynth_tasks with no --tasks leaves no task to evaluate on")
-    if FLAGS.cache_size is not None:
-        if FLAGS.cache_size < 2:
-            raise flags.ValidationError(f"--cache_size={FLAGS.cache_size}: expected >= 2")
-        data = r(data, cache_size=FLAGS.cache_size)
-    return r(cfg, data=data)
+    """--teacher/--teachers_json, --faces and --tasks into the config (face_transfer.user_inputs), each checked
+    before any work."""
+    from face_transfer.user_inputs import with_user_inputs
+    try:
+        return with_user_inputs(
+            cfg, teachers=FLAGS.teacher, teachers_json=FLAGS.teachers_json, faces=FLAGS.faces,
+            align_faces=FLAGS.align_faces, real_fraction=FLAGS.real_fraction, max_faces=FLAGS.max_faces,
+            tasks=FLAGS.tasks, synth_tasks=FLAGS.synth_tasks if FLAGS["synth_tasks"].present else None,
+            cache_size=FLAGS.cache_size, keep_real_teachers=bool(FLAGS.real_teachers))
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from None
 
 
 def strategy_from_flags():
@@ -353,15 +274,16 @@ EXIT_USAGE, EXIT_BAD_INPUT, EXIT_CORRUPT, EXIT_LOCKED, EXIT_INVALID, EXIT_TIMEOU
 
 def _exit_codes() -> list:
     """(exception types, exit code, what it means), most specific first; imported late (TF is heavy)."""
+    from face_transfer.adapt import AdaptUsageError, BundleError
     from face_transfer.configs import ConfigError
     from face_transfer.data.readers import DataError
     from face_transfer.deploy.tflite import TFLiteValidationError
     from face_transfer.integrity import CorruptArtifactError
     from face_transfer.stages.rundir import RunConfigError, RunLockedError
     from face_transfer.teachers.adapters import TeacherLoadError
-    return [((ConfigError, RunConfigError, flags.ValidationError), EXIT_USAGE, "usage"),
+    return [((ConfigError, RunConfigError, AdaptUsageError, flags.ValidationError), EXIT_USAGE, "usage"),
             ((CorruptArtifactError,), EXIT_CORRUPT, "corrupt file"),
-            ((DataError, TeacherLoadError), EXIT_BAD_INPUT, "bad input"),
+            ((DataError, TeacherLoadError, BundleError), EXIT_BAD_INPUT, "bad input"),
             ((RunLockedError,), EXIT_LOCKED, "run directory in use"),
             ((TFLiteValidationError, FloatingPointError), EXIT_INVALID, "validation failed"),
             ((TimeoutError,), EXIT_TIMEOUT, "timed out")]
@@ -370,10 +292,17 @@ def _exit_codes() -> list:
 def guarded(main):
     """One error boundary per script: the project's own errors become one line (what, which file/flag/row,
     what was expected) and a distinct exit code; --verbose or FACE_TRANSFER_VERBOSE=1 adds the traceback.
-    Unknown exceptions keep their traceback."""
+    An app.UsageError is that line plus a pointer to --help (exit 2). Unknown exceptions keep their traceback."""
     def wrapped(argv):
+        from absl import app
         try:
             return main(argv)
+        except app.UsageError as e:  # not absl's way (the whole --help, then the error): the error alone
+            if _verbose():
+                import traceback
+                traceback.print_exc()
+            usage_error(e)
+            return EXIT_USAGE if e.exitcode in (None, 1) else e.exitcode  # absl's default exitcode is 1
         except Exception as e:
             import traceback
             for types, code, what in _exit_codes():
@@ -392,18 +321,43 @@ def _verbose() -> bool:
     return bool(getattr(FLAGS, "verbose", False)) if "verbose" in FLAGS else False
 
 
+HELP_POINTER = "Run with --help for the list of flags."
+
+
+def usage_error(message) -> None:
+    """A rejected flag or argument on stderr: the error, then one line pointing to --help (never the whole help)."""
+    print(f"error (usage): {message}\n{HELP_POINTER}", file=sys.stderr, flush=True)
+
+
+def parse_flags(argv):
+    """absl's flags_parser for every script: a flag absl itself rejects (unknown flag, bad enum or number, missing
+    --run_dir) is usage_error's two lines and exit 2, as the errors raised in main are (absl's own parser prints
+    "FATAL Flags parsing error" and exits 1)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        usage_error(e)
+        sys.exit(EXIT_USAGE)
+
+
+def run_script(main):
+    """app.run for every script (trainers/*, export/*, the console scripts): flags parsed by parse_flags; main
+    should be guarded (usage errors raised in it print the same two lines)."""
+    from absl import app
+    app.run(main, flags_parser=parse_flags)
+
+
 def run_console(main, doc: str):
     """Run an absl main as a console script: `--help` shows the script's docstring and its key flags.
 
     absl's help lists the key flags of the module named by sys.argv[0]; for a console script that is the
     stub in bin/, which defines none, so the script's key flags are registered under that name too.
     """
-    from absl import app
     sys.modules["__main__"].__doc__ = doc
     caller = sys._getframe(1).f_globals.get("__name__")
     for fl in FLAGS.get_key_flags_for_module(caller):
         FLAGS.register_key_flag_for_module(sys.argv[0], fl)
-    app.run(main)
+    run_script(main)
 
 
 def quiet_tensorflow():

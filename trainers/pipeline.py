@@ -16,7 +16,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from trainers import common  # noqa: E402
 
@@ -36,4 +36,4 @@ def run():
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run_script(main)

@@ -6,7 +6,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from trainers import common  # noqa: E402
 
@@ -14,4 +14,4 @@ common.define_run_flags()
 flags.adopt_module_key_flags(common)  # --help lists the run flags, not only this script's
 
 if __name__ == "__main__":
-    app.run(common.main_until("student"))
+    common.run_script(common.main_until("student"))

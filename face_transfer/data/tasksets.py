@@ -745,13 +745,15 @@ def _plan(raw: _Raw, fmt: str, spec: dict, task_file: str | None) -> tuple[dict,
     return kinds, identity, why
 
 
-def read_task_set(cfg: TaskSetConfig, image_size: int = 64):
+def read_task_set(cfg: TaskSetConfig, image_size: int = 64, listed_in: str | None = None):
     """(images uint8 [N,S,S,3], labels {column: array}, meta, report) of one user dataset.
 
     `labels` hold the task columns (classification as codes 0..K-1 into the meta's class_names,
     regression float32, landmarks float32 [N,5,2]) and the identity column as read. `meta` is what
     taskset.json stores (see write_task_set). Bad rows raise DataError naming the file, row and column,
-    or with drop_bad_rows are dropped and listed in meta["report"].
+    or with drop_bad_rows are dropped and listed in meta["report"], with one notice line on stderr (the
+    count, the kinds, the first row and where the list is: `listed_in`, the taskset.json path write_task_set
+    gives, else the meta's report).
     """
     spec = load_task_file(cfg.task_file)
     drop = cfg.drop_bad_rows or bool(spec.get("drop_bad_rows", False))
@@ -813,10 +815,12 @@ def read_task_set(cfg: TaskSetConfig, image_size: int = 64):
     if not columns:
         raise DataError(f"{source}: no label column is a usable task ({meta['ignored']}); "
                         "name columns and kinds in a task file")
-    if raw.report.skipped:
-        warnings.warn(f"task set {cfg.set_name!r}: dropped {raw.report.n_skipped} bad row(s) "
-                      f"({', '.join(f'{k}={v}' for k, v in sorted(raw.report.skipped_by_kind().items()))}; "
-                      f"first: {raw.report.skipped[0].message})", stacklevel=2)
+    if raw.report.skipped:  # the tool's own notice line, not a Python UserWarning echoing this source line
+        from face_transfer.integrity import notice
+        kinds_text = ", ".join(f"{k}={v}" for k, v in sorted(raw.report.skipped_by_kind().items()))
+        where = listed_in or 'the meta\'s report["skipped_items"]'
+        notice(f"task set {cfg.set_name!r}: drop_bad_rows dropped {raw.report.n_skipped} bad row(s) ({kinds_text}; "
+               f"first: {raw.report.skipped[0].message}); all listed in {where}")
     for c, reason in meta["ignored"].items():
         if reason.startswith("constant") and c in cols_spec and cols_spec[c].get("kind"):
             warnings.warn(f"task set {cfg.set_name!r}: column {c!r} ({cfg.task_file}) is {reason}", stacklevel=2)
@@ -895,9 +899,9 @@ def write_task_set(cfg: TaskSetConfig, out_dir: str, image_size: int = 64, shard
     if pipelines.complete_manifest(out_dir, want, "task set") is not None:
         return read_task_meta(out_dir)
     pipelines.claim_shard_dir(out_dir, want)
-    images, labels, meta, _ = read_task_set(cfg, image_size)
-    meta["fingerprint"] = _fingerprint(images, labels)
     meta_path = os.path.join(out_dir, TASKSET_META)
+    images, labels, meta, _ = read_task_set(cfg, image_size, listed_in=meta_path)
+    meta["fingerprint"] = _fingerprint(images, labels)
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             old = json.load(f).get("fingerprint")

@@ -14,34 +14,35 @@ _BACKEND = None  # (name, Interpreter class), resolved once
 
 
 def _resolve():
+    """ai_edge_litert's Interpreter, else tflite_runtime's (a numpy<2 device, BUILD.md). Never tf.lite.Interpreter:
+    TensorFlow deprecated it (a UserWarning at every construction) in favour of ai_edge_litert."""
     global _BACKEND
     if _BACKEND is None:
         try:
             from ai_edge_litert.interpreter import Interpreter
 
             _BACKEND = ("ai_edge_litert", Interpreter)
-        except Exception:  # not installed, or a broken binary
+        except Exception as litert_error:  # not installed, or a broken binary
             try:
                 # tflite-runtime 2.14 raises AttributeError/ImportError at import under numpy 2.
                 from tflite_runtime.interpreter import Interpreter
 
                 _BACKEND = ("tflite_runtime", Interpreter)
             except Exception:
-                import tensorflow as tf
-
-                _BACKEND = ("tf.lite", tf.lite.Interpreter)
+                raise ImportError(f"no TFLite interpreter: ai_edge_litert does not import ({litert_error}) and "
+                                  "tflite_runtime is not installed; pip install 'ai-edge-litert>=2.3,<3'"
+                                  ) from litert_error
     return _BACKEND
 
 
 def interpreter_backend() -> str:
-    """Which interpreter load_interpreter uses: "ai_edge_litert", "tflite_runtime" or "tf.lite"."""
+    """Which interpreter load_interpreter uses: "ai_edge_litert" or "tflite_runtime"."""
     return _resolve()[0]
 
 
 def load_interpreter(path_or_bytes, num_threads: int = 1, default_delegates: bool = True,
                      preserve_all_tensors: bool = False):
-    """An allocated interpreter for a .tflite path or flatbuffer bytes (first importable of
-    ai_edge_litert, tflite_runtime, tf.lite).
+    """An allocated interpreter for a .tflite path or flatbuffer bytes (ai_edge_litert, else tflite_runtime).
 
     default_delegates=False keeps XNNPACK out, so _get_ops_details() lists the file's own ops
     instead of one opaque DELEGATE node. preserve_all_tensors=True keeps intermediate tensors
@@ -54,12 +55,8 @@ def load_interpreter(path_or_bytes, num_threads: int = 1, default_delegates: boo
     if not default_delegates:
         if name == "ai_edge_litert":
             from ai_edge_litert.interpreter import OpResolverType
-        elif name == "tflite_runtime":
-            from tflite_runtime.interpreter import OpResolverType
         else:
-            import tensorflow as tf
-
-            OpResolverType = tf.lite.experimental.OpResolverType
+            from tflite_runtime.interpreter import OpResolverType
         kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     if isinstance(path_or_bytes, (bytes, bytearray)):
         interpreter = Interpreter(model_content=bytes(path_or_bytes), **kwargs)

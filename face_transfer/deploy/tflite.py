@@ -149,10 +149,15 @@ def convert_to_tflite(model_or_savedmodel_dir, qcfg: QuantizationConfig) -> byte
             )
         steps = min(qcfg.calibration_steps, len(images))
 
+        # Samples as a list of the inputs in order, not {input name: array}: for a dict (or a (signature, dict)
+        # tuple) TF's calibrator (tensorflow/lite/python/optimize/calibrator.py, _feed_tensors) builds a
+        # tf.lite.Interpreter just to look the names up, and tf.lite.Interpreter warns at construction that it is
+        # deprecated. The signature has one input (_signatures), so the list is the same feed: the .tflite bytes
+        # are identical.
         def representative():
-            yield {name: _range_anchor(size).astype(dtype)}
+            yield [_range_anchor(size).astype(dtype)]
             for i in range(steps):
-                yield {name: images[i : i + 1].astype(dtype)}
+                yield [images[i : i + 1].astype(dtype)]
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
