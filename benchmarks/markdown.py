@@ -251,8 +251,9 @@ def preset_section(res: dict, preset: str) -> list[str]:
 
 def readme_results(res: dict) -> str:
     """The README's headline table (between the results markers), from benchmarks/results.json."""
-    rows = ["| preset | wall time (2 cores) | params: teachers+encoder / student | novel-task score: student | "
-            "student's code only | teachers concat | AE code | best single teacher | random student | "
+    # `student` is the exported student files' `features` output (the run's view), the code only their `embedding`
+    rows = ["| preset | wall time (2 cores) | params: teachers+encoder / student | novel-task score: student "
+            "(`features`) | student's code only (`embedding`) | teachers concat | AE code | best single teacher | random student | "
             "supervised student | ceiling | int8 student | int8 novel-score drop |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for preset in ("demo", "paper"):

@@ -499,7 +499,7 @@ def ceiling_score(nt: NewTaskData, student_cfg, steps: int, batch_size: int = 32
 
 # ---- the adapted analyser's files ----------------------------------------------------------------------
 
-def _trained_on_text(meta: dict) -> str:
+def trained_on_text(meta: dict) -> str:
     t = meta.get("trained_on")
     if not t:
         return "training data not recorded"
@@ -531,7 +531,7 @@ def export_analyzer(result: AdaptResult, out_dir: str, calibration_images: np.nd
     for k, v in meta.items():
         outputs[k] = {"kind": v["kind"], "classes": v.get("classes"), "units": v.get("units"),
                       "description": ", ".join(x for x in (v["kind"], v.get("task") and f"task {v['task']}",
-                                                           v.get("units"), _trained_on_text(v)) if x)}
+                                                           v.get("units"), trained_on_text(v)) if x)}
     outputs = {k: v for k, v in outputs.items() if k in savedmodel.model_output_names(analyzer)}
     data = metadata.write_metadata(
         data, name="face-transfer facial analyser (adapted, int8_ptq)",

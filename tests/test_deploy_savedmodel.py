@@ -134,3 +134,65 @@ def test_analyzer_heads_on_the_ladder_view_keep_the_code_as_embedding(tmp_path):
     with pytest.raises(ExportError, match="age"):  # heads sized for the code do not fit the ladder
         small = {"age": {**h, "mean": h["mean"][:8], "scale": h["scale"][:8], "coef": h["coef"][:8]}}
         build_analyzer(student, small, features=view)
+
+
+@pytest.mark.parametrize("view", ["ladder", "embedding"])
+def test_every_student_file_outputs_the_code_and_the_probed_view(view, tmp_path):
+    """Issue 22: the student files carry `features` (the view the run's transfer score is measured on) next to
+    `embedding` (the code), each named so in the SavedModel signature, the .tflite signature and metadata, and
+    the ONNX graph; both match the Keras feature_model. Same functions as the export stage: build_student_export,
+    export_savedmodel, convert_to_tflite, stages.export.student_outputs_metadata, write_metadata, export_onnx.
+    In the "embedding" view both outputs are one tensor of the .tflite file, still named twice."""
+    from face_transfer.deploy import infer, metadata, onnx_export, tflite
+    from face_transfer.deploy.savedmodel import STUDENT_OUTPUTS, build_student_export
+    from face_transfer.stages.export import student_outputs_metadata
+    from face_transfer.student.model import feature_model
+
+    student = calibrated_student(CFG, seed=0)
+    images = smooth_images(24, seed=8)
+    want = {k: np.asarray(v, np.float64)
+            for k, v in feature_model(student, view).predict(images.astype(np.float32), verbose=0).items()}
+    dims = {k: v.shape[1] for k, v in want.items()}
+    assert dims["embedding"] == CFG.embedding_dim
+    if view == "ladder":  # stage poolings, then the code
+        assert dims["features"] > dims["embedding"]
+        np.testing.assert_allclose(want["features"][:, -dims["embedding"]:], want["embedding"], atol=1e-5)
+    else:
+        assert dims["features"] == dims["embedding"]
+
+    export_model = build_student_export(student, view)
+    sm = export_savedmodel(export_model, str(tmp_path / "student_savedmodel"))
+    got = {"savedmodel": load_and_check(sm, images)}
+    outputs_meta = student_outputs_metadata(view, dims["embedding"], dims["features"])
+    modes = {"float32": tflite.QuantizationConfig.for_float32(),
+             "int8_ptq": tflite.QuantizationConfig.for_int8(smooth_images(48, seed=4), steps=48)}
+    for mode, qcfg in modes.items():
+        data = metadata.write_metadata(tflite.convert_to_tflite(sm, qcfg), name=f"student ({mode})",
+                                       description="test", outputs=outputs_meta)
+        io = metadata.model_io(data)["outputs"]
+        assert sorted(o["name"] for o in io) == sorted(STUDENT_OUTPUTS)
+        assert {o["name"]: o["shape"][-1] for o in io} == dims
+        meta = metadata.read_metadata(data)  # checks the entries against the model's outputs
+        assert list(meta["outputs"]) == [o["name"] for o in io]
+        described = meta["outputs"]["features"]["description"]
+        assert f"{dims['features']} floats" in described and "headline transfer score" in described and view in described
+        assert metadata.output_labels(meta)["features"]["kind"] == "embedding"
+        got[mode] = infer.run_tflite(infer.load_interpreter(data), images)
+        if mode == "int8_ptq":  # the export stage's parity check, with a reference returning both outputs
+            report = tflite.validate_tflite(data, lambda x: export_model.predict(x, verbose=0), images, min_cosine=0.95)
+            assert sorted(report["outputs"]) == sorted(STUDENT_OUTPUTS) and report["int8_only"] is True
+    conv = onnx_export.export_onnx(sm, str(tmp_path / "student.onnx"))
+    assert sorted(conv["outputs"]) == sorted(STUDENT_OUTPUTS)
+    got["onnx"] = onnx_export.run_onnx(conv["path"], images)
+
+    for fmt, out in got.items():
+        assert sorted(out) == sorted(STUDENT_OUTPUTS), fmt
+        for name in STUDENT_OUTPUTS:
+            a, b = np.asarray(out[name], np.float64), want[name]
+            assert a.shape == b.shape, (fmt, name)
+            cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+            if fmt == "int8_ptq":  # the int8 bar of tests/test_deploy_tflite.py
+                assert cos.mean() >= 0.95, (fmt, name, cos.mean())
+            else:
+                assert cos.min() > 0.9999, (fmt, name, cos.min())
+                np.testing.assert_allclose(a, b, atol=1e-3 * (1 + np.abs(b).max()), err_msg=f"{fmt} {name}")

@@ -513,3 +513,34 @@ def test_fusion_ablation_and_distill_timing_run_on_a_finished_run(smoke_run, tmp
     row = saved["variants"]["preset[loss=teacher_space,teacher_drop=0.5]{head_channels=40}+ladder"]
     assert row["overrides"] == {"loss": "teacher_space", "teacher_drop": 0.5}
     assert row["student_overrides"] == {"head_channels": 40} and 0 <= row["mean_novel"] <= 100
+
+
+@pytest.mark.timeout(900)
+def test_readme_api_example_runs_on_a_finished_run(smoke_run, tmp_path):
+    """The README's Python example (face_transfer.api), run as written on a copy of the smoke run: create resumes
+    the finished run, evaluate/export return objects, adapt writes a new analyser that infer runs."""
+    import re
+    import shutil
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    code = re.search(r"<!-- api-example:start -->\n```python\n(.*?)```", readme, re.S).group(1)
+    os.makedirs(tmp_path / "runs")
+    shutil.copytree(smoke_run[0], tmp_path / "runs" / "demo", ignore=shutil.ignore_patterns(".lock"))
+    # the same example on the smoke run (the README's preset is the quick start's) with a smaller dataset
+    code = code.replace('preset="demo"', 'preset="smoke"').replace('"data/shape", 600', '"data/shape", 150')
+    assert 'preset="smoke"' in code and "150" in code
+    script = tmp_path / "example.py"
+    script.write_text(code + "\nimport json; json.dump({'scores': adapted.scores, 'heads': sorted(adapted.heads), "
+                             "'outputs': sorted(analyzer.output), 'feats': list(feats.shape), "
+                             "'novel': ft.evaluate().mean_novel('student')}, open('out.json', 'w'))\n")
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                         timeout=800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.load(open(tmp_path / "out.json"))
+    assert "face_shape" in got["scores"] and 0 <= got["scores"]["face_shape"]["linear"] <= 100
+    assert "face_shape" in got["heads"] and "face_shape" in got["outputs"] and "embedding" in got["outputs"]
+    assert 0 < got["novel"] <= 100 and got["feats"][0] == 8
+    assert "student" in out.stdout  # print(ft.evaluate()) shows the table
+    # the adapted int8 analyser runs in face-transfer-infer, with the new head
+    p = subprocess.run([sys.executable, "-m", "export.infer_tflite", f"--model={tmp_path}/runs/demo_shape/analyzer_int8.tflite",
+                        "--synthetic=2"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "face_shape" in p.stdout, p.stderr[-2000:]

@@ -161,11 +161,16 @@ def _model_io(buf: bytes, label: str) -> dict:
         sig_names = {}
         if signatures:
             for slot, io_list in ((0, ins), (1, outs)):
-                names = {m.scalar(1, N.Uint32Flags): m.string(0) for m in signatures[0].tables(slot)}
+                # One tensor can be two signature outputs (the student's `features` is its code in the
+                # "embedding" view): it is then listed twice in the subgraph's outputs, and takes its
+                # signature names one after the other.
+                names = {}
+                for m in signatures[0].tables(slot):
+                    names.setdefault(m.scalar(1, N.Uint32Flags), []).append(m.string(0))
                 for entry in io_list:
-                    if entry["index"] in names:
-                        entry["name"] = names[entry["index"]]
-                        sig_names.setdefault(slot, []).append(names[entry["index"]])
+                    if names.get(entry["index"]):
+                        entry["name"] = names[entry["index"]].pop(0)
+                        sig_names.setdefault(slot, []).append(entry["name"])
         for entry in ins + outs:
             entry.setdefault("name", entry["tensor_name"])
         buffers = model.tables(4)

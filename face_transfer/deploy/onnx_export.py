@@ -5,7 +5,8 @@ Owns export_onnx, run_onnx, validate_onnx and OnnxParityError.
 
 The ONNX file has the SavedModel's `serving_default` interface: one input `image` uint8 [N,S,S,3] (raw RGB
 0..255, NHWC; the scaling is inside the graph, as in the .tflite files) and the signature's named float32
-outputs (`embedding` for the student; `embedding` and one output per head for the analyser).
+outputs (`embedding` and `features` for the student, savedmodel.build_student_export; `embedding` and one output
+per head for the analyser).
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras
 
 from face_transfer.deploy.tflite import _range_anchor
-from face_transfer.student.model import StudentConfig, student_from_weights
+from face_transfer.student.model import StudentConfig, feature_model, student_from_weights
 
 
 # tfmot's MovingAverageQuantizer: activation ranges start at [-6, 6] and follow the batch min/max
@@ -69,9 +69,16 @@ def qat_finetune(
     batch_size: int,
     lr: float,
     range_batches: int = 4,
+    view: str = "embedding",
 ):
     """Carries the Keras 3 student's weights to its tf_keras twin, wraps it with quantize_model and
-    fine-tunes it for `steps` steps on the MSE to `targets_fn(images)` (e.g. the distillation targets).
+    fine-tunes it for `steps` steps on the MSE of its code to `targets_fn(images)` (e.g. the distillation targets).
+
+    The twin is quantized with the exported student's two outputs (deploy/savedmodel.build_student_export):
+    {"embedding": the code, "features": the `view` of student.model.feature_model, the same stage poolings
+    concatenated in the same order}, so the QAT int8 file has the interface of every other student file and
+    the ladder's poolings get their fake-quant ranges in training like every other activation. Only the code
+    has a target; the ladder follows the weights the code's loss moves.
 
     images_fn(step) -> uint8 [batch_size,S,S,3]; targets_fn(images) -> float [batch_size, embedding_dim].
     Activation ranges are first set from `range_batches` batches (init_activation_ranges) so that
@@ -82,8 +89,9 @@ def qat_finetune(
     if steps < 0 or batch_size < 1 or not lr > 0:
         raise ValueError(f"qat_finetune: steps={steps}, batch_size={batch_size}, lr={lr}; expected >= 0, >= 1, > 0")
     twin = student_from_weights(student_keras3, backend="tf_keras", cfg=cfg)
-    qat_model = tfmot.quantization.keras.quantize_model(twin)
-    qat_model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate=lr), loss="mse")
+    qat_model = tfmot.quantization.keras.quantize_model(feature_model(twin, view, backend="tf_keras"))
+    # A loss for the code only: tf_keras leaves an output without a loss entry out of the training loss.
+    qat_model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate=lr), loss={"embedding": "mse"})
     size = cfg.input_size
 
     def batch(step):
@@ -103,7 +111,7 @@ def qat_finetune(
             raise ValueError(
                 f"qat_finetune: targets_fn returned shape {targets.shape}; expected {(batch_size, cfg.embedding_dim)}"
             )
-        qat_model.train_on_batch(images.astype(np.float32), targets)
+        qat_model.train_on_batch(images.astype(np.float32), {"embedding": targets})
     return qat_model
 
 
@@ -126,10 +134,12 @@ def convert_qat_to_tflite(qat_model, representative_images) -> bytes:
         for i in range(len(images)):
             yield [images[i : i + 1].astype(np.float32)]
 
-    # quantize_model renames the output layer "quant_embedding"; a linear Activation (dropped by the
-    # converter) gives the TFLite signature the same output name as the float exports.
-    name = qat_model.output_names[0].removeprefix("quant_")
-    named = tf_keras.Model(qat_model.inputs, tf_keras.layers.Activation("linear", name=name)(qat_model.outputs[0]))
+    # quantize_model renames the output layers ("quant_embedding", "quant_ladder"); a linear Activation per
+    # output (dropped by the converter) gives the TFLite signature the output names of the float exports.
+    outputs = qat_model.output if isinstance(qat_model.output, dict) else \
+        {qat_model.output_names[0].removeprefix("quant_"): qat_model.outputs[0]}
+    named = tf_keras.Model(qat_model.inputs, {k: tf_keras.layers.Activation("linear", name=k)(v)
+                                              for k, v in outputs.items()})
     converter = tf.lite.TFLiteConverter.from_keras_model(named)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative

@@ -1,6 +1,7 @@
 """SavedModel export of the student or the multi-task analyser, with named uint8-image signatures.
 
-Owns export_savedmodel (keras.export.ExportArchive, never tf.saved_model.save), build_analyzer and load_and_check.
+Owns export_savedmodel (keras.export.ExportArchive, never tf.saved_model.save), build_student_export,
+build_analyzer and load_and_check.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ SERVING_KEY = "serving_default"
 # uint8 endpoint's leading Cast would stay a float op in an otherwise integer-only model.
 FLOAT_SERVING_KEY = "serving_float32"
 HEAD_KINDS = ("classification", "regression", "landmarks")
+# Outputs of every exported student file (build_student_export): the code, and the run's probed view of it.
+STUDENT_OUTPUTS = ("embedding", "features")
 N_LANDMARKS = 5
 
 
@@ -100,6 +103,28 @@ def export_savedmodel(
     archive.add_endpoint(FLOAT_SERVING_KEY, call, input_signature=[float_spec])
     archive.write_out(out_dir, verbose=False)
     return out_dir
+
+
+def build_student_export(student: keras.Model, view: str) -> keras.Model:
+    """The student as every exported student file carries it (SavedModel, each .tflite, ONNX):
+    image -> {"embedding": the distilled code [N, D], "features": the `view` of it [N, F]}.
+
+    `view` is student.model.feature_model's: "ladder" (the code next to the pooled output of every resolution
+    stage, F > D) or "embedding" (F = D, `features` equals the code). Both names always, so that every student
+    file has one interface and a user fitting a head on `features` gets the view the run's transfer score was
+    measured on, not the narrower code without knowing it. The QAT int8 file is built from the same
+    feature_model on the tf_keras twin (deploy/qat.py).
+    """
+    from face_transfer.student.model import feature_model
+
+    _input_size(student)
+    if len(student.outputs) != 1 or len(student.outputs[0].shape) != 2:
+        raise ExportError(f"build_student_export: student {student.name!r} must have one [N, D] embedding output")
+    view_model = feature_model(student, view)
+    image = keras.Input(shape=tuple(student.inputs[0].shape[1:]), name="image")
+    both = view_model(image)  # nested: its layer names ("embedding", ...) stay inside, free for the outputs
+    outputs = {name: keras.layers.Identity(name=name)(both[name]) for name in STUDENT_OUTPUTS}
+    return keras.Model(image, outputs, name=student.name)
 
 
 def _as_array(head_name, params, key, ndim):

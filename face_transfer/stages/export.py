@@ -1,5 +1,9 @@
 """Stage `export`: SavedModels (student, multi-task analyser, fused teacher), TFLite files (float32/16,
 dynamic, int8 PTQ, int8 QAT), parity and transfer drop per file, and single-thread latency.
+
+Every student file (SavedModel, each .tflite, ONNX) has two named outputs (savedmodel.build_student_export):
+`embedding`, the distilled code, and `features`, the run's `student_view` of it, on which the headline transfer
+score and the int8 files' transfer drops are measured.
 """
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ import sys
 
 import numpy as np
 
-from face_transfer.fileio import read_json, write_json
+from face_transfer.fileio import read_json, write_bytes, write_json
 from face_transfer.stages import inputs
-from face_transfer.stages.features import features_cached, predict, predict_student, student_view
+from face_transfer.stages.features import features_cached, predict_student, student_view
 from face_transfer.stages.rundir import Run, header, summary
 from face_transfer.stages.student import fused_teacher_builders
 
@@ -93,13 +97,48 @@ def _output_facts(run: Run, task_name: str | None) -> dict:
     return {"task": t.name, **({"units": units} if units else {})}
 
 
-def _metadata_writer(run: Run, analyzer_meta: dict, code_dim: int):
+def student_outputs_metadata(view: str, code_dim: int, features_dim: int) -> dict:
+    """{output name: {"kind", "description"}} of the exported student's two outputs (savedmodel.build_student_export),
+    saying which one the run's headline transfer score is measured on."""
+    if view == "embedding":
+        features = (f"facial features, {features_dim} floats: the run's `embedding` view, the facial code itself "
+                    "(equal to `embedding`); the view the run's headline transfer score (the `student` row of its "
+                    "transfer table, linear probes) is measured on")
+    else:
+        features = (f"facial features, {features_dim} floats: the run's `{view}` view (the facial code next to the "
+                    "average-pooled output of every resolution stage of the student); the view the run's headline "
+                    "transfer score (the `student` row of its transfer table, linear probes) is measured on and "
+                    "the analyser's heads read: fit your heads on this output")
+    embedding = f"facial code, {code_dim} floats (the fusion auto-encoder's code the student was distilled to" + (
+        "; its transfer score is the `student_code` row of the run's transfer table)" if view != "embedding" else ")")
+    return {"embedding": {"kind": "embedding", "description": embedding},
+            "features": {"kind": "embedding", "description": features}}
+
+
+def _trained_on(run: Run, task_name: str | None, feats: dict) -> dict | None:
+    """What a head was fitted on (shown next to it by face-transfer-infer and the browser page): the eval set of
+    its task, with a flag when those are synthetic faces."""
+    from face_transfer.adapt import SYNTHETIC_DOMAIN
+    from face_transfer.data.tasks import EVAL_SETS
+    t = {t.name: t for t in inputs.run_tasks(run)}.get(task_name)
+    if t is None:
+        return None
+    n = int(len(feats[t.eval_set])) if t.eval_set in feats else None
+    if t.eval_set in EVAL_SETS:
+        return {"dataset": f"SynthFaces ({t.eval_set} eval set)", "images": n, "domain": SYNTHETIC_DOMAIN,
+                "synthetic": True}
+    ts = next((x for i, x in enumerate(run.cfg.data.task_sets) if inputs.task_set_name(run, i) == t.eval_set), None)
+    return {"dataset": t.eval_set, "path": ts.path if ts else None, "images": n, "domain": "real", "synthetic": False}
+
+
+def _metadata_writer(run: Run, analyzer_meta: dict, code_dim: int, features_dim: int):
     """fn(tflite bytes, "student"|"analyzer", mode) -> the bytes with TFLite metadata (deploy/metadata.py):
     RGB uint8 0..255 input, named outputs with kinds, units and class-label files, and a description with
     the run's headline figures and the SHA-256 of its config.json (also `fn.config_sha256`)."""
     import hashlib
 
     from face_transfer import __version__
+    from face_transfer.adapt import trained_on_text
     from face_transfer.deploy import metadata
     # The configuration this export ran with, as the invocation wrote it to config.json (Run.open writes
     # cfg.to_json() there): equal to `sha256sum config.json` right after the run.
@@ -130,9 +169,11 @@ def _metadata_writer(run: Run, analyzer_meta: dict, code_dim: int):
     def described(data: bytes, model: str, mode: str) -> bytes:
         if model == "student":
             name, what = f"face-transfer student ({mode})", (
-                f"Distilled face-transfer student: one RGB face crop -> a {code_dim}-d general facial code "
-                "(the fusion auto-encoder's code of the teacher ensemble), for linear heads on any facial task.")
-            outputs = {"embedding": {"kind": "embedding", "description": f"facial code, {code_dim} floats"}}
+                f"Distilled face-transfer student: one RGB face crop -> `embedding`, a {code_dim}-d general facial "
+                "code (the fusion auto-encoder's code of the teacher ensemble), and `features`, the "
+                f"{features_dim}-d `{run.cfg.student_view}` view the run's transfer score is measured on, for "
+                "linear heads on any facial task.")
+            outputs = student_outputs_metadata(run.cfg.student_view, code_dim, features_dim)
         else:
             name, what = f"face-transfer facial analyser ({mode})", (
                 f"Multi-task facial analyser: the distilled student plus {len(analyzer_meta)} linear heads "
@@ -141,7 +182,7 @@ def _metadata_writer(run: Run, analyzer_meta: dict, code_dim: int):
             for k, v in analyzer_meta.items():
                 outputs[k] = {"kind": v["kind"], "classes": v.get("classes"), "units": v.get("units"),
                               "description": ", ".join(x for x in (v["kind"], v.get("task") and f"task {v['task']}",
-                                                                   v.get("units")) if x)}
+                                                                   v.get("units"), trained_on_text(v)) if x)}
         description = " ".join(x for x in (
             what, "Input: RGB uint8 [N,S,S,3], raw pixels 0..255 (scaled to [-1, 1] inside the graph).",
             f"Run (preset {run.cfg.preset}): {headline}." if headline else "", f"Student: {size}." if size else "",
@@ -179,11 +220,17 @@ def run(run: Run, ctx) -> dict:
             entry["classes"] = class_names.get(name) or (
                 ["no", "yes"] if len(entry["classes"]) == 2 else [str(c) for c in entry["classes"]])
         entry.update(_output_facts(run, heads[name].get("task")))
+        entry["trained_on"] = _trained_on(run, heads[name].get("task"), feats)
     for path in ("analyzer_heads.json", "analyzer_int8.labels.json"):
         write_json(os.path.join(out, path), meta)
+    # the student folder face-transfer-adapt and face_transfer.api start from: the Keras student, its view, the heads
+    from face_transfer.adapt import save_bundle
+    save_bundle(out, student, run.cfg.student_view, heads, meta, extra={"preset": run.cfg.preset})
     code_fn, _, _ = fused_teacher_builders(run)
     fused = code_fn()
-    exported = [("student", student), ("analyzer", analyzer)]
+    # every student file has both outputs: `embedding` (the code) and `features` (the probed view, the headline)
+    student_export = savedmodel.build_student_export(student, run.cfg.student_view)
+    exported = [("student", student_export), ("analyzer", analyzer)]
     if all(getattr(t, "in_graph_exportable", True) for t in inputs.load_teachers(run)):
         exported.append(("fused_teacher", fused))
     else:
@@ -197,12 +244,13 @@ def run(run: Run, ctx) -> dict:
     parity = src.images(0, src.count(ecfg.parity_images), "parity")
 
     def ref_student(x):
-        return {"embedding": predict(student, x)}
+        return {k: np.asarray(v) for k, v in student_export.predict(x, verbose=0).items()}
 
     def ref_analyzer(x):
         return {k: np.asarray(v) for k, v in analyzer.predict(x, verbose=0).items()}
 
-    described = _metadata_writer(run, meta, int(student.outputs[0].shape[-1]))
+    student_dims = {k: int(v.shape[-1]) for k, v in student_export.output.items()}
+    described = _metadata_writer(run, meta, student_dims["embedding"], student_dims["features"])
 
     files, reports = {}, {}
     modes = {"float32": tflite.QuantizationConfig.for_float32(), "float16": tflite.QuantizationConfig.for_float16(),
@@ -233,23 +281,19 @@ def run(run: Run, ctx) -> dict:
     if qat_info.get("ok"):
         with open(qat_info["path"], "rb") as f:
             qdata = described(f.read(), "student", "int8_qat")  # replaces any metadata of an earlier attempt
-        with open(qat_info["path"] + ".tmp", "wb") as f:
-            f.write(qdata)
-        os.replace(qat_info["path"] + ".tmp", qat_info["path"])
+        write_bytes(qat_info["path"], qdata)
         reports["student_int8_qat"] = tflite.validate_tflite(qdata, ref_student, parity,
                                                              min_cosine=ecfg.min_cosine_int8)
         files["int8_qat"] = qat_info["path"]
-    # transfer score drop per task when the probes run on the TFLite embeddings
+    # transfer score drop per task when the probes run on the TFLite files' `features` output: the view the
+    # run probes, so the float reference is the evaluate stage's own `student` features (the headline score)
     tasks = inputs.run_tasks(run)
-    # the student files output the code: compare with the float code's own scores (= feats in the embedding view)
-    code_feats = feats if run.cfg.student_view == "embedding" else \
-        features_cached(run, "student_code", lambda s: predict(student, images[s]))
-    feats_by_mode = {"float": code_feats}
+    feats_by_mode = {"float": feats}
     for mode in ("int8_ptq", "int8_qat"):
         if mode in files:
             interp = infer.load_interpreter(files[mode], num_threads=2)
-            feats_by_mode[mode] = features_cached(run, f"student_tflite_{mode}",
-                                                  lambda s, it=interp: next(iter(infer.run_tflite(it, images[s]).values())))
+            feats_by_mode[mode] = features_cached(run, f"student_tflite_{mode}_features",
+                                                  lambda s, it=interp: infer.run_tflite(it, images[s])["features"])
     probed = evaluate_all(feats_by_mode, labels, tasks, run.cfg.probe, progress=False)  # in parallel
     base = probed.pop("float")
     base_g = group_means(base, tasks)
@@ -266,9 +310,13 @@ def run(run: Run, ctx) -> dict:
         conv = onnx_export.export_onnx(os.path.join(out, f"{name}_savedmodel"), os.path.join(out, f"{name}.onnx"))
         rep = reports[f"{name}_onnx"] = onnx_export.validate_onnx(conv["path"], ref, parity)
         onnx_info[name] = {"file": os.path.relpath(conv["path"], run.dir), "bytes": conv["bytes"], "opset": conv["opset"],
-                           "outputs": len(conv["outputs"]), "max_abs_diff": rep["max_abs_diff"],
+                           "outputs": len(conv["outputs"]), "output_names": sorted(conv["outputs"]),
+                           "max_abs_diff": rep["max_abs_diff"],
                            "embedding_cosine_mean": rep["embedding_cosine_mean"],
                            "embedding_cosine_min": rep["embedding_cosine_min"], "runtime": rep["runtime"]}
+        if "features" in rep["outputs"]:
+            onnx_info[name]["features_cosine_mean"] = rep["outputs"]["features"]["cosine_mean"]
+            onnx_info[name]["features_cosine_min"] = rep["outputs"]["features"]["cosine_min"]
     summary("ONNX (opset %d, onnxruntime vs TF): " % onnx_export.DEFAULT_OPSET + ", ".join(
         f"{k} {v['bytes'] / 1024:.0f} KB max |diff| {v['max_abs_diff']:.2g} cos {v['embedding_cosine_mean']:.6f}"
         for k, v in onnx_info.items()))
@@ -277,6 +325,8 @@ def run(run: Run, ctx) -> dict:
     info = {"files": {k: os.path.relpath(v, run.dir) for k, v in files.items()},
             "bytes": {k: os.path.getsize(v) for k, v in files.items()},
             "analyzer_int8_bytes": len(adata), "cosine": {k: v["cosine_mean"] for k, v in reports.items()},
+            # what every student file (SavedModel, .tflite, ONNX) outputs, and which output the drops are measured on
+            "student_outputs": {"view": run.cfg.student_view, "dims": student_dims, "drops_measured_on": "features"},
             "drops": drops, "latency": latency, "qat": qat_info, "interpreter": infer.interpreter_backend(),
             "analyzer_outputs": sorted(meta), "onnx": onnx_info,
             "tflite_metadata": {"config_sha256": described.config_sha256, "files": sorted(
@@ -289,7 +339,7 @@ def run(run: Run, ctx) -> dict:
     _web_page(run, out)
     return {**info, "outputs": [final], "artifacts": [out],
             "reset": [os.path.join(out, "student_int8_qat.tflite")]
-            + [run.p("features", f"student_tflite_{m}") for m in ("int8_ptq", "int8_qat")]}
+            + [run.p("features", f"student_tflite_{m}_features") for m in ("int8_ptq", "int8_qat")]}
 
 
 def _web_page(run: Run, out: str) -> None:
@@ -307,9 +357,14 @@ def _web_page(run: Run, out: str) -> None:
 def _qat_subprocess(run: Run) -> dict:
     """Quantisation-aware fine-tune + int8 conversion in a child process (see deploy/qat.py)."""
     import subprocess
+    from face_transfer.deploy.metadata import model_io
+    from face_transfer.deploy.savedmodel import STUDENT_OUTPUTS
     out = run.p("export", "student_int8_qat.tflite")
     if os.path.exists(out):
-        return {"ok": True, "path": out}
+        # a file of an interrupted attempt by an older version (the code only) is made again with both outputs
+        if sorted(o["name"] for o in model_io(out)["outputs"]) == sorted(STUDENT_OUTPUTS):
+            return {"ok": True, "path": out}
+        os.remove(out)
     cmd = [sys.executable, "-m", "export.qat_student", f"--run_dir={run.dir}", f"--out={out}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not os.path.exists(out):
@@ -372,13 +427,11 @@ def qat_export(run_dir: str, out: str, steps: int | None = None) -> int:
         return src.images(step * bs, (step + 1) * bs, "qat")
 
     steps = steps if steps is not None else cfg.export.qat_steps
+    # with both outputs of the other student files: the code and the run's view (savedmodel.build_student_export)
     qat = qat_finetune(student, scfg, images_fn, lambda x: np.asarray(fused(x, training=False)), steps, bs,
-                       cfg.export.qat_learning_rate)
+                       cfg.export.qat_learning_rate, view=cfg.student_view)
     calib_src = inputs.image_source(run)
     calib = calib_src.images(0, calib_src.count(cfg.export.calibration_images), "calibration")
     data = convert_qat_to_tflite(qat, calib)
-    tmp = out + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, out)
+    write_bytes(out, data)
     return len(data)

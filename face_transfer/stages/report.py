@@ -150,6 +150,21 @@ def _web_lines(run: Run) -> list[str]:
             f"then `{serve} --build`.", ""]
 
 
+def _student_outputs_lines(ex: dict, g) -> list[str]:
+    """Which output of the exported student files gives which transfer score (export.json "student_outputs")."""
+    so = ex.get("student_outputs")
+    if not so:  # an export by a version whose student files had the code only
+        return ["The student files output the code (`embedding`) only."]
+    dims, view = so["dims"], so["view"]
+    score = lambda rep: (f"{g(rep):.1f} ± {g(rep, 'std_novel'):.1f}" if g(rep) is not None else "n/a")  # noqa: E731
+    code = (f"`embedding` ({dims['embedding']} floats, the code: the `student_code` row, {score('student_code')})"
+            if view != "embedding" else f"`embedding` ({dims['embedding']} floats, the code, equal to `features`)")
+    return [f"Every student file (`student_savedmodel/`, each `student_*.tflite`, `student.onnx`) has two outputs: "
+            f"`features` ({dims['features']} floats, the `{view}` view: the transfer table's `student` row, "
+            f"{score('student')} on novel tasks, and the novel-score drops above are measured on it) and {code}. "
+            "Fit new heads on `features`."]
+
+
 def _fmt(v, nd=1):
     return "n/a" if v is None else (f"{v:,.{nd}f}" if isinstance(v, float) else f"{v:,}")
 
@@ -242,7 +257,7 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
         L.append(f"Probed and deployed view of every network of the student's architecture: `{cfg.student_view}`"
                  + (" (the code plus the pooled output of every resolution stage; the analyser's heads read it, its "
                     "`embedding` output stays the code)." if cfg.student_view == "ladder" else " (the distilled code).")
-                 + "")
+                 + " Every exported student file outputs it as `features`, next to the code as `embedding`.")
         if "student.distill_images_per_s" in h:
             L.append(f"Distillation: {h['student.distill_images_per_s']:.0f} images/s, {h['student.distill_gflops']:.1f} "
                      f"GFLOP/s achieved (the ensemble's forward plus the student's forward and backward), "
@@ -263,10 +278,12 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
               open(run.p("metrics", "ceiling.md")).read(), ""]
     if ex:
         lat = ex["latency"]
-        L += ["## Export", "", "| file | bytes | cosine vs float (mean) | novel-score drop |", "|---|---:|---:|---:|"]
+        L += ["## Export", "", "| file | bytes | cosine vs float (mean, worse output) | novel-score drop (`features`) |",
+              "|---|---:|---:|---:|"]
         for mode, b in ex["bytes"].items():
             L.append(f"| student_{mode}.tflite | {b:,} | {ex['cosine'].get(f'student_{mode}', float('nan')):.4f} | "
                      f"{ex['drops'].get(mode, {}).get('mean_novel_drop', float('nan')):+.2f} |")
+        L += [""] + _student_outputs_lines(ex, g)
         L += ["", f"Multi-task analyser (student + {len(json.load(open(run.p('export', 'analyzer_heads.json'))))} "
               f"heads), int8: {ex['analyzer_int8_bytes']:,} bytes. TFLite interpreter: {ex['interpreter']}.", "",
               f"Latency, one face, one thread: int8 student {lat['int8_ptq_ms']:.2f} ms, float32 student "
@@ -277,11 +294,15 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
                  if "flop_bound_ms" in lat else ""), ""]
         if ex.get("onnx"):
             L += ["ONNX (float, from the SavedModels, checked with onnxruntime against TensorFlow on the parity faces):", "",
-                  "| file | bytes | opset | outputs | max abs diff (any output) | embedding cosine (mean / min) |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "| file | bytes | opset | outputs | max abs diff (any output) | embedding cosine (mean / min) | "
+                  "features cosine (mean / min) |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
             for name, o in ex["onnx"].items():
+                feats = f"{o['features_cosine_mean']:.6f} / {o['features_cosine_min']:.6f}" \
+                    if "features_cosine_mean" in o else "n/a"
                 L.append(f"| {os.path.basename(o['file'])} | {o['bytes']:,} | {o['opset']} | {o['outputs']} | "
-                         f"{o['max_abs_diff']:.2g} | {o['embedding_cosine_mean']:.6f} / {o['embedding_cosine_min']:.6f} |")
+                         f"{o['max_abs_diff']:.2g} | {o['embedding_cosine_mean']:.6f} / {o['embedding_cosine_min']:.6f} "
+                         f"| {feats} |")
             L.append("")
         if ex.get("tflite_metadata"):
             L += [f"Every `.tflite` file carries TFLite metadata (input RGB uint8 0..255, output names, kinds, units, "
@@ -301,14 +322,16 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
                 return f"ties with {'it' if other != 'concat' else 'them'} (within the seeds' spread)"
             return "holds" if st > o else "does not hold"
 
-        claims.append(f"- *The student outperforms its teacher on novel tasks*: student {st:.1f} ± {st_sd:.1f} vs "
+        claims.append(f"- *The student outperforms its teacher on novel tasks*: student (`{cfg.student_view}` view, the "
+                      f"exported files' `features` output) {st:.1f} ± {st_sd:.1f} vs "
                       f"concatenated teachers {conc:.1f} ± {g('concat', 'std_novel'):.1f}, AE code {ae:.1f} ± "
                       f"{g('ae', 'std_novel'):.1f}, best single teacher ({bt['which_novel']}) {btn:.1f} -> "
                       f"{verdict('concat')} against the concatenation, {verdict('ae')} against the AE code, "
                       f"{verdict(bt['which_novel'])} against the best single teacher.")
         if g("student_code") is not None:
-            claims.append(f"- The student's code alone (the paper's student; this run probes the `{cfg.student_view}` "
-                          f"view): {g('student_code'):.1f} ± {g('student_code', 'std_novel'):.1f}.")
+            claims.append(f"- The student's code alone (the paper's student, the exported files' `embedding` output; "
+                          f"this run probes the `{cfg.student_view}` view): {g('student_code'):.1f} ± "
+                          f"{g('student_code', 'std_novel'):.1f}.")
         if h.get("transfer.ceiling.mean_novel") is not None:
             pct = lambda r: h.get(f"transfer.mean_novel_pct_of_ceiling.{r}")  # noqa: E731
             claims.append(f"- Against the ceiling (the same network trained on every task's labels, novel "

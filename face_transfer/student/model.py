@@ -301,21 +301,24 @@ def stage_outputs(model) -> list[str]:
     return [blocks[k][0] for k in range(len(blocks)) if k + 1 == len(blocks) or blocks[k + 1][1] == 2]
 
 
-def feature_model(model, view: str = "embedding"):
+def feature_model(model, view: str = "embedding", backend: str = "keras"):
     """What is probed and deployed of a student: image -> {"features": [N, F], "embedding": [N, D]}.
 
     view "embedding": the distilled code itself (F = D, the paper's student representation).
     view "ladder": the code next to the global-average-pooled output of every resolution stage and of the
     head (UNIC's ladder of multi-level features): the lower stages keep what the code compresses away
     (illumination, local texture, occluders), at no extra inference cost beyond a few poolings.
+    backend "tf_keras" builds the same view on the tf_keras twin (`student_from_weights`), before tfmot wraps it:
+    the QAT int8 file has both outputs too (deploy/qat.py).
     """
     if view not in FEATURE_VIEWS:
         raise ValueError(f"feature_model: view={view!r}; expected one of {FEATURE_VIEWS}")
+    K = _backend_module(backend)
     code = model.outputs[0]
     if view == "embedding":
-        return keras.Model(model.inputs, {"features": code, "embedding": code}, name=f"{model.name}_features")
-    pooled = [keras.layers.GlobalAveragePooling2D(name=f"ladder_pool{i}")(model.get_layer(n).output)
+        return K.Model(model.inputs, {"features": code, "embedding": code}, name=f"{model.name}_features")
+    pooled = [K.layers.GlobalAveragePooling2D(name=f"ladder_pool{i}")(model.get_layer(n).output)
               for i, n in enumerate(stage_outputs(model))]
     pooled.append(model.get_layer("pool").output)
-    feats = keras.layers.Concatenate(name="ladder")(pooled + [code])
-    return keras.Model(model.inputs, {"features": feats, "embedding": code}, name=f"{model.name}_ladder")
+    feats = K.layers.Concatenate(name="ladder")(pooled + [code])
+    return K.Model(model.inputs, {"features": feats, "embedding": code}, name=f"{model.name}_ladder")
