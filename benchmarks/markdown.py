@@ -147,6 +147,53 @@ def _latency_section(res: dict) -> list[str]:
     return L
 
 
+def _concurrency_section(res: dict) -> list[str]:
+    """benchmarks/stress_claim.py: processes claiming and filling one shard directory (issue 21)."""
+    if "concurrency.claim_stress.runs" not in res:
+        return []
+    return ["## Concurrent workers on one shared directory (issue 21)", "",
+            f"Command: `python -m benchmarks.stress_claim` ({res.get('concurrency.claim_stress.processes', 4)} "
+            "spawned processes fill one embedding-cache directory together, as the workers of a multi-worker run "
+            "do: all claim it, each writes its shards, worker 0 writes the manifest, the others wait for it; random "
+            "start delays; a fresh directory per repetition). Machine: "
+            f"{_machine_line(res.get('concurrency.machine', {}))}.", "",
+            f"- Repetitions: **{res['concurrency.claim_stress.runs']}** (`concurrency.claim_stress.runs`), failures: "
+            f"**{res.get('concurrency.claim_stress.failures')}** (`concurrency.claim_stress.failures`; a failure is "
+            "an exception in any process, manifests that differ, or a cache that differs from a direct computation), "
+            f"{_f(res.get('concurrency.claim_stress.seconds'))} s.",
+            "- Before the fix (commit 0b28672, the same harness, 10 repetitions): 1 failure, the issue's race: "
+            "`FileNotFoundError ... spec.json.tmp -> spec.json` in one process, and the three others waited out "
+            "their timeout for a manifest that never came.", ""]
+
+
+def _adapt_section(res: dict) -> list[str]:
+    """benchmarks/bench_adapt.py: a finished run's student adapted to a task it never saw (issue 22)."""
+    if "adapt.seconds_linear" not in res:
+        return []
+    before, after = res.get("adapt.old_heads_before") or {}, res.get("adapt.old_heads_after") or {}
+    L = ["## Adapting the student to a new task (issue 22)", "",
+         f"Command: `python -m benchmarks.bench_adapt --run_dir={res.get('adapt.run_dir')}` (= `face-transfer-adapt`, "
+         f"each mode timed back to back; {res.get('adapt.date', '?')}). Machine: "
+         f"{_machine_line(res.get('adapt.machine', {}))}.", "",
+         f"Task: {res.get('adapt.task')}, {_f(res.get('adapt.images'))} labelled faces written as a folder_csv "
+         "dataset, an identity-disjoint 80/20 split; every score is the probes' 0-100 score on the held-out 20%.", "",
+         "| mode | new-task score | seconds (adapt + export: SavedModel, int8 TFLite, ONNX) |", "|---|---:|---:|",
+         f"| linear heads on the frozen `features` | {_f(res.get('adapt.new_task_score.linear'))} | "
+         f"{_f(res.get('adapt.seconds_linear'))} (`adapt.seconds_linear`) |",
+         f"| fine-tune, {res.get('adapt.finetune_steps')} steps, LwF term | {_f(res.get('adapt.new_task_score.finetune'))} "
+         f"| {_f(res.get('adapt.seconds_finetune'))} (`adapt.seconds_finetune`) |",
+         f"| ceiling: the architecture from nothing, {res.get('adapt.ceiling_steps')} steps on the same images | "
+         f"{_f(res.get('adapt.new_task_score.ceiling'))} | {_f(res.get('adapt.seconds_ceiling'))} |", "",
+         f"- Forgetting in fine-tune mode: the largest drop of an old head's score on its own test split is "
+         f"**{_f(res.get('adapt.forgetting_max'), 2)} points** (`adapt.forgetting_max`, target <= 1.0) over "
+         f"{len(after)} heads."]
+    if before:
+        worst = sorted(before, key=lambda k: before[k] - after.get(k, before[k]), reverse=True)[:3]
+        L.append("- Largest drops: " + ", ".join(f"{k} {before[k]:.1f} -> {after.get(k, float('nan')):.1f}"
+                                                 for k in worst) + ".")
+    return L + [""]
+
+
 def benchmarks_markdown(res: dict) -> str:
     m = res.get("machine", {})
     L = ["# Benchmarks", "",
@@ -160,7 +207,8 @@ def benchmarks_markdown(res: dict) -> str:
          f"(`synth.faces_per_s_per_core`, target >= 2000)",
          f"- Tasks: {res.get('tasks.count')} (`tasks.count`), of which {res.get('tasks.novel_count')} novel "
          "(`tasks.novel_count`)", ""]
-    L += _folder_section(res) + _robustness_section(res) + _web_section(res) + _latency_section(res)
+    L += _folder_section(res) + _robustness_section(res) + _web_section(res) + _latency_section(res) + \
+        _concurrency_section(res) + _adapt_section(res)
     for preset in ("demo", "paper"):
         L += preset_section(res, preset)
     return "\n".join(L) + "\n"

@@ -580,7 +580,9 @@ def check_out_dir(out_dir: str, source: str) -> str:
         raise AdaptUsageError("--out is empty; expected a new folder for the adapted analyser")
     out = os.path.abspath(out_dir)
     src = os.path.abspath(source)
-    src_run = src if os.path.exists(os.path.join(src, "config.json")) else os.path.dirname(src)
+    parent = os.path.dirname(src)
+    src_run = src if os.path.exists(os.path.join(src, "config.json")) else \
+        (parent if os.path.exists(os.path.join(parent, "config.json")) else src)
     for s in {src, src_run}:
         if out == s or out.startswith(s + os.sep):
             raise AdaptUsageError(f"--out={out_dir} is (inside) the source {s}; the original run's files are never "

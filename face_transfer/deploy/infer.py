@@ -97,8 +97,10 @@ def model_info(path, labels_path: str | None = None) -> dict:
     """How to feed and read a .tflite file, from the file itself when it carries TFLite metadata
     (deploy/metadata.py), else from its `.labels.json` sidecar (or `labels_path`) with raw RGB 0..255 input.
 
-    Returns {"labels": {output: {"kind", "classes"?, "units"?}}, "labels_from": "metadata" | <sidecar path> |
-    None, "input": {"color_space", "mean", "std"}, "metadata": the read_metadata dict or None}. An explicit
+    Returns {"labels": {output: {"kind", "classes"?, "units"?, "trained_on"?}}, "labels_from": "metadata" |
+    <sidecar path> | None, "input": {"color_space", "mean", "std"}, "metadata": the read_metadata dict or None}.
+    `trained_on` (the data a head was fitted on) comes from the metadata's entry, else the adapted analyser's
+    face_transfer.json, else the output's description (see trained_on_from_description). An explicit
     `labels_path` wins over the metadata's labels. Metadata that belongs to another model (other outputs,
     class counts or input size than the file's) raises CorruptArtifactError naming the file.
     """
@@ -116,6 +118,7 @@ def model_info(path, labels_path: str | None = None) -> dict:
         info["input"] = {"color_space": inp.get("color_space", "RGB"), "mean": norm.get("mean") or [0.0],
                          "std": norm.get("std") or [1.0]}
         info["labels"], info["labels_from"] = output_labels(meta), "metadata"
+        _fill_trained_on(info["labels"], meta)
     sidecar = labels_path or (path[: -len(".tflite")] + ".labels.json" if path.endswith(".tflite") else None)
     if labels_path is not None or (meta is None and sidecar and os.path.isfile(sidecar)):
         try:
@@ -125,6 +128,47 @@ def model_info(path, labels_path: str | None = None) -> dict:
             raise ValueError(f"{sidecar}: not a readable labels JSON file ({e})") from None
         info["labels_from"] = sidecar
     return info
+
+
+SYNTHETIC_SUFFIX = ", synthetic faces only: check it on real photos, or adapt on yours"  # adapt.trained_on_text
+
+
+def trained_on_from_description(description: str) -> dict | None:
+    """{"dataset", "images", "domain", "synthetic"} parsed back from an output description that ends with
+    face_transfer.adapt.trained_on_text ("fitted on N images of DATASET (DOMAIN)[, synthetic faces only: ...]"),
+    as the export stage writes it into the TFLite metadata; None when the description has no such text."""
+    i = (description or "").find("fitted on ")
+    if i < 0:
+        return None
+    text = description[i:].strip()
+    synthetic = text.endswith(SYNTHETIC_SUFFIX)
+    if synthetic:
+        text = text[: -len(SYNTHETIC_SUFFIX)]
+    head, sep, rest = text[len("fitted on "):].partition(" images of ")
+    if not sep or not rest.endswith(")"):
+        return None
+    depth = 0  # the domain is the last balanced (...) group: it may hold parentheses itself
+    for j in range(len(rest) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(rest[j], 0)
+        if depth == 0:
+            break
+    if depth != 0 or j == 0:
+        return None
+    domain, dataset = rest[j + 1: -1], rest[:j].rstrip()
+    return {"dataset": dataset, "images": int(head) if head.isdigit() else None, "domain": domain,
+            "synthetic": synthetic or domain.startswith("synthetic")}
+
+
+def _fill_trained_on(labels: dict, meta: dict) -> None:
+    """Heads whose metadata entry has no structured `trained_on`: from face_transfer.json's
+    adapt.heads_trained_on (an adapted analyser), else parsed from the output's description."""
+    adapted = (((meta.get("json") or {}).get("adapt") or {}).get("heads_trained_on") or {})
+    for name, entry in labels.items():
+        if entry.get("trained_on") or entry.get("kind") == "embedding":
+            continue
+        found = adapted.get(name) or trained_on_from_description(meta["outputs"].get(name, {}).get("description"))
+        if found:
+            entry["trained_on"] = dict(found)
 
 
 def _prepare(images: np.ndarray, spec: dict | None) -> np.ndarray:

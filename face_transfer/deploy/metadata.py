@@ -242,8 +242,8 @@ def read_metadata(path_or_bytes, check: bool = True) -> dict | None:
 
     {"name", "description", "version", "author", "license", "min_parser_version", "input" (the first input:
     name, color_space, size [w, h], normalization {mean, std}, stats), "inputs", "outputs" {output name:
-    {"description", "kind", "classes", "units", ...}} in the subgraph's output order, "associated_files"
-    [names], "json" (face_transfer.json, or None)}.
+    {"description", "kind", "classes", "units", "trained_on"?, ...}} in the subgraph's output order,
+    "associated_files" [names], "json" (face_transfer.json, or None)}.
 
     With `check`, metadata that does not describe this model (another number of inputs or outputs, other
     output names, class lists whose length differs from the output's, a labels file missing from the
@@ -291,6 +291,8 @@ def read_metadata(path_or_bytes, check: bool = True) -> dict | None:
         entry["kind"] = extra.get("kind") or ("classification" if labels else None)
         if extra.get("units"):
             entry["units"] = extra["units"]
+        if extra.get("trained_on"):
+            entry["trained_on"] = extra["trained_on"]
         out_map[t["name"]] = entry
     meta.update({"input": inputs[0] if inputs else None, "inputs": inputs, "outputs": out_map,
                  "associated_files": sorted(files), "json": js})
@@ -325,8 +327,8 @@ def _check_against_model(meta: dict, info: dict, label: str) -> None:
 
 
 def output_labels(meta: dict | None) -> dict:
-    """{output name: {"kind", "classes"?, "units"?}}: what infer_tflite decodes predictions with (the
-    format of the `.labels.json` sidecar). Empty for None."""
+    """{output name: {"kind", "classes"?, "units"?, "trained_on"?}}: what infer_tflite decodes predictions with
+    (the format of the `.labels.json` sidecar). Empty for None."""
     if not meta:
         return {}
     out = {}
@@ -336,6 +338,8 @@ def output_labels(meta: dict | None) -> dict:
             entry["classes"] = list(o["classes"])
         if o.get("units"):
             entry["units"] = o["units"]
+        if o.get("trained_on"):
+            entry["trained_on"] = dict(o["trained_on"])
         out[name] = entry
     return out
 
@@ -500,10 +504,12 @@ def write_metadata(tflite_bytes, *, name: str, description: str, outputs: dict[s
     """`tflite_bytes` with TFLite metadata: the model-level facts, the image input (colour space, size,
     normalisation `(x - mean) / std` of the values the file is fed, value range) and one entry per output.
 
-    `outputs`: {output name: {"kind", "classes"?, "units"?, "description"?}} with exactly the model's output
-    names (signature names); a classification output's classes become its TENSOR_AXIS_LABELS file, and
-    their number must equal the output's last dimension. `extra` goes into face_transfer.json (e.g. the
-    run's figures and config hash). Raises ValueError naming what does not match the model.
+    `outputs`: {output name: {"kind", "classes"?, "units"?, "description"?, "trained_on"?}} with exactly the
+    model's output names (signature names); a classification output's classes become its TENSOR_AXIS_LABELS
+    file, and their number must equal the output's last dimension; `trained_on` (the data a head was fitted
+    on, {"dataset", "images", "domain", "synthetic", ...}) goes into face_transfer.json and read_metadata
+    returns it. `extra` goes into face_transfer.json (e.g. the run's figures and config hash). Raises
+    ValueError naming what does not match the model.
     """
     buf = bytes(tflite_bytes)
     info = _model_io(buf, "<tflite bytes>")
@@ -553,7 +559,8 @@ def write_metadata(tflite_bytes, *, name: str, description: str, outputs: dict[s
         out_specs.append(spec)
         js_outputs[o["name"]] = {k: v for k, v in (("kind", kind), ("classes", classes), ("units", units),
                                                    ("description", desc), ("shape", o["shape"][1:]),
-                                                   ("dtype", o["dtype"])) if v is not None}
+                                                   ("dtype", o["dtype"]),
+                                                   ("trained_on", spec_in.get("trained_on"))) if v is not None}
     js = {"format": JSON_FORMAT, "name": name, "version": version,
           "input": {"name": image["name"], "dtype": image["dtype"], "shape": image["shape"][1:],
                     "color_space": color_space, "layout": "NHWC", "mean": mean, "std": std, "range": [lo, hi]},

@@ -39,6 +39,11 @@ def headline(run: Run) -> dict:
             out[f"transfer.mean_source.{rep}"] = g["mean_source"]
             out[f"transfer.std_novel.{rep}"] = g["std_novel"]
         out["fusion.retained_fraction"] = groups["ae"]["mean_novel"] / groups["concat"]["mean_novel"]
+        # the two outputs of every exported student file, by name: `features` (the probed view) and `embedding`
+        if "student" in groups:
+            code = "student_code" if "student_code" in groups else "student"  # embedding view: one and the same
+            out["transfer.mean_novel.student_features"] = groups["student"]["mean_novel"]
+            out["transfer.mean_novel.student_embedding"] = groups[code]["mean_novel"]
         ceil = table.get("ceiling")
         if ceil and "novel" in ceil["groups"]:
             e = ceil["groups"]["novel"]
