@@ -1,5 +1,8 @@
 """Runs a .tflite student/analyser on photos (aligned with MTCNN) or synthetic faces and prints JSON predictions.
 
+With an analyser, the JSON also says what each head was fitted on (`trained_on`, from the file's metadata) and
+`notes` names the heads fitted on synthetic faces only; the same goes to stderr as text.
+
     python -m export.infer_tflite --model=runs/demo/export/analyzer_int8.tflite --images=photos/ --out=preds.json
     python -m export.infer_tflite --model=student_int8.tflite --synthetic=4
 """
@@ -75,6 +78,36 @@ def decode(outputs, labels, i):
     return row
 
 
+def trained_on(labels, output_names):
+    """({head: what it was fitted on, or None when the file does not say}, [notes]) for every head the labels
+    describe (outputs that are not embeddings); the note names the heads fitted on synthetic faces only."""
+    heads = {n: labels[n].get("trained_on") for n in output_names
+             if n in labels and labels[n].get("kind") != "embedding"}
+    synthetic = [n for n, t in heads.items() if t and t.get("synthetic")]
+    notes = []
+    if synthetic:
+        datasets = ", ".join(dict.fromkeys(str(heads[n].get("dataset") or "synthetic faces") for n in synthetic))
+        many = len(synthetic) > 1
+        which = (f"all {len(heads)} heads" if many and len(synthetic) == len(heads) else
+                 f"{'heads' if many else 'head'} {', '.join(synthetic)}")
+        notes.append(f"note: {which} {'were' if many else 'was'} fitted on synthetic faces only ({datasets}); "
+                     f"adapt {'them' if many else 'it'} on your photos with face-transfer-adapt")
+    return heads, notes
+
+
+def print_trained_on(heads, notes):
+    """What each head was fitted on, heads with the same data on one line, then the notes (stderr: stdout is the
+    predictions JSON)."""
+    from face_transfer.adapt import trained_on_text
+    groups = {}
+    for name, t in heads.items():
+        groups.setdefault(trained_on_text({"trained_on": t}), []).append(name)
+    for text, names in groups.items():
+        print(f"{', '.join(names)}: {text}", file=sys.stderr)
+    for note in notes:
+        print(note, file=sys.stderr)
+
+
 @guarded
 def main(argv):
     del argv
@@ -114,14 +147,20 @@ def main(argv):
                              exitcode=2)
     images, sources = load_images(int(shape[1]))
     outputs = infer.run_tflite(interpreter, images, input_spec=info["input"])
+    heads, notes = trained_on(labels, list(outputs))
+    # `trained_on`: per head, the data it was fitted on ({"dataset", "images", "domain", "synthetic", ...}, None when
+    # the file does not say); `notes`: heads fitted on synthetic faces only.
     result = {"model": FLAGS.model, "interpreter": infer.interpreter_backend(), "labels_from": info["labels_from"],
               "units": {k: v["units"] for k, v in labels.items() if v.get("units")},
+              "trained_on": heads, "notes": notes,
               "predictions": [dict(source=s, **decode(outputs, labels, i)) for i, s in enumerate(sources)]}
     if FLAGS.benchmark_runs > 0:
         result["ms_per_face"] = infer.benchmark_latency(
             lambda x: infer.run_tflite(interpreter, x, input_spec=info["input"]), images,
             warmup=2, runs=FLAGS.benchmark_runs)
     text = json.dumps(result, indent=2)
+    if heads:
+        print_trained_on(heads, notes)
     print(text)
     if FLAGS.out:
         with open(FLAGS.out, "w") as f:

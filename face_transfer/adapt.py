@@ -530,6 +530,7 @@ def export_analyzer(result: AdaptResult, out_dir: str, calibration_images: np.nd
     outputs = {"embedding": {"kind": "embedding", "description": f"facial code, {code_dim} floats"}}
     for k, v in meta.items():
         outputs[k] = {"kind": v["kind"], "classes": v.get("classes"), "units": v.get("units"),
+                      "trained_on": v.get("trained_on"),
                       "description": ", ".join(x for x in (v["kind"], v.get("task") and f"task {v['task']}",
                                                            v.get("units"), trained_on_text(v)) if x)}
     outputs = {k: v for k, v in outputs.items() if k in savedmodel.model_output_names(analyzer)}

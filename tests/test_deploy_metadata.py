@@ -136,6 +136,68 @@ def test_inference_reads_labels_from_the_file_not_a_sidecar(files, tmp_path):
         assert sorted(row["expression"]["probabilities"]) == sorted(EXPRESSIONS)
 
 
+SYNTH = {"dataset": "SynthFaces (photo eval set)", "images": 2000, "domain": "synthetic (SynthFaces)", "synthetic": True}
+REAL = {"dataset": "shape", "path": "data/shape/labels.csv", "images": 480, "domain": "real", "synthetic": False}
+
+
+def test_infer_shows_what_each_head_was_fitted_on(files, tmp_path):
+    """Each head's training data reaches face-transfer-infer from the file alone: a structured `trained_on`
+    in the metadata, else an adapted analyser's heads_trained_on, else the text the export stage writes into
+    the output's description; heads fitted on synthetic faces only get a note."""
+    from face_transfer.adapt import trained_on_text
+    a8, _, _ = files
+    outputs = {**OUTPUTS, "expression": {**OUTPUTS["expression"], "trained_on": SYNTH},
+               "yaw": {**OUTPUTS["yaw"], "description": "regression, task yaw, degrees, "
+                       + trained_on_text({"trained_on": SYNTH})},  # as stages/export.py writes it
+               "landmarks": {**OUTPUTS["landmarks"], "trained_on": REAL}}
+    path = tmp_path / "analyzer.tflite"
+    path.write_bytes(metadata.write_metadata(a8, name="m", description="d", outputs=outputs))
+    assert metadata.read_metadata(str(path))["json"]["outputs"]["expression"]["trained_on"] == SYNTH
+    labels = infer.model_info(str(path))["labels"]
+    assert labels["expression"]["trained_on"] == SYNTH and labels["landmarks"]["trained_on"] == REAL
+    assert labels["yaw"]["trained_on"] == SYNTH  # parsed back from the description
+    assert "trained_on" not in labels["embedding"]
+    # an adapted analyser (face_transfer.adapt.export_analyzer) also lists them in face_transfer.json
+    adapted = tmp_path / "adapted.tflite"
+    adapted.write_bytes(metadata.write_metadata(a8, name="m", description="d", outputs=OUTPUTS, extra={
+        "adapt": {"mode": "linear", "heads_trained_on": {"yaw": REAL, "expression": SYNTH}}}))
+    labels = infer.model_info(str(adapted))["labels"]
+    assert labels["yaw"]["trained_on"] == REAL and labels["expression"]["trained_on"] == SYNTH
+    assert "trained_on" not in labels["landmarks"]
+    # the CLI: a `trained_on` per head and a note in the JSON (fields added, the rest unchanged), lines on stderr
+    out = tmp_path / "preds.json"
+    proc = subprocess.run([sys.executable, "-m", "export.infer_tflite", f"--model={path}", "--synthetic=1",
+                           f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == result
+    assert result["trained_on"] == {"expression": SYNTH, "yaw": SYNTH, "landmarks": REAL}
+    note = ("note: heads expression, yaw were fitted on synthetic faces only (SynthFaces (photo eval set)); adapt "
+            "them on your photos with face-transfer-adapt")
+    assert result["notes"] == [note] and note in proc.stderr.splitlines()
+    assert "landmarks: fitted on 480 images of shape (real)" in proc.stderr.splitlines()
+    assert sorted(result["predictions"][0]["expression"]["probabilities"]) == sorted(EXPRESSIONS)
+    # every head synthetic: the note counts them
+    from export.infer_tflite import trained_on
+    heads, notes = trained_on({"embedding": {"kind": "embedding"}, "a": {"kind": "regression", "trained_on": SYNTH},
+                               "b": {"kind": "landmarks", "trained_on": SYNTH}}, ["embedding", "a", "b"])
+    assert heads == {"a": SYNTH, "b": SYNTH} and notes == [
+        "note: all 2 heads were fitted on synthetic faces only (SynthFaces (photo eval set)); adapt them on your "
+        "photos with face-transfer-adapt"]
+    # a file that does not say: None per head, no note
+    plain = tmp_path / "plain.tflite"
+    plain.write_bytes(described(a8))
+    proc = subprocess.run([sys.executable, "-m", "export.infer_tflite", f"--model={plain}", "--synthetic=1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["trained_on"] == {"expression": None, "yaw": None, "landmarks": None} and result["notes"] == []
+    line = next(x for x in proc.stderr.splitlines() if x.endswith(": training data not recorded"))
+    assert sorted(line.split(":")[0].split(", ")) == ["expression", "landmarks", "yaw"]
+
+
 def test_rewriting_the_flatbuffer_keeps_metadata_only_with_carry_metadata(files):
     """A flatbuffer round trip (e.g. TensorFlow's flatbuffer_utils, used to fix the batch size) keeps the
     TFLITE_METADATA buffer but drops the appended label files: reading then names the missing file, and

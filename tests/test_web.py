@@ -26,6 +26,12 @@ LANDMARK_TOL_PX = 0.05
 SCORE_TOL = 1e-4
 
 
+SYNTH_TRAINED_ON = {"dataset": "SynthFaces (photo eval set)", "images": 2000, "domain": "synthetic (SynthFaces)",
+                    "synthetic": True}
+REAL_TRAINED_ON = {"dataset": "my_photos", "path": "data/my_photos/labels.csv", "images": 480, "domain": "real",
+                   "synthetic": False}
+
+
 def _analyser_source():
     env = os.environ.get("FACE_TRANSFER_WEB_RUN")
     candidates = [env] if env else [os.path.join(ROOT, "runs", "bench", "demo"), os.path.join(ROOT, "runs", "demo")]
@@ -69,6 +75,8 @@ def _small_analyser(export_dir):
         f.write(data)
     meta = analyzer_metadata(heads)
     meta["expression"]["classes"] = ["neutral", "happy", "sad", "surprise", "angry", "disgust", "fear"]
+    for name, entry in meta.items():  # as the export stage and face-transfer-adapt write it
+        entry["trained_on"] = REAL_TRAINED_ON if name in ("glasses", "smile") else SYNTH_TRAINED_ON
     with open(os.path.join(export_dir, "analyzer_int8.labels.json"), "w") as f:
         json.dump(meta, f)
 
@@ -202,6 +210,35 @@ def test_browser_analyser_matches_python_litert(page, name):
         diff = np.abs(got - value.reshape(-1)).max()
         assert diff <= 1.01 * steps[head], f"{head}: browser vs Python differ by {diff} (int8 step {steps[head]})"
     assert 0 < run["latency"]["analyzer_ms_per_face"] < 1000
+
+
+def test_page_shows_what_each_head_was_fitted_on(page):
+    """Next to each head, the data it was fitted on (the labels file's `trained_on`); a "synthetic faces only"
+    badge on every head fitted on synthetic faces, none on the others, and a note above the heads."""
+    labels = json.load(open(os.path.join(page["export_dir"], "analyzer_int8.labels.json")))
+    if not any(m.get("trained_on") for m in labels.values()):
+        pytest.skip("the run's labels file predates `trained_on` (re-export it)")
+    assert page["raw"]["ready"]["trained_on"] == {n: m.get("trained_on") for n, m in labels.items()}
+    synthetic = sorted(n for n, m in labels.items() if (m.get("trained_on") or {}).get("synthetic"))
+    assert synthetic, "no head fitted on synthetic faces to check the badge on"
+    for name in ("astronaut", "synthetic"):
+        run = page["runs"][name]
+        assert run["state"] == "done", run.get("message")
+        assert sorted(run["synthetic_badges"]) == synthetic
+        for head, meta in labels.items():
+            t = meta.get("trained_on")
+            text = run["trained_on_text"][head]
+            if t is None:
+                assert text is None, head
+                continue
+            assert text.startswith(f"fitted on {t['images']} images of {t['dataset']}"), (head, text)
+            assert t["synthetic"] or text.endswith(f"({t['domain']})"), (head, text)
+        note = run["synthetic_note"]
+        assert "synthetic faces only" in note and "face-transfer-adapt" in note, note
+        assert all(h in note for h in synthetic) or note.startswith("⚠ Every head here was"), note
+    # a file that fails shows no heads: no badges, no note
+    bad = page["runs"]["undecodable"]
+    assert bad["synthetic_badges"] is None and bad["synthetic_note"] is None
 
 
 def test_bad_inputs_are_reported_and_the_page_stays_usable(page):

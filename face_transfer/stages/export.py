@@ -181,6 +181,7 @@ def _metadata_writer(run: Run, analyzer_meta: dict, code_dim: int, features_dim:
             outputs = {"embedding": {"kind": "embedding", "description": f"facial code, {code_dim} floats"}}
             for k, v in analyzer_meta.items():
                 outputs[k] = {"kind": v["kind"], "classes": v.get("classes"), "units": v.get("units"),
+                              "trained_on": v.get("trained_on"),
                               "description": ", ".join(x for x in (v["kind"], v.get("task") and f"task {v['task']}",
                                                                    v.get("units"), trained_on_text(v)) if x)}
         description = " ".join(x for x in (

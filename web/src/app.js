@@ -53,7 +53,8 @@ async function init() {
       + `${ready.outputs} outputs; LiteRT.js ${config.litert_version}, WASM XNNPACK, 1 thread`;
     setStatus("Ready: pick a photo with a face.", "ok");
     publish({ state: "ready", input_size: inputSize, litert_version: config.litert_version,
-      max_file_bytes: config.max_file_bytes, max_pixels: config.max_pixels });
+      max_file_bytes: config.max_file_bytes, max_pixels: config.max_pixels,
+      trained_on: Object.fromEntries(Object.keys(labels).map((n) => [n, trainedOn(n)])) });
   } catch (e) {
     fail("load", `Could not load the page's models: ${e.message}`);
   }
@@ -103,7 +104,8 @@ async function handleFile(file) {
   $("warning").hidden = true;
   $("output").hidden = true;
   publish({ state: "busy", file: file.name, error: null, message: null, warnings: [], outputs: null, detection: null,
-    image: null, crop: null, latency: null, timing_ms: null, detector_stats: null });
+    image: null, crop: null, latency: null, timing_ms: null, detector_stats: null, synthetic_badges: null,
+    trained_on_text: null, synthetic_note: null });
   try {
     if (file.size > config.max_file_bytes) {
       fail("too_large", `“${file.name}” is ${(file.size / 1e6).toFixed(1)} MB; this page takes photos up to `
@@ -140,7 +142,7 @@ async function handleFile(file) {
       outputs: res.outputs,
       latency: { analyzer_ms_per_face: res.latency.median_ms, runs: res.latency.runs,
         samples_ms: res.latency.samples_ms, backend: "LiteRT.js wasm (XNNPACK), 1 thread" },
-      timing_ms: res.timing_ms, detector_stats: res.detector_stats,
+      timing_ms: res.timing_ms, detector_stats: res.detector_stats, ...shownTrainedOn(),
     });
   } catch (e) {
     fail("internal", `Something went wrong: ${e.message}`);
@@ -154,6 +156,41 @@ async function handleFile(file) {
 // ---------------------------------------------------------------------------------------------- rendering
 
 function fmt(v, d = 2) { return Number(v).toFixed(d); }
+
+function esc(text) {
+  return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+
+// What a head was fitted on (labels[name].trained_on, written by the export stage and face-transfer-adapt):
+// {dataset, path?, images, domain, synthetic}; null when the labels file does not say.
+function trainedOn(name) { return (labels[name] && labels[name].trained_on) || null; }
+
+function syntheticHeads(names) { return names.filter((n) => { const t = trainedOn(n); return t && t.synthetic; }); }
+
+function trainedHtml(name) {
+  const t = trainedOn(name);
+  if (!t) return "";
+  const what = `fitted on ${t.images ?? "?"} images of ${t.dataset ?? "?"}${t.synthetic ? "" : ` (${t.domain ?? "?"})`}`;
+  const title = t.path ? ` title="${esc(t.path)}"` : "";
+  return `<div class="trained"${title}>${esc(what)}</div>`;
+}
+
+function badgeHtml(name) {
+  const t = trainedOn(name);
+  return t && t.synthetic ? ' <span class="badge synthetic" title="fitted on synthetic faces only: its values on a '
+    + 'real photo are not to be trusted; adapt it on your photos with face-transfer-adapt">synthetic faces only</span>' : "";
+}
+
+// The note above the heads when some were fitted on synthetic faces only.
+function syntheticNote(names) {
+  const synth = syntheticHeads(names);
+  if (!synth.length) return "";
+  const sets = [...new Set(synth.map((n) => trainedOn(n).dataset || "synthetic faces"))].join(", ");
+  const all = synth.length === names.length;
+  return `${all ? "Every head here was" : `${synth.length} of ${names.length} heads (${synth.join(", ")}) were`} `
+    + `fitted on synthetic faces only (${sets}): on a real photo their values are not to be trusted. `
+    + "Adapt them on a labelled set of your own photos with face-transfer-adapt.";
+}
 
 function bars(names, probs) {
   const best = probs.indexOf(Math.max(...probs));
@@ -170,16 +207,20 @@ const GROUPS = [
 
 function headHtml(name, values) {
   const meta = labels[name] || { kind: "regression" };
+  const title = `<h4>${esc(name)}${badgeHtml(name)}</h4>`;
+  const data = `data-head="${esc(name)}"`;
   if (meta.kind === "classification") {
     const names = meta.classes.map((c) => (c === "0" ? "no" : c === "1" ? "yes" : c));
-    return `<div class="head"><h4>${name}</h4>${bars(names, values)}</div>`;
+    return `<div class="head" ${data}>${title}${bars(names, values)}${trainedHtml(name)}</div>`;
   }
   if (meta.kind === "landmarks") {
     const pts = [];
     for (let i = 0; i < values.length; i += 2) pts.push(`(${fmt(values[i], 3)}, ${fmt(values[i + 1], 3)})`);
-    return `<div class="head"><h4>${name}</h4><div class="small">x, y in crop units: ${pts.join(" ")}</div></div>`;
+    return `<div class="head" ${data}>${title}<div class="small">x, y in crop units: ${pts.join(" ")}</div>`
+      + `${trainedHtml(name)}</div>`;
   }
-  return `<div class="head scalar"><h4>${name}</h4><span class="num">${values.length === 1 ? fmt(values[0]) : values.map((v) => fmt(v)).join(", ")}</span></div>`;
+  return `<div class="head scalar" ${data}>${title}<span class="num">${values.length === 1 ? fmt(values[0]) : values.map((v) => fmt(v)).join(", ")}</span>`
+    + `${trainedHtml(name)}</div>`;
 }
 
 function drawPhoto(preview, image, faces, face, matrix, landmarkOut) {
@@ -261,7 +302,21 @@ function render(res, faces, face, crop) {
   const extra = Object.keys(outputs).filter((n) => !labels[n]);
   if (extra.length) html += `<p class="small">Also computed: ${extra.map((n) => `${n} (${outputs[n].length} values)`).join(", ")}.</p>`;
   $("heads").innerHTML = html;
+  const note = syntheticNote([...shown, ...rest]);
+  $("trainednote").textContent = note ? `⚠ ${note}` : "";
+  $("trainednote").hidden = !note;
   $("output").hidden = false;
+}
+
+// What the page shows about the heads' training data, read back from the page itself (for the tests).
+function shownTrainedOn() {
+  return {
+    synthetic_badges: [...document.querySelectorAll("#heads .head")]
+      .filter((el) => el.querySelector(".badge.synthetic")).map((el) => el.dataset.head),
+    trained_on_text: Object.fromEntries([...document.querySelectorAll("#heads .head")]
+      .map((el) => [el.dataset.head, el.querySelector(".trained")?.textContent ?? null])),
+    synthetic_note: $("trainednote").hidden ? null : $("trainednote").textContent,
+  };
 }
 
 $("file").addEventListener("change", (e) => { if (e.target.files.length) handleFile(e.target.files[0]); });
