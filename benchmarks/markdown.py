@@ -170,11 +170,12 @@ def _adapt_section(res: dict) -> list[str]:
     """benchmarks/bench_adapt.py: a finished run's student adapted to a task it never saw (issue 22)."""
     if "adapt.seconds_linear" not in res:
         return []
-    before, after = res.get("adapt.old_heads_before") or {}, res.get("adapt.old_heads_after") or {}
+    before, after = res.get("adapt.old_tasks_before") or {}, res.get("adapt.old_tasks_after") or {}
     L = ["## Adapting the student to a new task (issue 22)", "",
          f"Command: `python -m benchmarks.bench_adapt --run_dir={res.get('adapt.run_dir')}` (= `face-transfer-adapt`, "
          f"each mode timed back to back; {res.get('adapt.date', '?')}). Machine: "
-         f"{_machine_line(res.get('adapt.machine', {}))}.", "",
+         f"{_machine_line(res.get('adapt.machine', {}))}; 1-minute load average at the end "
+         f"{_f(res.get('adapt.load_average'), 2)} on 2 cores (other jobs make seconds incomparable).", "",
          f"Task: {res.get('adapt.task')}, {_f(res.get('adapt.images'))} labelled faces written as a folder_csv "
          "dataset, an identity-disjoint 80/20 split; every score is the probes' 0-100 score on the held-out 20%.", "",
          "| mode | new-task score | seconds (adapt + export: SavedModel, int8 TFLite, ONNX) |", "|---|---:|---:|",
@@ -184,9 +185,9 @@ def _adapt_section(res: dict) -> list[str]:
          f"| {_f(res.get('adapt.seconds_finetune'))} (`adapt.seconds_finetune`) |",
          f"| ceiling: the architecture from nothing, {res.get('adapt.ceiling_steps')} steps on the same images | "
          f"{_f(res.get('adapt.new_task_score.ceiling'))} | {_f(res.get('adapt.seconds_ceiling'))} |", "",
-         f"- Forgetting in fine-tune mode: the largest drop of an old head's score on its own test split is "
-         f"**{_f(res.get('adapt.forgetting_max'), 2)} points** (`adapt.forgetting_max`, target <= 1.0) over "
-         f"{len(after)} heads."]
+         f"- Forgetting in fine-tune mode: the largest drop of an old head's task, scored with the run's probes "
+         f"(held-out test split, the run's seeds) before and after, is **{_f(res.get('adapt.forgetting_max'), 2)} "
+         f"points** (`adapt.forgetting_max`, target <= 1.0) over {len(after)} tasks."]
     if before:
         worst = sorted(before, key=lambda k: before[k] - after.get(k, before[k]), reverse=True)[:3]
         L.append("- Largest drops: " + ", ".join(f"{k} {before[k]:.1f} -> {after.get(k, float('nan')):.1f}"

@@ -342,58 +342,40 @@ def _finetune(bundle: StudentBundle, new: list[NewTaskData], heads: dict, cfg: A
     return student, new_heads
 
 
-# ---- old heads: their score before and after -------------------------------------------------------------
+# ---- old heads: their tasks before and after a fine-tune ----------------------------------------------------
 
-def apply_head(params: dict, features: np.ndarray) -> np.ndarray:
-    from face_transfer.deploy.savedmodel import fold_head
-    kernel, bias, _ = fold_head("head", params, features.shape[1])
-    return features @ kernel + bias
-
-
-def head_score(params: dict, task, features: np.ndarray, labels: dict) -> float | None:
-    """A fixed head's score (0-100, the probes' metric) on these images; None for a kind it cannot score."""
-    from face_transfer.evaluation.probes import _balanced_accuracy, _nme, _r2
-    out = apply_head(params, features)
-    if params["kind"] == "classification":
-        y = np.asarray(labels[task.labels[0]])
-        ok = np.isfinite(y.astype(np.float64)) if y.dtype.kind == "f" else np.ones(len(y), bool)
-        pred = np.asarray(params["classes"])[np.argmax(out, 1)]
-        return 100.0 * _balanced_accuracy(pred[ok], y[ok].astype(np.int64))
-    if params["kind"] == "landmarks":
-        y = np.asarray(labels[task.labels[0]], np.float64)
-        nme = _nme(out.reshape(-1, 5, 2), y)
-        base = _nme(np.broadcast_to(y.mean(0), y.shape), y)
-        return 100.0 * max(0.0, 1.0 - nme / base) if base > 0 else 0.0
-    key = (params.get("outputs") or task.labels)[0]
-    y = np.asarray(labels[key], np.float64).reshape(-1, 1)
-    ok = np.isfinite(y[:, 0])
-    return 100.0 * max(_r2(y[ok], out[ok]), 0.0)
-
-
-def old_head_scores(bundle: StudentBundle, student_features_fn) -> dict[str, float]:
-    """{old head: score} on the test split of its own eval set (the run's probe split, seed 0), with the
-    features `student_features_fn(images)`; {} when the bundle has no run data at hand."""
+def _run_data(bundle: StudentBundle):
+    """(run, {task: Task}, images, labels) of the run the bundle came from; None without one."""
     if bundle.run_dir is None:
-        return {}
+        return None
     from face_transfer.configs import ExperimentConfig
-    from face_transfer.evaluation.probes import ProbeConfig, _set_groups, split_indices
     from face_transfer.stages import inputs
     from face_transfer.stages.rundir import Run
     run = Run(bundle.run_dir, ExperimentConfig.from_dict(read_json(os.path.join(bundle.run_dir, "config.json"))))
-    tasks = {t.name: t for t in inputs.run_tasks(run)}
     images, labels = inputs.load_eval_data(run)
-    scores, feats = {}, {}
-    for name, params in bundle.heads.items():
-        task = tasks.get(params.get("task") or bundle.heads_meta.get(name, {}).get("task"))
-        if task is None or task.eval_set not in images:
-            continue
-        s = task.eval_set
-        n = len(images[s])
-        _, _, test = split_indices(n, 0, ProbeConfig(), groups=_set_groups([task], labels[s], n))
-        if s not in feats:
-            feats[s] = student_features_fn(images[s][test])
-        scores[name] = head_score(params, task, feats[s], {k: np.asarray(v)[test] for k, v in labels[s].items()})
-    return {k: v for k, v in scores.items() if v is not None}
+    return run, {t.name: t for t in inputs.run_tasks(run)}, images, labels
+
+
+def old_task_scores(bundle: StudentBundle, data, features_fn) -> dict[str, float]:
+    """{task of an old head: score} with the features `features_fn(images)`: the run's own evaluation protocol
+    (a linear probe per seed, hyperparameters on the validation split, scored on the held-out test split, mean
+    over the run's probe seeds), so that before and after compare like the transfer table does."""
+    from face_transfer.evaluation.probes import evaluate_representation
+    run, tasks, images, labels = data
+    names = {p.get("task") or bundle.heads_meta.get(h, {}).get("task") for h, p in bundle.heads.items()}
+    todo = [tasks[n] for n in sorted(n for n in names if n in tasks) if tasks[n].eval_set in images]
+    feats = {s: features_fn(images[s]) for s in {t.eval_set for t in todo}}
+    res = evaluate_representation(feats, {s: labels[s] for s in feats}, todo, run.cfg.probe)
+    return {k: float(v["score_mean"]) for k, v in res.items()}
+
+
+def refit_old_heads(bundle: StudentBundle, data, student) -> dict:
+    """The old heads fitted again, as the export stage fits them, on `student`'s features of the run's data."""
+    from face_transfer.stages.export import analyzer_heads
+    run, _, images, labels = data
+    tuned = StudentBundle(student, bundle.view, {}, {}, bundle.path)
+    heads, _ = analyzer_heads(run, {s: tuned.features(x) for s, x in images.items()}, labels)
+    return {k: v for k, v in heads.items() if k in bundle.heads}
 
 
 # ---- the whole adaptation ---------------------------------------------------------------------------------
@@ -405,7 +387,7 @@ class AdaptResult:
     view: str
     heads: dict
     heads_meta: dict
-    scores: dict  # {"new": {task: {"linear": .., "finetune": ..}}, "old_before": {...}, "old_after": {...}}
+    scores: dict  # {"new": {task: {"linear": .., "finetune": ..}}, "old_before": {task: ..}, "old_after": {task: ..}}
     seconds: float
     mode: str
     new_tasks: list = dataclasses.field(default_factory=list)  # [NewTaskData]: the data and splits used
@@ -429,17 +411,22 @@ def adapt(bundle: StudentBundle, task_sets, cfg: AdaptConfig = AdaptConfig(), ck
     heads = _fit_new_heads(new, feats)
     scores: dict = {"new": {nt.task.name: {"linear": score_features(nt, feats[nt.task.eval_set])} for nt in new}}
     student = bundle.student
+    old_heads = dict(bundle.heads)
     if cfg.mode == "finetune" and cfg.finetune_steps > 0:
-        if measure_forgetting:
-            scores["old_before"] = old_head_scores(bundle, bundle.features)
+        data = _run_data(bundle)  # the old heads' own data, when the run is at hand
+        if data is not None and measure_forgetting:
+            scores["old_before"] = old_task_scores(bundle, data, bundle.features)
         student, heads = _finetune(bundle, new, heads, cfg, ckpt_dir, progress)
         tuned = StudentBundle(student, bundle.view, {}, {}, bundle.path)
         feats = {s: tuned.features(nt.images) for s, nt in sets.items()}
         for nt in new:
             scores["new"][nt.task.name]["finetune"] = score_features(nt, feats[nt.task.eval_set])
-        if measure_forgetting:
-            scores["old_after"] = old_head_scores(bundle, tuned.features)
-    all_heads = {k: v for k, v in bundle.heads.items() if k not in heads}
+        if data is not None:
+            if measure_forgetting:
+                scores["old_after"] = old_task_scores(bundle, data, tuned.features)
+            # the features moved (a little, the LwF term sees to it): the old heads follow them
+            old_heads.update(refit_old_heads(bundle, data, student))
+    all_heads = {k: v for k, v in old_heads.items() if k not in heads}
     all_meta = {k: v for k, v in bundle.heads_meta.items() if k not in heads}
     for name, params in heads.items():
         all_heads[name] = params
@@ -508,7 +495,7 @@ def trained_on_text(meta: dict) -> str:
 
 
 def export_analyzer(result: AdaptResult, out_dir: str, calibration_images: np.ndarray, parity_images: np.ndarray,
-                    min_cosine: float = 0.95, web_page: bool = True) -> dict:
+                    min_cosine: float | None = None, web_page: bool = True) -> dict:
     """The analyser of `result` into `out_dir`: analyzer_savedmodel/, analyzer_int8.tflite (+ .labels.json and
     TFLite metadata naming every head, its classes and the data it was fitted on), analyzer.onnx (checked with
     onnxruntime), the student bundle (so the folder can be adapted again) and, when LiteRT.js is installed, the
@@ -516,6 +503,9 @@ def export_analyzer(result: AdaptResult, out_dir: str, calibration_images: np.nd
     from face_transfer import __version__
     from face_transfer.deploy import metadata, onnx_export, savedmodel, tflite
     from face_transfer.student.model import feature_model
+    if min_cosine is None:  # the export stage's own bar for the int8 analyser's outputs
+        from face_transfer.configs import ExportConfig
+        min_cosine = ExportConfig().min_cosine_analyzer
     os.makedirs(out_dir, exist_ok=True)
     heads = {k: {kk: vv for kk, vv in v.items() if kk != "task"} for k, v in result.heads.items()}
     analyzer = savedmodel.build_analyzer(result.student, heads, features=feature_model(result.student, result.view))
@@ -658,8 +648,9 @@ def summary_lines(record: dict, out_dir: str) -> str:
     for task, s in record["scores"]["new"].items():
         lines.append(f"  new head {task}: test score " + ", ".join(f"{k} {v:.1f}" for k, v in s.items()))
     if record.get("forgetting_max") is not None:
-        lines.append(f"  old heads: largest drop {record['forgetting_max']:+.2f} points "
-                     f"({len(record['scores'].get('old_after', {}))} heads scored on their run's test split)")
+        lines.append(f"  old heads' tasks: largest drop {record['forgetting_max']:+.2f} points "
+                     f"({len(record['scores'].get('old_after', {}))} tasks, the run's probes on their test split; "
+                     "the old heads were refitted on the fine-tuned features)")
     elif record["mode"] == "finetune":
         lines.append("  old heads: not scored (their data is not at hand: adapt from the run directory to measure it)")
     lines.append(f"  analyser: {os.path.join(out_dir, 'analyzer_int8.tflite')} ({len(record['heads'])} heads); "
