@@ -43,7 +43,7 @@ def main(argv):
     if not os.path.exists(csv):
         write_folder_csv(synth.SynthConfig(image_size=bundle.image_size), os.path.join(work, "shape"), FLAGS.images,
                          columns=("face_shape",), stream="bench_adapt")
-    tasks = [parse_task_flag(f"folder_csv:{csv},name=shape")]
+    tasks = [parse_task_flag(f"folder_csv:{csv},name=shape,max_images={FLAGS.images}")]  # every image (default cap: 2,000)
     out = {}
     for mode in ("linear", "finetune"):
         dest = os.path.join(work, f"adapted_{mode}")
