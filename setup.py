@@ -29,7 +29,7 @@ setup(
         "scikit-learn>=1.5",
         "matplotlib>=3.8",
         "pillow>=10",
-        # ONNX teachers: op-by-op import + parity checks.
+        # ONNX teachers: onnx reads and cuts the graph, onnxruntime runs it.
         "onnx>=1.16",
         "onnxruntime>=1.18",
         # The export stage writes student.onnx / analyzer.onnx (in-process, from the SavedModels).

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from face_transfer.fileio import write_json
+from face_transfer.core.fileio import write_json
 
 # name -> DistillConfig overrides (on top of the run's own distill config)
 VARIANTS = {
@@ -72,7 +72,7 @@ def main(argv=None):
                     "'head_channels=384' (a wider last block); the variant's name gets '{<overrides>}'")
     ap.add_argument("--no_baselines", action="store_true")
     ap.add_argument("--views", default="embedding", help="comma list of student views to probe for every variant "
-                    "(student.model.FEATURE_VIEWS: embedding = the code, ladder = + pooled stage outputs); a view "
+                    "(student.config.FEATURE_VIEWS: embedding = the code, ladder = + pooled stage outputs); a view "
                     "other than embedding is reported as '<variant>+<view>'")
     args = ap.parse_args(argv)
 
@@ -81,8 +81,10 @@ def main(argv=None):
     from face_transfer.stages import inputs
     from face_transfer.stages.features import features_cached
     from face_transfer.stages.student import fused_teacher_builders
-    from face_transfer.student.distill import distill_student, load_student
-    from face_transfer.student.model import FEATURE_VIEWS, feature_model
+    from face_transfer.student.config import FEATURE_VIEWS
+    from face_transfer.student.distill import distill_student
+    from face_transfer.student.model import feature_model
+    from face_transfer.student.training import load_student
 
     views = [v.strip() for v in args.views.split(",") if v.strip()]
     if not views or any(v not in FEATURE_VIEWS for v in views):
@@ -122,7 +124,7 @@ def main(argv=None):
     student_extra = parse_overrides(args.student_set, cfg.student)
     tag = (f"[{args.set.replace(' ', '')}]" if extra else "") + \
         (f"{{{args.student_set.replace(' ', '')}}}" if student_extra else "")
-    dims = Fusion.load(run.p("fusion")).standardizer.dims
+    dims = Fusion.load(run.paths.fusion_dir).standardizer.dims
     code_fn, concat_fn, dec_fn = fused_teacher_builders(run)
     src = inputs.image_source(run, "distill")
     scfg = dataclasses.replace(cfg.student, **student_extra, embedding_dim=cfg.fusion.code_dim)
@@ -169,10 +171,11 @@ def open_finished_run(run_dir: str, subdir: str):
     """(cfg, run, out_root, results_path, saved results) of an ablation writing under <run_dir>/<subdir>/; the run
     itself is only read (its config is never rewritten)."""
     from face_transfer.configs import ExperimentConfig
+    from face_transfer.core.runpaths import RunPaths
     from face_transfer.stages.rundir import Run
-    cfg = ExperimentConfig.from_file(os.path.join(run_dir, "config.json"))
+    cfg = ExperimentConfig.from_file(RunPaths(run_dir).config_json)
     run = Run(run_dir, cfg)
-    out_root = run.p(subdir)
+    out_root = os.path.join(run.dir, subdir)  # the ablation's own folder, not a pipeline path
     os.makedirs(out_root, exist_ok=True)
     results_path = os.path.join(out_root, "ablation.json")
     return cfg, run, out_root, results_path, _json(results_path, {"variants": {}, "baselines": {}})
@@ -184,7 +187,7 @@ def teacher_features(run, images: dict):
     from face_transfer.fusion.autoencoder import Fusion
     from face_transfer.stages import inputs
     from face_transfer.stages.features import features_cached
-    fusion = Fusion.load(run.p("fusion"))
+    fusion = Fusion.load(run.paths.fusion_dir)
     per_teacher = {t.name: features_cached(run, f"teacher__{t.name}", lambda s, t=t: t.embed(images[s]))
                    for t in inputs.load_teachers(run)}
     concat = {s: fusion.standardizer.concat({k: per_teacher[k][s] for k in fusion.standardizer.teachers})

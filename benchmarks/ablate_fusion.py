@@ -45,7 +45,7 @@ def main(argv=None):
     images, labels = inputs.load_eval_data(run)
     tasks = inputs.run_tasks(run)
     sets = inputs.eval_set_names(run)
-    _, cache = load_embedding_cache(run.p("cache"))
+    _, cache = load_embedding_cache(run.paths.cache_dir)
     run_fusion, _, concat = teacher_features(run, images)
     std, d = run_fusion.standardizer, run_fusion.code_dim
 

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_dir", os.path.join(ROOT, "runs", "bench", "demo"), "A finished run (its export/ holds the student).")
 flags.DEFINE_integer("images", 3000, "Labelled faces of the new task.")
-flags.DEFINE_integer("finetune_steps", 300, "Student updates in the fine-tune mode.")
+flags.DEFINE_integer("finetune_steps", None, "Student updates in the fine-tune mode (default: AdaptConfig's).")
 flags.DEFINE_integer("ceiling_steps", 1500, "Steps of the architecture trained from nothing (batch 32).")
 flags.DEFINE_string("work_dir", None, "Where the dataset and the adapted folders go (default: a temp dir).")
 
@@ -34,11 +34,12 @@ def main(argv):
     del argv
     from benchmarks.run import load_results, machine, save_results
     from face_transfer import adapt
+    from face_transfer.deploy.bundle import load_bundle
     from face_transfer.data import synth
     from face_transfer.data.synth_datasets import write_folder_csv
     from face_transfer.data.tasksets import parse_task_flag
     work = FLAGS.work_dir or tempfile.mkdtemp(prefix="bench_adapt_")
-    bundle = adapt.load_bundle(FLAGS.run_dir)
+    bundle = load_bundle(FLAGS.run_dir)
     csv = os.path.join(work, "shape", "labels.csv")
     if not os.path.exists(csv):
         write_folder_csv(synth.SynthConfig(image_size=bundle.image_size), os.path.join(work, "shape"), FLAGS.images,
@@ -48,7 +49,7 @@ def main(argv):
     for mode in ("linear", "finetune"):
         dest = os.path.join(work, f"adapted_{mode}")
         shutil.rmtree(dest, ignore_errors=True)
-        cfg = adapt.AdaptConfig(mode=mode, finetune_steps=FLAGS.finetune_steps)
+        cfg = adapt.AdaptConfig(mode=mode, **({"finetune_steps": FLAGS.finetune_steps} if FLAGS.finetune_steps else {}))
         t0 = time.time()
         rec = adapt.run_adapt(FLAGS.run_dir, tasks, dest, cfg, progress=False)
         out[f"adapt.seconds_{mode}"] = round(time.time() - t0, 1)
@@ -69,7 +70,7 @@ def main(argv):
         out["adapt.seconds_ceiling"] = round(time.time() - t0, 1)
         out["adapt.ceiling_steps"] = FLAGS.ceiling_steps
     out.update({"adapt.task": "face_shape (SynthFaces factor outside the registry, regression, 100*R^2)",
-                "adapt.images": FLAGS.images, "adapt.finetune_steps": FLAGS.finetune_steps,
+                "adapt.images": FLAGS.images, "adapt.finetune_steps": FLAGS.finetune_steps or adapt.AdaptConfig().finetune_steps,
                 "adapt.run_dir": os.path.relpath(FLAGS.run_dir, ROOT),
                 "adapt.machine": machine(), "adapt.date": time.strftime("%Y-%m-%d"),
                 "adapt.load_average": round(os.getloadavg()[0], 2)})

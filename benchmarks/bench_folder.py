@@ -18,6 +18,8 @@ import time
 
 from absl import app, flags
 
+from face_transfer.core.runpaths import RunPaths
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["20000", "100000"], "Folder sizes (faces) to run.")
@@ -58,11 +60,11 @@ def run_one(n: int) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
-    times = json.load(open(os.path.join(run_dir, "metrics", "stage_times.json")))
-    student = json.load(open(os.path.join(run_dir, "student", "student.json")))
-    faces = json.load(open(os.path.join(run_dir, "faces", "manifest.json")))
+    times = json.load(open(RunPaths(run_dir).stage_times_json))
+    student = json.load(open(RunPaths(run_dir).student_json))
+    faces = json.load(open(RunPaths(run_dir).faces_manifest))
     from face_transfer.data.faces import FaceSet, measure_stream
-    stream = measure_stream(FaceSet.open(os.path.join(run_dir, "faces")), 64, 100)
+    stream = measure_stream(FaceSet.open(RunPaths(run_dir).faces_dir), 64, 100)
     return {"faces": n, "peak_rss_mb": round(rss_kb / 1024, 1), "wall_s": round(wall, 1), "stage_seconds": times,
             "prepare_images_per_s": round(faces["report"]["kept"] / max(times["data"], 1e-9), 1),
             "distill_images_per_s": round(FLAGS.distill_steps * 64 / student["train_seconds_this_run"], 1),

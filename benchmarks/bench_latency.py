@@ -40,6 +40,8 @@ import time
 
 from absl import app, flags
 
+from face_transfer.core.runpaths import RunPaths
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_dir", os.path.join(ROOT, "runs", "bench", "demo"), "A finished run directory with export/.")
@@ -206,14 +208,14 @@ def convert_now(run_dir: str, out_dir: str) -> dict:
     import numpy as np
     from face_transfer.configs import ExperimentConfig
     from face_transfer.deploy import tflite
-    from face_transfer.fileio import read_json
+    from face_transfer.core.fileio import read_json
     from face_transfer.stages import inputs
     from face_transfer.stages.rundir import Run
-    cfg = ExperimentConfig.from_dict(read_json(os.path.join(run_dir, "config.json")))
+    cfg = ExperimentConfig.from_dict(read_json(RunPaths(run_dir).config_json))
     run = Run(run_dir, cfg)
     src = inputs.image_source(run)
     calib = np.asarray(src.images(0, src.count(cfg.export.calibration_images), "calibration"))
-    sm = os.path.join(run_dir, "export", "student_savedmodel")
+    sm = RunPaths(run_dir).savedmodel_dir("student")
     files = {}
     for mode, q in (("float32", tflite.QuantizationConfig.for_float32()),
                     ("int8_ptq", tflite.QuantizationConfig.for_int8(calib, steps=len(calib)))):
@@ -245,7 +247,7 @@ def main(argv):
     from benchmarks.run import load_results, machine, save_results
     from face_transfer.machine import cpu_isa_flags
     run_dir = os.path.abspath(FLAGS.run_dir)
-    run_files = {m: os.path.join(run_dir, "export", f"student_{m}.tflite") for m in ("float32", "int8_ptq")}
+    run_files = {m: RunPaths(run_dir).student_tflite(m) for m in ("float32", "int8_ptq")}
     out = {}
     with tempfile.TemporaryDirectory(prefix="ft_latency_") as tmp:
         now = convert_now(run_dir, tmp)

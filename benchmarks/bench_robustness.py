@@ -41,7 +41,8 @@ def big_photo_rss(px: int) -> dict:
     # A small image model is enough: the memory at stake is the photo's, not the network's.
     import keras
     import tensorflow as tf
-    from face_transfer.student.model import StudentConfig, build_student
+    from face_transfer.student.config import StudentConfig
+    from face_transfer.student.model import build_student
     keras.utils.set_random_seed(0)
     model = build_student(StudentConfig(width=0.35, embedding_dim=16))
     tfl = os.path.join(tmp, "student.tflite")

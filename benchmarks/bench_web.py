@@ -19,6 +19,8 @@ import tempfile
 import numpy as np
 from absl import app, flags
 
+from face_transfer.core.runpaths import RunPaths
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run_dir", os.path.join(ROOT, "runs", "bench", "demo"), "A run directory with export/.")
@@ -34,8 +36,9 @@ def measure_browser_latency(run_dir: str, runs: int = 200, screenshot: str | Non
     from skimage import data as skdata
 
     from face_transfer.deploy import infer, web
+    from face_transfer.core.interpreter import load_interpreter
 
-    export_dir = os.path.join(run_dir, "export")
+    export_dir = RunPaths(run_dir).export_dir
     web_dir = os.path.join(export_dir, "web")
     if FLAGS.rebuild or not os.path.isfile(os.path.join(web_dir, "index.html")):
         web.build_web_page(export_dir)
@@ -48,7 +51,7 @@ def measure_browser_latency(run_dir: str, runs: int = 200, screenshot: str | Non
         raise RuntimeError(f"the page failed on the astronaut photo: {run.get('message')}")
     size = run["crop"]["size"]
     crop = np.frombuffer(base64.b64decode(run["crop"]["rgb_b64"]), np.uint8).reshape(1, size, size, 3)
-    it = infer.load_interpreter(os.path.join(export_dir, "analyzer_int8.tflite"), num_threads=1)
+    it = load_interpreter(os.path.join(export_dir, "analyzer_int8.tflite"), num_threads=1)
     python_ms = infer.benchmark_latency(lambda x: infer.run_tflite(it, x), crop, warmup=5, runs=runs)
     chromium = subprocess.run([web.CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()
     return {"browser_ms": res["bench"]["median_ms"], "samples_ms": res["bench"]["samples_ms"], "runs": runs,
@@ -65,7 +68,7 @@ def update_benchmarks_md(res: dict, path: str = os.path.join(ROOT, "BENCHMARKS.m
 def main(argv):
     from benchmarks.run import load_results, machine, save_results
 
-    shot = os.path.join(FLAGS.run_dir, "export", "web", "screenshot.png")
+    shot = os.path.join(RunPaths(FLAGS.run_dir).web_dir, "screenshot.png")
     m = measure_browser_latency(FLAGS.run_dir, FLAGS.runs, screenshot=shot)
     res = load_results()
     res["latency.browser_int8_ms_per_face"] = round(m["browser_ms"], 4)

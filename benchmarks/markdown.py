@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 
-from face_transfer.fileio import write_text
+from face_transfer.core.fileio import write_text
+from face_transfer.core.runpaths import RunPaths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -220,7 +221,7 @@ def _pretrained(res: dict, preset: str) -> bool:
     import glob
     import json
     run = os.path.join(ROOT, res.get("runs", {}).get(preset, ""))
-    for path in glob.glob(os.path.join(run, "teachers", "*", "teacher.json")):
+    for path in glob.glob(RunPaths(run).teacher_json("*")):
         with open(path) as f:
             if "pretrained" in json.load(f):
                 return True

@@ -20,7 +20,8 @@ import time
 
 from absl import app, flags
 
-from face_transfer.fileio import write_text
+from face_transfer.core.fileio import write_text
+from face_transfer.core.runpaths import RunPaths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results.json")
@@ -69,7 +70,7 @@ def run_preset(preset: str) -> tuple[dict, float, str]:
     t0 = time.time()
     subprocess.run(cmd, cwd=ROOT, check=True)
     wall = time.time() - t0
-    with open(os.path.join(run_dir, "metrics", "headline.json")) as f:
+    with open(RunPaths(run_dir).headline_json) as f:
         return json.load(f), wall, run_dir
 
 
@@ -99,7 +100,7 @@ def main(argv):
             res[f"presets.{preset}.machine"] = res["machine"]
             # other jobs on the machine make wall times incomparable: the 1-minute load average at the end
             res[f"presets.{preset}.load_average"] = round(os.getloadavg()[0], 2)
-            times = os.path.join(run_dir, "metrics", "stage_times.json")
+            times = RunPaths(run_dir).stage_times_json
             if os.path.exists(times):
                 with open(times) as f:
                     res[f"presets.{preset}.stage_seconds"] = json.load(f)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shutil
 import tempfile
 import time
+
+from face_transfer.core.runpaths import RunPaths
 
 
 def main(argv=None):
@@ -42,11 +43,11 @@ def main(argv=None):
     from face_transfer.stages.student import fused_teacher_builders
     from face_transfer.student.distill import distill_student
 
-    cfg = ExperimentConfig.from_file(os.path.join(args.run_dir, "config.json"))
+    cfg = ExperimentConfig.from_file(RunPaths(args.run_dir).config_json)
     run = Run(args.run_dir, cfg)  # read-only use of a finished run
     dcfg = dataclasses.replace(cfg.distill, **parse_overrides(args.set, cfg.distill))
     dcfg = dataclasses.replace(dcfg, checkpoint_every=dcfg.steps, log_every=10 ** 9)
-    dims = Fusion.load(run.p("fusion")).standardizer.dims
+    dims = Fusion.load(run.paths.fusion_dir).standardizer.dims
     code_fn, concat_fn, dec_fn = fused_teacher_builders(run)
     src = inputs.image_source(run, "distill")
     scfg = dataclasses.replace(cfg.student, embedding_dim=cfg.fusion.code_dim)
@@ -69,7 +70,8 @@ def split_step(scfg, dcfg, src, concat_fn, dec_fn, dims, args):
     """Images/s of the teachers' forward pass and of the student's training step (through the frozen decoder,
     the teacher-space loss), each alone on the same batch of faces, repeated for `args.split_seconds`."""
     import tensorflow as tf
-    from face_transfer.student.distill import _optimizer, block_sq_loss
+    from face_transfer.student.losses import block_sq_loss
+    from face_transfer.student.training import make_optimizer
     from face_transfer.student.model import build_student
     b = dcfg.batch_size
     images = tf.constant(src.images(0, b, "distill"))
@@ -88,7 +90,7 @@ def split_step(scfg, dcfg, src, concat_fn, dec_fn, dims, args):
     out = {"teachers_forward": rate(forward, images)}
     for fused in (False, True):
         student = build_student(scfg, train_fast=fused)
-        opt = _optimizer(dcfg)
+        opt = make_optimizer(dcfg)
         opt.build(student.trainable_variables)
 
         @tf.function

@@ -1,7 +1,7 @@
 """Converts a student/analyser SavedModel or .keras file to TFLite and validates it against the float model.
 
-    python -m export.convert_tflite --saved_model_dir=runs/demo/export/student --mode=int8 \
-        --calibration_images=200 --out=runs/demo/export/student_int8.tflite
+    python -m export.convert_tflite --saved_model_dir=runs/demo/export/student --mode=int8_ptq \
+        --calibration_images=200 --out=runs/demo/export/student_int8_ptq.tflite
 A file whose outputs drift from the float model (or an int8 file with float ops) is not written;
 the figures go to parity.json / parity.md next to --out either way.
 """
@@ -11,20 +11,19 @@ import shutil
 
 from absl import app, flags
 
+from face_transfer.deploy.modes import get_mode, mode_names, modes
 from trainers.common import define_verbose_flag, guarded, run_script  # noqa: E402  (one error boundary per script)
 
-MODES = ("float32", "float16", "dynamic", "int8", "qat")
-# Mean cosine vs the float model below which the file is refused.
-DEFAULT_MIN_COSINE = {"float32": 0.9999, "float16": 0.999, "dynamic": 0.99, "int8": 0.95, "qat": 0.95}
-
 flags.DEFINE_string("saved_model_dir", None, "SavedModel written by export_savedmodel.")
-flags.DEFINE_string("keras_model", None, "Student .keras file (required for --mode=qat).")
-flags.DEFINE_enum("mode", "int8", MODES, "Quantization: float32, float16, dynamic, int8 (PTQ) or qat (int8 QAT).")
+flags.DEFINE_string("keras_model", None, "Student .keras file (required for --mode=int8_qat).")
+flags.DEFINE_enum("mode", "int8_ptq", mode_names(),
+                  "TFLite mode: " + ", ".join(f"{m.name} ({m.description})" for m in modes()) + ".")
 flags.DEFINE_integer("calibration_images", 200, "Synthetic faces for int8 calibration and validation.")
 flags.DEFINE_integer("qat_steps", 200, "QAT fine-tuning steps (self-distillation to the float model).")
 flags.DEFINE_integer("qat_batch_size", 32, "QAT batch size.")
 flags.DEFINE_float("qat_lr", 1e-4, "QAT learning rate.")
-flags.DEFINE_float("min_cosine", None, "Refuse the file below this mean cosine (default depends on --mode).")
+flags.DEFINE_float("min_cosine", None, "Refuse the file below this mean cosine (default: the mode's own, "
+                   + ", ".join(f"{m.name} {m.min_cosine}" for m in modes()) + ").")
 flags.DEFINE_integer("seed", 0, "Synthetic face seed for calibration/validation images.")
 flags.DEFINE_string("out", None, "The .tflite file to write.")
 FLAGS = flags.FLAGS
@@ -58,13 +57,14 @@ def main(argv):
         raise app.UsageError(f"--out={FLAGS.out}: expected a path ending in .tflite")
     if FLAGS.calibration_images < 1:
         raise app.UsageError(f"--calibration_images={FLAGS.calibration_images}: expected >= 1")
-    if FLAGS.mode == "qat" and not FLAGS.keras_model:
-        raise app.UsageError("--mode=qat needs --keras_model (QAT retrains the tf_keras twin of the student)")
+    mode = get_mode(FLAGS.mode)
+    if mode.trains and not FLAGS.keras_model:
+        raise app.UsageError(f"--mode={mode.name} needs --keras_model (QAT retrains the tf_keras twin of the student)")
     if FLAGS.saved_model_dir and not os.path.isfile(os.path.join(FLAGS.saved_model_dir, "saved_model.pb")):
         raise app.UsageError(f"--saved_model_dir={FLAGS.saved_model_dir}: no saved_model.pb there")
     if FLAGS.keras_model and not os.path.isfile(FLAGS.keras_model):
         raise app.UsageError(f"--keras_model={FLAGS.keras_model}: no such file")
-    min_cosine = FLAGS.min_cosine if FLAGS.min_cosine is not None else DEFAULT_MIN_COSINE[FLAGS.mode]
+    min_cosine = FLAGS.min_cosine if FLAGS.min_cosine is not None else mode.min_cosine
 
     import numpy as np
 
@@ -98,7 +98,7 @@ def main(argv):
     validation = synthetic_faces(min(FLAGS.calibration_images, 256), size, "validation", FLAGS.seed)
     from face_transfer.deploy.tflite import QuantizationConfig, TFLiteValidationError, convert_to_tflite, validate_tflite
 
-    if FLAGS.mode == "qat":
+    if mode.trains:
         from face_transfer.deploy import qat  # flips the TF keras alias to tf_keras for this process (see qat.py)
         from face_transfer.student.model import infer_config
 
@@ -111,13 +111,7 @@ def main(argv):
         )
         data = qat.convert_qat_to_tflite(qat_model, calibration)
     else:
-        qcfg = {
-            "float32": QuantizationConfig.for_float32,
-            "float16": QuantizationConfig.for_float16,
-            "dynamic": QuantizationConfig.for_dynamic,
-            "int8": lambda: QuantizationConfig.for_int8(calibration, steps=len(calibration)),
-        }[FLAGS.mode]()
-        data = convert_to_tflite(source, qcfg)
+        data = convert_to_tflite(source, QuantizationConfig.for_mode(mode.name, calibration))
     name = os.path.basename(FLAGS.out)
     try:
         report = validate_tflite(data, reference, validation, min_cosine=min_cosine)

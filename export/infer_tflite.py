@@ -56,7 +56,7 @@ def load_images(size):
 
         images, report = align_photos(paths, size=size, on_error="skip")
         return images, list(report.kept_sources)
-    from face_transfer.data.readers import center_square_resize, load_image
+    from face_transfer.data.imageio import center_square_resize, load_image
 
     return np.stack([center_square_resize(load_image(p), size) for p in paths]), paths
 
@@ -98,7 +98,7 @@ def trained_on(labels, output_names):
 def print_trained_on(heads, notes):
     """What each head was fitted on, heads with the same data on one line, then the notes (stderr: stdout is the
     predictions JSON)."""
-    from face_transfer.adapt import trained_on_text
+    from face_transfer.deploy.bundle import trained_on_text
     groups = {}
     for name, t in heads.items():
         groups.setdefault(trained_on_text({"trained_on": t}), []).append(name)
@@ -131,8 +131,9 @@ def main(argv):
         raise app.UsageError(f"--labels={FLAGS.labels}: no such file")
 
     from face_transfer.deploy import infer
+    from face_transfer.core.interpreter import interpreter_backend, load_interpreter
 
-    interpreter = infer.load_interpreter(FLAGS.model, num_threads=FLAGS.num_threads)
+    interpreter = load_interpreter(FLAGS.model, num_threads=FLAGS.num_threads)
     # Labels, units and input normalisation from the file's own TFLite metadata; a file without metadata
     # falls back to <model>.labels.json. Metadata of another model is an error naming the file (exit 4).
     info = infer.model_info(FLAGS.model, labels_path=FLAGS.labels)
@@ -150,7 +151,7 @@ def main(argv):
     heads, notes = trained_on(labels, list(outputs))
     # `trained_on`: per head, the data it was fitted on ({"dataset", "images", "domain", "synthetic", ...}, None when
     # the file does not say); `notes`: heads fitted on synthetic faces only.
-    result = {"model": FLAGS.model, "interpreter": infer.interpreter_backend(), "labels_from": info["labels_from"],
+    result = {"model": FLAGS.model, "interpreter": interpreter_backend(), "labels_from": info["labels_from"],
               "units": {k: v["units"] for k, v in labels.items() if v.get("units")},
               "trained_on": heads, "notes": notes,
               "predictions": [dict(source=s, **decode(outputs, labels, i)) for i, s in enumerate(sources)]}

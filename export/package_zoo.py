@@ -23,15 +23,17 @@ define_verbose_flag()
 def main(argv):
     del argv
     from face_transfer.configs import ConfigError, ExperimentConfig
-    from face_transfer.teachers.train import PRETRAINED_MANIFEST, TEACHER_JSON, package_pretrained
+    from face_transfer.core.runpaths import RunPaths
+    from face_transfer.teachers.train import PRETRAINED_MANIFEST, package_pretrained
     if not FLAGS.run_dir or not FLAGS.out:
         raise app.UsageError("give --run_dir (a run whose teachers are trained) and --out")
     try:
-        cfg = ExperimentConfig.from_file(os.path.join(FLAGS.run_dir, "config.json"))
+        cfg = ExperimentConfig.from_file(RunPaths(FLAGS.run_dir).config_json)
     except ConfigError as e:
         raise app.UsageError(f"--run_dir={FLAGS.run_dir}: {e}") from None
-    dirs = {s.name: os.path.join(FLAGS.run_dir, "teachers", s.name) for s in cfg.teachers}
-    missing = [n for n, d in dirs.items() if not os.path.isfile(os.path.join(d, TEACHER_JSON))]
+    paths = RunPaths(FLAGS.run_dir)
+    dirs = {s.name: paths.teacher_dir(s.name) for s in cfg.teachers}
+    missing = [n for n in dirs if not os.path.isfile(paths.teacher_json(n))]
     if not dirs or missing:
         raise app.UsageError(f"--run_dir={FLAGS.run_dir}: zoo teachers not trained: {missing or 'the config has none'}")
     if os.path.exists(os.path.join(FLAGS.out, PRETRAINED_MANIFEST)) and not FLAGS.overwrite:

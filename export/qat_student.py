@@ -27,8 +27,9 @@ flags.mark_flags_as_required(["run_dir", "out"])
 
 @guarded
 def main(argv):
+    from face_transfer.core.runpaths import RunPaths
     from face_transfer.stages.export import qat_export
-    cfg_path = os.path.join(FLAGS.run_dir, "config.json")
+    cfg_path = RunPaths(FLAGS.run_dir).config_json
     if not os.path.exists(cfg_path):
         raise app.UsageError(f"--run_dir={FLAGS.run_dir}: no config.json (not a run directory)")
     if os.path.exists(FLAGS.out) and not FLAGS.overwrite:

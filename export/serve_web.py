@@ -30,12 +30,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=EXIT_USAGE)
     if bool(FLAGS.run_dir) == bool(FLAGS.dir):
         raise app.UsageError("give exactly one of --run_dir or --dir", exitcode=EXIT_USAGE)
+    from face_transfer.core.runpaths import RunPaths
     from face_transfer.deploy import web
 
-    directory = FLAGS.dir or os.path.join(FLAGS.run_dir, "export", "web")
-    if FLAGS.run_dir and (FLAGS.build or not os.path.isfile(os.path.join(directory, "index.html"))):
-        export_dir = os.path.join(FLAGS.run_dir, "export")
-        if not os.path.isfile(os.path.join(export_dir, "analyzer_int8.tflite")):
+    paths = RunPaths(FLAGS.run_dir).export if FLAGS.run_dir else None
+    directory = FLAGS.dir or paths.web_dir
+    if paths and (FLAGS.build or not os.path.isfile(paths.web_index)):
+        export_dir = paths.root
+        if not os.path.isfile(paths.analyzer_tflite):
             raise app.UsageError(f"--run_dir={FLAGS.run_dir}: no export/analyzer_int8.tflite (run the pipeline "
                                  "first)", exitcode=EXIT_USAGE)
         ok, reason = web.web_status()

@@ -18,20 +18,11 @@ import time
 
 import numpy as np
 
-from face_transfer.fileio import read_json, write_json
+from face_transfer.core.fileio import read_json, write_json
+from face_transfer.core.runpaths import ExportPaths, RunPaths
+from face_transfer.deploy.bundle import StudentBundle, analyzer_outputs_metadata, load_bundle, save_bundle
 
-BUNDLE_JSON = "bundle.json"
-BUNDLE_FORMAT = 1
-STUDENT_KERAS = "student.keras"
-HEADS_NPZ = "analyzer_heads.npz"
-HEADS_JSON = "analyzer_heads.json"
 MODES = ("linear", "finetune")
-# what a head was fitted on, shown next to it by face-transfer-infer and the browser page
-SYNTHETIC_DOMAIN = "synthetic (SynthFaces)"
-
-
-class BundleError(ValueError):
-    """A student folder that is missing a file or comes from an incompatible version; the message names it."""
 
 
 class AdaptUsageError(ValueError):
@@ -46,6 +37,13 @@ class AdaptConfig:
     learning_rate: float = 1e-4  # the student's; 10x below the distillation's, as fine-tuning goes
     head_learning_rate: float = 1e-3
     keep_weight: float = 1.0  # weight of the LwF term: the student's features stay near the frozen ones
+    # faces of the run's own unlabelled source (what the student was distilled on) that the LwF term also sees,
+    # a batch of them per step next to the new images: it keeps what the new data does not show (0: new images only)
+    replay_faces: int = 4096
+    # fine-tune only the last `tune_stages` resolution stages (and the code head); the earlier ones, and so their
+    # part of the ladder features, stay exactly as distilled (0: every layer)
+    tune_stages: int = 0
+    freeze_batchnorm: bool = True  # keep the distillation's BN statistics (inference-mode BN while fine-tuning)
     replace_heads: bool = False  # a new task named like an existing head replaces it (else an error)
     test_fraction: float = 0.2  # held out for the scores; the heads shipped are fitted on the rest
     seed: int = 0
@@ -59,84 +57,6 @@ class AdaptConfig:
                              "expected >= 0 and >= 1")
         if not 0 < self.test_fraction < 0.5:
             raise ValueError(f"AdaptConfig.test_fraction={self.test_fraction}; expected in (0, 0.5)")
-
-
-@dataclasses.dataclass
-class StudentBundle:
-    """The student, the view its heads read and its heads, as loaded from an export folder."""
-    student: object  # keras.Model: uint8 image -> code
-    view: str
-    heads: dict  # {output name: head parameters (evaluation.heads.fit_head)}
-    heads_meta: dict  # {output name: {"kind", "classes", "units", "task", "trained_on", ...}}
-    path: str
-    run_dir: str | None = None  # the run the bundle came from, when its data is at hand (forgetting)
-
-    @property
-    def image_size(self) -> int:
-        return int(self.student.inputs[0].shape[1])
-
-    def features_model(self):
-        from face_transfer.student.model import feature_model
-        return feature_model(self.student, self.view)
-
-    def features(self, images, batch: int = 256) -> np.ndarray:
-        out = self.features_model().predict(images, batch_size=batch, verbose=0)
-        return np.asarray(out["features"], np.float32)
-
-
-def save_bundle(out_dir: str, student, view: str, heads: dict, heads_meta: dict, extra: dict | None = None) -> list[str]:
-    """Write a student bundle into `out_dir` (the export folder); returns the files written."""
-    from face_transfer import __version__
-    os.makedirs(out_dir, exist_ok=True)
-    from face_transfer.fileio import atomic_output, save_npz
-    with atomic_output(os.path.join(out_dir, STUDENT_KERAS), suffix=".keras") as tmp:
-        student.save(tmp)
-    arrays = {}
-    for name, params in heads.items():
-        for k, v in params.items():
-            if isinstance(v, np.ndarray):
-                arrays[f"{name}/{k}"] = v
-    save_npz(os.path.join(out_dir, HEADS_NPZ), **arrays)
-    scalars = {name: {k: v for k, v in params.items() if not isinstance(v, np.ndarray)}
-               for name, params in heads.items()}
-    write_json(os.path.join(out_dir, HEADS_JSON), heads_meta)
-    write_json(os.path.join(out_dir, BUNDLE_JSON), {
-        "format": BUNDLE_FORMAT, "face_transfer": __version__, "view": view,
-        "image_size": int(student.inputs[0].shape[1]), "code_dim": int(student.outputs[0].shape[-1]),
-        "heads": scalars, **(extra or {})})
-    return [os.path.join(out_dir, n) for n in (STUDENT_KERAS, HEADS_NPZ, HEADS_JSON, BUNDLE_JSON)]
-
-
-def load_bundle(path: str) -> StudentBundle:
-    """The bundle of an export folder, or of a run directory (its `export/`). BundleError names what is wrong."""
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise BundleError(f"{path}: not a directory; expected a finished run directory or its export/ folder")
-    run_dir = None
-    if os.path.exists(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "export")):
-        run_dir, path = path, os.path.join(path, "export")
-    elif os.path.exists(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")):
-        run_dir = os.path.dirname(os.path.abspath(path))
-    bpath = os.path.join(path, BUNDLE_JSON)
-    if not os.path.exists(bpath):
-        raise BundleError(f"{bpath}: missing; {path} is not a student folder written by face-transfer's export "
-                          "stage (runs exported before the adapt release: rerun the export stage with "
-                          "`face-transfer --run_dir=<run> --until=export` after deleting <run>/export)")
-    info = read_json(bpath)
-    if info.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{bpath}: bundle format {info.get('format')!r} (face-transfer "
-                          f"{info.get('face_transfer', '?')}); this version reads format {BUNDLE_FORMAT}")
-    for name in (STUDENT_KERAS, HEADS_NPZ, HEADS_JSON):
-        if not os.path.exists(os.path.join(path, name)):
-            raise BundleError(f"{os.path.join(path, name)}: missing from the student folder {path}")
-    from face_transfer.integrity import load_keras_model
-    student = load_keras_model(os.path.join(path, STUDENT_KERAS), "student model")
-    heads: dict = {name: dict(scalars) for name, scalars in info.get("heads", {}).items()}
-    with np.load(os.path.join(path, HEADS_NPZ)) as z:
-        for key in z.files:
-            name, field = key.split("/", 1)
-            heads.setdefault(name, {})[field] = z[key]
-    return StudentBundle(student, info["view"], heads, read_json(os.path.join(path, HEADS_JSON)), path, run_dir)
 
 
 # ---- new tasks ----------------------------------------------------------------------------------------
@@ -157,7 +77,7 @@ def read_new_tasks(task_sets, image_size: int, cfg: AdaptConfig, existing_heads=
     """Every labelled column of the `task_sets` (data.tasksets.TaskSetConfig) as a new task with a seeded,
     identity-disjoint train/test split. Errors: no usable row (DataError naming the file), a task name that
     is an existing head's (unless cfg.replace_heads)."""
-    from face_transfer.data.readers import DataError
+    from face_transfer.data.imageio import DataError
     from face_transfer.data.tasksets import read_task_set, resolve_names, tasks_of_set
     from face_transfer.evaluation.probes import ProbeConfig, split_indices
     out, taken = [], set()
@@ -225,18 +145,26 @@ def head_meta(nt: NewTaskData, params: dict) -> dict:
 # ---- fine-tuning -------------------------------------------------------------------------------------
 
 def _finetune(bundle: StudentBundle, new: list[NewTaskData], heads: dict, cfg: AdaptConfig, ckpt_dir: str | None,
-              progress: bool = True):
+              progress: bool = True, replay: np.ndarray | None = None):
     """Fine-tune a copy of the student on the new tasks' train images: the new heads (initialised from the
     linear fit) and the student together, batch norm statistics frozen, plus keep_weight x the mean squared
-    standardised distance between its features and the frozen student's (Learning without Forgetting)."""
+    standardised distance between its features and the frozen student's (Learning without Forgetting), on the
+    batch and, when `replay` (faces of the run's own source) is given, on as many replayed faces."""
     import keras
     import tensorflow as tf
 
-    from face_transfer.student.model import feature_model
+    from face_transfer.student.model import feature_model, stage_outputs
     student = keras.models.clone_model(bundle.student)
     student.set_weights(bundle.student.get_weights())
+    ends = stage_outputs(student)
+    if 0 < cfg.tune_stages < len(ends):  # layers are in graph order: everything up to the cut stays frozen
+        cut = ends[len(ends) - cfg.tune_stages - 1]
+        for layer in student.layers:
+            layer.trainable = False
+            if layer.name == cut:
+                break
     for layer in student.layers:  # fine-tuning on a few thousand faces: keep the distillation's BN statistics
-        if isinstance(layer, keras.layers.BatchNormalization):
+        if isinstance(layer, keras.layers.BatchNormalization) and cfg.freeze_batchnorm:
             layer.trainable = False
     feats_model = feature_model(student, bundle.view)
     frozen = bundle.features_model()
@@ -283,11 +211,13 @@ def _finetune(bundle: StudentBundle, new: list[NewTaskData], heads: dict, cfg: A
     ref_scale_t = tf.constant(ref_scale, tf.float32)
 
     @tf.function(reduce_retracing=True)
-    def step(x, ys, ms):
+    def step(x, ys, ms, xr):
+        n = tf.shape(x)[0]
+        xa = tf.concat([x, xr], 0)  # the keep term's images: the batch, then the replayed faces (maybe none)
         with tf.GradientTape() as tape:
-            out = feats_model(x, training=False)  # BN in inference mode (frozen statistics)
-            f = out["features"]
-            keep = tf.reduce_mean(tf.square((f - frozen(x, training=False)["features"]) / ref_scale_t))
+            fa = feats_model(xa, training=not cfg.freeze_batchnorm)["features"]
+            f = fa[:n]
+            keep = tf.reduce_mean(tf.square((fa - frozen(xa, training=False)["features"]) / ref_scale_t))
             task_loss = 0.0
             for name, (layer, mu, sd) in dense.items():
                 z = layer((f - mu) / sd)
@@ -324,12 +254,13 @@ def _finetune(bundle: StudentBundle, new: list[NewTaskData], heads: dict, cfg: A
         x = images[idx]
         flip = rng.random(len(idx)) < 0.5
         x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+        xr = replay[rng.integers(0, len(replay), cfg.batch_size)] if replay is not None and len(replay) else x[:0]
         tl, kl = step(tf.constant(x), {n: tf.constant(targets[n][idx]) for n in names},
-                      {n: tf.constant(masks[n][idx]) for n in names})
+                      {n: tf.constant(masks[n][idx]) for n in names}, tf.constant(xr))
         if bar is not None:
             bar.update(s + 1, values=[("task", float(tl)), ("keep", float(kl))])
         if ckpt_dir and ((s + 1) % cfg.checkpoint_every == 0 or s + 1 == cfg.finetune_steps):
-            from face_transfer.fileio import save_npz
+            from face_transfer.core.fileio import save_npz
             save_npz(weights_path, **{f"s{i}": w for i, w in enumerate(student.get_weights())},
                      **{f"h{i}": v.numpy() for i, v in enumerate(head_vars)})
             write_json(state_path, {"step": s + 1})
@@ -351,9 +282,16 @@ def _run_data(bundle: StudentBundle):
     from face_transfer.configs import ExperimentConfig
     from face_transfer.stages import inputs
     from face_transfer.stages.rundir import Run
-    run = Run(bundle.run_dir, ExperimentConfig.from_dict(read_json(os.path.join(bundle.run_dir, "config.json"))))
+    run = Run(bundle.run_dir, ExperimentConfig.from_dict(read_json(RunPaths(bundle.run_dir).config_json)))
     images, labels = inputs.load_eval_data(run)
     return run, {t.name: t for t in inputs.run_tasks(run)}, images, labels
+
+
+def replay_faces(run, n: int) -> np.ndarray:
+    """`n` faces of the run's own unlabelled source (SynthFaces, the user's faces or their mix, in the
+    distillation's domain), from a stream of their own: not the evaluation sets the old heads are scored on."""
+    from face_transfer.stages import inputs
+    return inputs.image_source(run, "distill").images(0, n, stream="adapt_replay")
 
 
 def old_task_scores(bundle: StudentBundle, data, features_fn) -> dict[str, float]:
@@ -416,7 +354,8 @@ def adapt(bundle: StudentBundle, task_sets, cfg: AdaptConfig = AdaptConfig(), ck
         data = _run_data(bundle)  # the old heads' own data, when the run is at hand
         if data is not None and measure_forgetting:
             scores["old_before"] = old_task_scores(bundle, data, bundle.features)
-        student, heads = _finetune(bundle, new, heads, cfg, ckpt_dir, progress)
+        replay = replay_faces(data[0], cfg.replay_faces) if data is not None and cfg.replay_faces > 0 else None
+        student, heads = _finetune(bundle, new, heads, cfg, ckpt_dir, progress, replay)
         tuned = StudentBundle(student, bundle.view, {}, {}, bundle.path)
         feats = {s: tuned.features(nt.images) for s, nt in sets.items()}
         for nt in new:
@@ -486,14 +425,6 @@ def ceiling_score(nt: NewTaskData, student_cfg, steps: int, batch_size: int = 32
 
 # ---- the adapted analyser's files ----------------------------------------------------------------------
 
-def trained_on_text(meta: dict) -> str:
-    t = meta.get("trained_on")
-    if not t:
-        return "training data not recorded"
-    what = f"fitted on {t.get('images', '?')} images of {t.get('dataset', '?')} ({t.get('domain', '?')})"
-    return what + (", synthetic faces only: check it on real photos, or adapt on yours" if t.get("synthetic") else "")
-
-
 def export_analyzer(result: AdaptResult, out_dir: str, calibration_images: np.ndarray, parity_images: np.ndarray,
                     min_cosine: float | None = None, web_page: bool = True) -> dict:
     """The analyser of `result` into `out_dir`: analyzer_savedmodel/, analyzer_int8.tflite (+ .labels.json and
@@ -507,22 +438,18 @@ def export_analyzer(result: AdaptResult, out_dir: str, calibration_images: np.nd
         from face_transfer.configs import ExportConfig
         min_cosine = ExportConfig().min_cosine_analyzer
     os.makedirs(out_dir, exist_ok=True)
+    paths = ExportPaths(out_dir)
     heads = {k: {kk: vv for kk, vv in v.items() if kk != "task"} for k, v in result.heads.items()}
     analyzer = savedmodel.build_analyzer(result.student, heads, features=feature_model(result.student, result.view))
-    sm_dir = os.path.join(out_dir, "analyzer_savedmodel")
+    sm_dir = paths.savedmodel_dir("analyzer")
     savedmodel.export_savedmodel(analyzer, sm_dir, overwrite=True)
     meta = result.heads_meta
-    for name in ("analyzer_heads.json", "analyzer_int8.labels.json"):
-        write_json(os.path.join(out_dir, name), meta)
+    for path in (paths.heads_json, paths.analyzer_labels_json):
+        write_json(path, meta)
     data = tflite.convert_to_tflite(sm_dir, tflite.QuantizationConfig.for_int8(calibration_images,
                                                                                steps=len(calibration_images)))
     code_dim = int(result.student.outputs[0].shape[-1])
-    outputs = {"embedding": {"kind": "embedding", "description": f"facial code, {code_dim} floats"}}
-    for k, v in meta.items():
-        outputs[k] = {"kind": v["kind"], "classes": v.get("classes"), "units": v.get("units"),
-                      "trained_on": v.get("trained_on"),
-                      "description": ", ".join(x for x in (v["kind"], v.get("task") and f"task {v['task']}",
-                                                           v.get("units"), trained_on_text(v)) if x)}
+    outputs = analyzer_outputs_metadata(meta, code_dim)
     outputs = {k: v for k, v in outputs.items() if k in savedmodel.model_output_names(analyzer)}
     data = metadata.write_metadata(
         data, name="face-transfer facial analyser (adapted, int8_ptq)",
@@ -537,9 +464,9 @@ def export_analyzer(result: AdaptResult, out_dir: str, calibration_images: np.nd
     def ref(x):
         return {k: np.asarray(v) for k, v in analyzer.predict(x, verbose=0).items()}
     report = {"analyzer_int8_ptq": tflite.validate_tflite(data, ref, parity_images, min_cosine=min_cosine)}
-    from face_transfer.fileio import write_bytes
-    write_bytes(os.path.join(out_dir, "analyzer_int8.tflite"), data)
-    conv = onnx_export.export_onnx(sm_dir, os.path.join(out_dir, "analyzer.onnx"))
+    from face_transfer.core.fileio import write_bytes
+    write_bytes(paths.analyzer_tflite, data)
+    conv = onnx_export.export_onnx(sm_dir, paths.onnx_file("analyzer"))
     report["analyzer_onnx"] = onnx_export.validate_onnx(conv["path"], ref, parity_images)
     save_bundle(out_dir, result.student, result.view, result.heads, meta, extra={"adapted": result.mode})
     page = None
@@ -547,7 +474,7 @@ def export_analyzer(result: AdaptResult, out_dir: str, calibration_images: np.nd
         from face_transfer.deploy import web
         ok, reason = web.web_status()
         page = web.build_web_page(out_dir)["dir"] if ok else f"not built: {reason}"
-    files = {n: os.path.getsize(os.path.join(out_dir, n)) for n in ("analyzer_int8.tflite", "analyzer.onnx")}
+    files = {os.path.basename(p): os.path.getsize(p) for p in (paths.analyzer_tflite, paths.onnx_file("analyzer"))}
     return {"files": files, "cosine": {k: v["cosine_mean"] for k, v in report.items()
                                        if isinstance(v, dict) and "cosine_mean" in v}, "web": page}
 
@@ -562,9 +489,6 @@ def calibration_faces(new: list[NewTaskData], n: int = 128) -> np.ndarray:
 
 # ---- one adaptation into its own folder (what face-transfer-adapt and the Python API run) ----------------------
 
-ADAPT_JSON = "adapt.json"
-
-
 def check_out_dir(out_dir: str, source: str) -> str:
     """The output folder, refused when empty, equal to or inside the source (run directory or student folder)."""
     if not out_dir or not str(out_dir).strip():
@@ -572,8 +496,8 @@ def check_out_dir(out_dir: str, source: str) -> str:
     out = os.path.abspath(out_dir)
     src = os.path.abspath(source)
     parent = os.path.dirname(src)
-    src_run = src if os.path.exists(os.path.join(src, "config.json")) else \
-        (parent if os.path.exists(os.path.join(parent, "config.json")) else src)
+    src_run = src if os.path.exists(RunPaths(src).config_json) else \
+        (parent if os.path.exists(RunPaths(parent).config_json) else src)
     for s in {src, src_run}:
         if out == s or out.startswith(s + os.sep):
             raise AdaptUsageError(f"--out={out_dir} is (inside) the source {s}; the original run's files are never "
@@ -600,18 +524,18 @@ def run_adapt(source: str, task_sets, out_dir: str, cfg: AdaptConfig = AdaptConf
             "config": dataclasses.asdict(cfg), "ceiling_steps": int(ceiling_steps)}
     want = json.loads(json.dumps(want, default=str))
     with RunLock(out):
-        rec_path = os.path.join(out, ADAPT_JSON)
-        spec_path = os.path.join(out, "adapt_spec.json")
+        paths = ExportPaths(out)
+        rec_path, spec_path, lock = paths.adapt_json, paths.adapt_spec_json, RunPaths(out).lock
         if os.path.exists(spec_path) and read_json(spec_path) != want:
             if not overwrite:
                 raise AdaptUsageError(f"{out} holds another adaptation ({spec_path} differs); pass --overwrite to replace "
                                  "it, or choose another --out")
-        elif not os.path.exists(spec_path) and [e for e in os.listdir(out) if e != ".lock"] and not overwrite:
+        elif not os.path.exists(spec_path) and [e for e in os.listdir(out) if os.path.join(out, e) != lock] and not overwrite:
             raise AdaptUsageError(f"--out={out_dir} exists and is not empty; choose a new folder or pass --overwrite")
         if overwrite and (not os.path.exists(spec_path) or read_json(spec_path) != want):
             for e in os.listdir(out):
-                if e != ".lock":
-                    p = os.path.join(out, e)
+                p = os.path.join(out, e)
+                if p != lock:
                     shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
         if os.path.exists(rec_path):
             rec = read_json(rec_path)
@@ -622,7 +546,7 @@ def run_adapt(source: str, task_sets, out_dir: str, cfg: AdaptConfig = AdaptConf
             notice(f"{out}: {bad[0][0]} {bad[0][1]}; redoing the adaptation")
             os.remove(rec_path)
         write_json(spec_path, want)
-        result = adapt(bundle, task_sets, cfg, ckpt_dir=os.path.join(out, "ckpt"), progress=progress)
+        result = adapt(bundle, task_sets, cfg, ckpt_dir=paths.checkpoint_dir, progress=progress)
         new = result.new_tasks
         if ceiling_steps > 0:
             from face_transfer.student.model import infer_config
@@ -636,8 +560,9 @@ def run_adapt(source: str, task_sets, out_dir: str, cfg: AdaptConfig = AdaptConf
                   "seconds_adapt": round(result.seconds, 1),
                   "new_heads": sorted(h for h, p in result.heads.items() if p.get("task") in {nt.task.name for nt in new}),
                   "heads": sorted(result.heads), **files}
-        record["artifacts"] = digest_artifacts(out, [os.path.join(out, f) for f in os.listdir(out)
-                                                     if f not in (ADAPT_JSON, ".lock", "ckpt", "web")])
+        unrecorded = {rec_path, lock, paths.checkpoint_dir, paths.web_dir}
+        record["artifacts"] = digest_artifacts(out, [p for p in (os.path.join(out, f) for f in os.listdir(out))
+                                                     if p not in unrecorded])
         write_json(rec_path, record)
         return record
 
@@ -653,6 +578,7 @@ def summary_lines(record: dict, out_dir: str) -> str:
                      "the old heads were refitted on the fine-tuned features)")
     elif record["mode"] == "finetune":
         lines.append("  old heads: not scored (their data is not at hand: adapt from the run directory to measure it)")
-    lines.append(f"  analyser: {os.path.join(out_dir, 'analyzer_int8.tflite')} ({len(record['heads'])} heads); "
-                 f"try: face-transfer-infer --model={os.path.join(out_dir, 'analyzer_int8.tflite')} --images=photos/")
+    tfl = ExportPaths(out_dir).analyzer_tflite
+    lines.append(f"  analyser: {tfl} ({len(record['heads'])} heads); "
+                 f"try: face-transfer-infer --model={tfl} --images=photos/")
     return "\n".join(lines)

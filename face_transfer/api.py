@@ -22,7 +22,9 @@ import os
 import numpy as np
 
 from face_transfer import adapt as _adapt
-from face_transfer.fileio import read_json
+from face_transfer.deploy import bundle as bundle_lib
+from face_transfer.core.fileio import read_json
+from face_transfer.core.runpaths import RunPaths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +50,12 @@ class Student:
     """A distilled student as a user gets it: `model` (uint8 face crops -> {"features", "embedding"}), its heads,
     and `adapt` to new labelled tasks. Load one with `Student.load(run directory or student folder)`."""
 
-    def __init__(self, bundle: _adapt.StudentBundle):
+    def __init__(self, bundle: bundle_lib.StudentBundle):
         self._bundle = bundle
 
     @classmethod
     def load(cls, path: str) -> "Student":
-        return cls(_adapt.load_bundle(path))
+        return cls(bundle_lib.load_bundle(path))
 
     @property
     def path(self) -> str:
@@ -89,23 +91,23 @@ class Student:
         """The `features` view of uint8 face crops [N,S,S,3] (S = image_size)."""
         return self._bundle.features(images)
 
-    def adapt(self, tasks, out: str, mode: str = "linear", finetune_steps: int = 300, replace_heads: bool = False,
-              overwrite: bool = False, progress: bool = True, **config) -> "Adapted":
+    def adapt(self, tasks, out: str, mode: str = "linear", replace_heads: bool = False, overwrite: bool = False,
+              progress: bool = True, **config) -> "Adapted":
         """New heads for the labelled datasets `tasks` ("FORMAT:PATH[,key=value...]", as --tasks), exported as a
         new analyser into `out` (face-transfer-adapt; never into the source). Returns the adapted student and
-        its scores."""
+        its scores. `config`: any other AdaptConfig field (finetune_steps, learning_rate, keep_weight, ...)."""
         from face_transfer.data.tasksets import parse_task_flag
         task_sets = [parse_task_flag(t) if isinstance(t, str) else t for t in tasks]
-        cfg = _adapt.AdaptConfig(mode=mode, finetune_steps=finetune_steps, replace_heads=replace_heads, **config)
+        cfg = _adapt.AdaptConfig(mode=mode, replace_heads=replace_heads, **config)
         record = _adapt.run_adapt(self._bundle.run_dir or self._bundle.path, task_sets, out, cfg,
                                   overwrite=overwrite, progress=progress)
-        return Adapted(_adapt.load_bundle(out), record)
+        return Adapted(bundle_lib.load_bundle(out), record)
 
 
 class Adapted(Student):
     """A Student adapted to new tasks (its folder is itself a student folder), with what the adaptation measured."""
 
-    def __init__(self, bundle: _adapt.StudentBundle, record: dict):
+    def __init__(self, bundle: bundle_lib.StudentBundle, record: dict):
         super().__init__(bundle)
         self.record = record
 
@@ -149,13 +151,13 @@ class FaceTransfer:
     @classmethod
     def open(cls, run_dir: str) -> "FaceTransfer":
         """A run directory made earlier (by the API or the command line)."""
-        if not os.path.exists(os.path.join(run_dir, "config.json")):
+        if not os.path.exists(RunPaths(run_dir).config_json):
             raise FileNotFoundError(f"{run_dir}: no config.json; not a face-transfer run directory")
         return cls(run_dir)
 
     def evaluate(self) -> TransferResults:
         """The run's transfer table (computed by the `evaluate` stage of `create`)."""
-        path = os.path.join(self.run_dir, "metrics", "transfer.json")
+        path = RunPaths(self.run_dir).transfer_json
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: missing; run FaceTransfer.create(..., until='evaluate') or later first")
         table = read_json(path)

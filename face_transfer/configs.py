@@ -7,16 +7,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from face_transfer.data.faces import FacesConfig
+from face_transfer.data.config import FacesConfig
 from face_transfer.data.synth import SynthConfig
 from face_transfer.data.tasksets import TaskSetConfig
 from face_transfer.evaluation.probes import ProbeConfig
-from face_transfer.fusion.autoencoder import FusionConfig
-from face_transfer.student.distill import DistillConfig
-from face_transfer.student.model import StudentConfig
-from face_transfer.teachers.refs import TeacherRef
-from face_transfer.teachers.train import TeacherTrainConfig
-from face_transfer.teachers.zoo import ZOO_PRESETS, TeacherSpec
+from face_transfer.fusion.config import FusionConfig
+from face_transfer.student.config import DistillConfig, StudentConfig
+from face_transfer.teachers.config import ZOO_PRESETS, TeacherRef, TeacherSpec, TeacherTrainConfig
 
 
 class ConfigError(ValueError):
@@ -101,7 +98,7 @@ class ExperimentConfig:
     strategy: str = "default"
 
     def __post_init__(self):
-        from face_transfer.student.model import FEATURE_VIEWS
+        from face_transfer.student.config import FEATURE_VIEWS
         if self.student_view not in FEATURE_VIEWS:
             raise ValueError(f"ExperimentConfig.student_view={self.student_view!r}; expected one of {FEATURE_VIEWS}")
         if not (isinstance(self.student_workers, int) and self.student_workers >= 0):
@@ -187,6 +184,48 @@ def same_experiment(a: ExperimentConfig, b: ExperimentConfig) -> bool:
     def core(c):
         return dataclasses.replace(c, student_workers=0, distill=dataclasses.replace(c.distill, steps_per_execution=1))
     return core(a) == core(b)
+
+
+class OverrideError(ConfigError):
+    """An override the config refuses; `keys` are the overrides of the part that refused (to name their flags)."""
+
+    def __init__(self, message: str, keys: tuple[str, ...]):
+        super().__init__(message)
+        self.keys = keys
+
+
+def override_config(cfg, overrides: dict):
+    """`cfg` with dotted keys replaced ({"distill.steps": 5, "seed": 1}), as Model Garden's
+    `override_params_dict` does for its params: the keys of one nested dataclass are set together, so its
+    cross-field checks see the final values. Raises OverrideError naming the keys of the part that failed."""
+    own, nested = {}, {}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head not in _field_names(type(cfg)):
+            raise OverrideError(f"{key}: {type(cfg).__name__} has no field {head!r}", (key,))
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            own[head] = value
+    for head, sub in nested.items():
+        try:
+            own[head] = override_config(getattr(cfg, head), sub)
+        except OverrideError as e:
+            raise OverrideError(str(e), tuple(f"{head}.{k}" for k in e.keys)) from None
+    try:
+        return dataclasses.replace(cfg, **own)
+    except (TypeError, ValueError) as e:
+        # name the keys refused on their own; a combination refused as a whole names all of its keys
+        alone = tuple(k for k in own if not _accepts(cfg, {k: own[k]}))
+        raise OverrideError(str(e), tuple(k for k in overrides if k.partition(".")[0] in (alone or own))) from None
+
+
+def _accepts(cfg, fields: dict) -> bool:
+    try:
+        dataclasses.replace(cfg, **fields)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def _preset(name: str) -> ExperimentConfig:

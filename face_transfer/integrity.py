@@ -7,17 +7,14 @@ import os
 import sys
 import zipfile
 
-from face_transfer.teachers.refs import file_digest
+from face_transfer.core.digest import file_digest
+from face_transfer.core.errors import CorruptArtifactError
 
 # Files that are written while a stage runs and are never part of what it produced.
 _SKIP_SUFFIXES = (".tmp", ".lock")
 # export/web is the browser page (face_transfer.deploy.web): a view rebuilt from the export's files by
 # `make web` / serve_web --build, so rebuilding it must not look like a damaged export.
 _SKIP_DIRS = ("tb", "ckpt", "__pycache__", "web")
-
-
-class CorruptArtifactError(ValueError):
-    """A file a finished stage wrote is damaged and cannot be rebuilt here; the message names it."""
 
 
 def notice(line: str):

@@ -5,27 +5,26 @@ import contextlib
 import os
 import time
 
-from face_transfer import distribute, peers
+from face_transfer import distribute
 from face_transfer.configs import ExperimentConfig
-from face_transfer.fileio import write_json
-from face_transfer.stages import ALWAYS_RUN, STAGE_NAMES, STAGES, Run, StageContext, summary
+from face_transfer.core import peers
+from face_transfer.core.fileio import write_json
+from face_transfer.stages import Run, StageContext, depends_on, ordered_stages, summary
 from face_transfer.stages.rundir import RunLock
-
-STAGES_BY_NAME = dict(zip(STAGE_NAMES, STAGES))
-
 
 def _wait_for_record(run: Run, name: str, worker: tuple[int, int], timeout_s: float = 7 * 24 * 3600,
                      poll_s: float = 2.0) -> dict:
     rec = peers.wait_for(lambda: run.stage_done(name), run.dir, worker,
-                         f"the chief's record of stage {name} ({run.stage_record_path(name)})", timeout_s, poll_s)
+                         f"the chief's record of stage {name} ({run.paths.stage_record(name)})", timeout_s, poll_s)
     return rec["record"]
 
 
 def run_pipeline(cfg: ExperimentConfig, run_dir: str, overwrite: bool = False, strategy=None,
                  until: str = "report", flags_text: str = "") -> dict:
     """Run the stages up to and including `until`; returns {stage: record}."""
-    if until not in STAGE_NAMES:
-        raise ValueError(f"until={until!r}; expected one of {STAGE_NAMES}")
+    names = [s.NAME for s in ordered_stages()]
+    if until not in names:
+        raise ValueError(f"until={until!r}; expected one of {tuple(names)}")
     chief = distribute.is_chief(strategy) if strategy is not None else True
     # The chief holds the run directory for the whole invocation; other workers of a multi-worker run share it.
     worker = distribute.worker_index(strategy) if strategy is not None else (0, 1)
@@ -43,7 +42,8 @@ def _run_stages(cfg, run_dir, overwrite, strategy, until, flags_text, chief, wor
     ctx = StageContext(strategy=strategy)
     rebuilt: set[str] = set()  # stages that ran in this invocation: a dependant's earlier record is stale
     out, times = {}, {}
-    todo = STAGES[:STAGE_NAMES.index(until) + 1]
+    stages = ordered_stages()
+    todo = stages[:[s.NAME for s in stages].index(until) + 1]
     for i, stage in enumerate(todo):
         t0 = time.time()
         if not chief and stage.WORKERS == "chief":
@@ -52,16 +52,18 @@ def _run_stages(cfg, run_dir, overwrite, strategy, until, flags_text, chief, wor
                 break
             out[stage.NAME] = _wait_for_record(run, stage.NAME, worker)
             continue
-        had_record = os.path.exists(run.stage_record_path(stage.NAME))
-        if had_record and rebuilt & set(stage.DEPENDS_ON):
-            summary(f"{stage.NAME}: recomputed, because {', '.join(sorted(rebuilt & set(stage.DEPENDS_ON)))} was")
+        had_record = os.path.exists(run.paths.stage_record(stage.NAME))
+        stale_because = rebuilt & set(depends_on(stage))
+        if had_record and stale_because:
+            summary(f"{stage.NAME}: recomputed, because {', '.join(sorted(stale_because))} was")
             run.reset_stage(stage.NAME, cascade=True)
-        done = None if stage.NAME in ALWAYS_RUN else run.stage_done(stage.NAME)
+        always = getattr(stage, "ALWAYS_RUN", False)
+        done = None if always else run.stage_done(stage.NAME)
         if done is not None:
-            summary(f"{stage.NAME}: complete, artifacts verified ({run.stage_record_path(stage.NAME)}), skipped")
+            summary(f"{stage.NAME}: complete, artifacts verified ({run.paths.stage_record(stage.NAME)}), skipped")
             out[stage.NAME] = done["record"]
         else:
-            if stage.NAME not in ALWAYS_RUN:  # ran (again, or with its record deleted): dependants are stale
+            if not always:  # ran (again, or with its record deleted): dependants are stale
                 rebuilt.add(stage.NAME)
             record = dict(stage.run(run, ctx))
             outputs, artifacts, reset = (record.pop(k, []) for k in ("outputs", "artifacts", "reset"))
@@ -70,6 +72,6 @@ def _run_stages(cfg, run_dir, overwrite, strategy, until, flags_text, chief, wor
             out[stage.NAME] = record
         times[stage.NAME] = round(time.time() - t0, 1)
     if chief:
-        write_json(run.p("metrics", "stage_times.json"), times)
+        write_json(run.paths.stage_times_json, times)
     out["stage_seconds"] = times
     return out

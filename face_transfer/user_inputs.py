@@ -13,13 +13,13 @@ def with_user_inputs(cfg, teachers=(), teachers_json: str | None = None, faces=(
     """`cfg` with the user's own teachers, unlabelled faces and labelled datasets, each checked before any work
     (ValueError naming the flag-style input and what was expected). `teachers`: "zoo:NAME", a built-in pretrained
     name, or "NAME=PATH[,key=value...]" (see README); `tasks`: "FORMAT:PATH[,key=value...]"."""
-    from face_transfer.data.faces import FacesConfig
+    from face_transfer.core.errors import TeacherLoadError
+    from face_transfer.data.config import FacesConfig
     from face_transfer.data.tasks import EVAL_SETS
     from face_transfer.data.tasksets import parse_task_flag
+    from face_transfer.teachers.config import ZOO_PRESETS
     from face_transfer.teachers.real import REAL_TEACHERS, available_real_teachers
     from face_transfer.teachers.refs import parse_teacher_flag, resolve_ref, teacher_refs_from_json
-    from face_transfer.teachers.adapters import TeacherLoadError
-    from face_transfer.teachers.zoo import ZOO_PRESETS
     r = dataclasses.replace
     refs = list(teachers or [])
     if refs or teachers_json:

@@ -2,7 +2,8 @@
 import keras
 import numpy as np
 
-from face_transfer.student.model import StudentConfig, build_student
+from face_transfer.student.config import StudentConfig
+from face_transfer.student.model import build_student
 
 CFG = StudentConfig(input_size=32, width=0.25, embedding_dim=16)
 

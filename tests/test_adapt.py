@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from face_transfer import adapt
+from face_transfer.deploy import bundle
 from face_transfer.data import synth
-from face_transfer.data.readers import DataError
+from face_transfer.data.imageio import DataError
 from face_transfer.data.synth_datasets import write_folder_csv
 from face_transfer.data.tasksets import parse_task_flag
 
@@ -25,20 +26,21 @@ def bundle_dir(tmp_path_factory):
 
     from face_transfer.data.tasks import get_task
     from face_transfer.evaluation.heads import fit_heads
-    from face_transfer.student.model import StudentConfig, build_student
+    from face_transfer.student.config import StudentConfig
+    from face_transfer.student.model import build_student
     keras.utils.set_random_seed(0)
     student = build_student(StudentConfig(input_size=32, width=0.25, embedding_dim=8))
     images, labels = synth.render_faces(SYNTH, np.arange(160), stream="bundle")
-    from face_transfer.student.distill import recalibrate_batchnorm
+    from face_transfer.student.training import recalibrate_batchnorm
     recalibrate_batchnorm(student, [images[i:i + 40] for i in range(0, 160, 40)])  # as after a distillation
-    feats = adapt.StudentBundle(student, "ladder", {}, {}, "").features(images)
+    feats = bundle.StudentBundle(student, "ladder", {}, {}, "").features(images)
     heads = fit_heads(["glasses"], feats, labels, {"glasses": get_task("glasses")})
     heads["glasses"]["task"] = "glasses"
     meta = {"glasses": {"kind": "classification", "classes": ["no", "yes"], "task": "glasses",
-                        "trained_on": {"dataset": "SynthFaces photo", "images": 160, "domain": adapt.SYNTHETIC_DOMAIN,
+                        "trained_on": {"dataset": "SynthFaces photo", "images": 160, "domain": bundle.SYNTHETIC_DOMAIN,
                                        "synthetic": True}}}
     out = str(tmp_path_factory.mktemp("bundle") / "export")
-    adapt.save_bundle(out, student, "ladder", heads, meta)
+    bundle.save_bundle(out, student, "ladder", heads, meta)
     return out
 
 
@@ -49,7 +51,7 @@ def shape_csv(tmp_path_factory):
 
 
 def test_bundle_round_trip(bundle_dir):
-    b = adapt.load_bundle(bundle_dir)
+    b = bundle.load_bundle(bundle_dir)
     assert b.view == "ladder" and b.image_size == 32
     assert b.heads["glasses"]["kind"] == "classification" and b.heads["glasses"]["coef"].ndim == 2
     assert b.heads_meta["glasses"]["trained_on"]["synthetic"] is True
@@ -57,7 +59,8 @@ def test_bundle_round_trip(bundle_dir):
 
 def test_linear_adapt_adds_heads_keeps_old_ones_and_exports_an_analyser(bundle_dir, shape_csv, tmp_path):
     from face_transfer.deploy import infer, metadata
-    b = adapt.load_bundle(bundle_dir)
+    from face_transfer.core.interpreter import load_interpreter
+    b = bundle.load_bundle(bundle_dir)
     ts = [parse_task_flag(f"folder_csv:{shape_csv},name=shape")]
     with pytest.raises(adapt.AdaptUsageError, match="'glasses'.*existing head.*--replace_heads"):
         adapt.adapt(b, ts, adapt.AdaptConfig(), progress=False)
@@ -73,18 +76,18 @@ def test_linear_adapt_adds_heads_keeps_old_ones_and_exports_an_analyser(bundle_d
     faces = adapt.calibration_faces(r.new_tasks, 32)
     info = adapt.export_analyzer(r, out, faces, faces[:16], web_page=False)
     path = os.path.join(out, "analyzer_int8.tflite")
-    got = infer.run_tflite(infer.load_interpreter(path), faces[:4])
+    got = infer.run_tflite(load_interpreter(path), faces[:4])
     assert {"embedding", "face_shape", "glasses"} <= set(got)
     desc = metadata.read_metadata(path)
     assert "face_shape" in json.dumps(desc) and "fitted on" in json.dumps(desc)
     assert info["cosine"]["analyzer_int8_ptq"] > 0.9
     # the adapted folder is itself a student folder
-    again = adapt.load_bundle(out)
+    again = bundle.load_bundle(out)
     assert set(again.heads) == {"glasses", "face_shape"}
 
 
 def test_finetune_moves_the_student_and_resumes_from_its_checkpoint(bundle_dir, shape_csv, tmp_path):
-    b = adapt.load_bundle(bundle_dir)
+    b = bundle.load_bundle(bundle_dir)
     ts = [parse_task_flag(f"folder_csv:{shape_csv},name=shape")]
     cfg = adapt.AdaptConfig(mode="finetune", finetune_steps=6, batch_size=8, checkpoint_every=3, replace_heads=True)
     ckpt = str(tmp_path / "ckpt")
@@ -101,19 +104,19 @@ def test_finetune_moves_the_student_and_resumes_from_its_checkpoint(bundle_dir, 
 
 
 def test_bad_student_folders_are_named(bundle_dir, tmp_path):
-    with pytest.raises(adapt.BundleError, match="bundle.json: missing"):
-        adapt.load_bundle(str(tmp_path))
+    with pytest.raises(bundle.BundleError, match="bundle.json: missing"):
+        bundle.load_bundle(str(tmp_path))
     import shutil
     d = str(tmp_path / "copy")
     shutil.copytree(bundle_dir, d)
     info = json.load(open(os.path.join(d, "bundle.json")))
     json.dump({**info, "format": 99}, open(os.path.join(d, "bundle.json"), "w"))
-    with pytest.raises(adapt.BundleError, match="format 99"):
-        adapt.load_bundle(d)
+    with pytest.raises(bundle.BundleError, match="format 99"):
+        bundle.load_bundle(d)
     json.dump(info, open(os.path.join(d, "bundle.json"), "w"))
     os.remove(os.path.join(d, "analyzer_heads.npz"))
-    with pytest.raises(adapt.BundleError, match="analyzer_heads.npz: missing"):
-        adapt.load_bundle(d)
+    with pytest.raises(bundle.BundleError, match="analyzer_heads.npz: missing"):
+        bundle.load_bundle(d)
 
 
 def test_out_folder_rules(bundle_dir):
@@ -133,7 +136,7 @@ def test_unreadable_dataset_is_a_data_error(bundle_dir, tmp_path):
         (d / "images" / f"{i}.jpg").write_bytes(b"not a jpeg")
     (d / "labels.csv").write_text("image,score\n" + "".join(f"images/{i}.jpg,{i}\n" for i in range(12)))
     with pytest.raises(DataError, match="labels.csv|.jpg"):
-        adapt.adapt(adapt.load_bundle(bundle_dir), [parse_task_flag(f"folder_csv:{d / 'labels.csv'}")],
+        adapt.adapt(bundle.load_bundle(bundle_dir), [parse_task_flag(f"folder_csv:{d / 'labels.csv'}")],
                     progress=False)
 
 

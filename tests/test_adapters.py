@@ -4,19 +4,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from face_transfer.teachers.adapters import (
-    InputSpec,
-    Teacher,
-    TeacherLoadError,
-    callable_teacher,
-    keras_model_teacher,
-    load_keras_teacher,
-    load_onnx_teacher,
-    load_savedmodel_teacher,
-    load_tflite_teacher,
-    preprocess,
-)
+from face_transfer.core.errors import TeacherLoadError
+from face_transfer.teachers.adapters import Teacher, callable_teacher, keras_model_teacher, preprocess
 from face_transfer.teachers.cache import build_ensemble, embed_all
+from face_transfer.teachers.config import InputSpec
+from face_transfer.teachers.formats.keras import load_keras_teacher
+from face_transfer.teachers.formats.onnx import load_onnx_teacher
+from face_transfer.teachers.formats.savedmodel import load_savedmodel_teacher
+from face_transfer.teachers.formats.tflite import load_tflite_teacher
 
 RNG = np.random.default_rng(1)
 SPEC = InputSpec(size=16, channels=3)
@@ -201,7 +196,7 @@ def test_load_onnx_teacher(tmp_path):
     images = _images(4, 16)
     x = np.asarray(preprocess(images, SPEC)).transpose(0, 3, 1, 2)
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["feat"], {"x": x})[0]
-    assert teacher.dim == 8
+    assert teacher.dim == 8 and not teacher.in_graph_exportable  # onnxruntime, outside the graph
     np.testing.assert_allclose(teacher.embed(images), ref, atol=1e-4)
     pooled = load_onnx_teacher(path, "r", spec=SPEC, pool="avg")  # 4-D NCHW map, pooled over space
     np.testing.assert_allclose(pooled.embed(images), ref, atol=1e-4)
@@ -305,7 +300,7 @@ def test_load_tflite_teacher_float_matches_keras(tiny, tiny_tflite):
     np.testing.assert_allclose(teacher.embed(images, batch_size=3), np.asarray(tiny(x)), atol=1e-4)
     assert teacher._fn.resizable is True
     # An intermediate tensor by one part of its fused name, pooled like the Keras feature.
-    from face_transfer.deploy.infer import load_interpreter
+    from face_transfer.core.interpreter import load_interpreter
 
     names = [t["name"] for t in load_interpreter(tiny_tflite).get_tensor_details()]
     fused = next(n for n in names if "feat" in n and "Relu" in n)

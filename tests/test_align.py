@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from face_transfer.data import align, readers
-from face_transfer.data.readers import DataError, NoFaceError
+from face_transfer.data import align
+from face_transfer.data.readers import folder_csv
+from face_transfer.data.imageio import DataError, NoFaceError
+from face_transfer.data.vocab import LANDMARK_NAMES
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -60,7 +62,7 @@ def test_align_face_puts_landmarks_on_template(face_side):
     for k, (tx, ty) in enumerate(align.template_points(size)):
         near = (xs - tx) ** 2 + (ys - ty) ** 2 <= 4**2
         chan = crop[:, :, k % 3].astype(np.float64) * near
-        assert chan.sum() > 0, f"landmark {align.LANDMARK_NAMES[k]} did not reach the template"
+        assert chan.sum() > 0, f"landmark {LANDMARK_NAMES[k]} did not reach the template"
         cx, cy = (chan * xs).sum() / chan.sum(), (chan * ys).sum() / chan.sum()
         assert abs(cx - tx) < 0.75 and abs(cy - ty) < 0.75
     assert align.alignment_residual(points, size) < 1e-6
@@ -136,9 +138,9 @@ def test_reader_with_align(detector, astronaut, tmp_path):
     Image.fromarray(_noise(2)).save(tmp_path / "noise.png")
     (tmp_path / "faces.csv").write_text("image,smile\nastronaut.png,1\nnoise.png,0\n")
     with pytest.raises(DataError, match=r"faces\.csv line 3: .*noise\.png: no face found"):
-        readers.read_image_folder_csv(tmp_path, tmp_path / "faces.csv", align=True)
+        folder_csv.read_image_folder_csv(tmp_path, tmp_path / "faces.csv", align=True)
     with pytest.warns(UserWarning, match="no_face=1"):
-        images, labels, report = readers.read_image_folder_csv(
+        images, labels, report = folder_csv.read_image_folder_csv(
             tmp_path, tmp_path / "faces.csv", align=True, on_error="skip"
         )
     assert images.shape == (1, 64, 64, 3) and labels["smile"].tolist() == [1]

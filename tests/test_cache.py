@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from face_transfer.teachers.adapters import InputSpec, callable_teacher, keras_model_teacher
+from face_transfer.teachers.adapters import callable_teacher, keras_model_teacher
 from face_transfer.teachers.cache import (
     MANIFEST,
     build_embedding_cache,
@@ -14,6 +14,7 @@ from face_transfer.teachers.cache import (
     embed_all,
     load_embedding_cache,
 )
+from face_transfer.teachers.config import InputSpec
 
 SIZE = 16
 
@@ -157,7 +158,8 @@ def test_resuming_with_different_teachers_refuses_old_shards(tmp_path):
 
 
 def test_constant_teacher_is_named(tmp_path):
-    from face_transfer.teachers.adapters import InputSpec, callable_teacher
+    from face_transfer.teachers.adapters import callable_teacher
+    from face_transfer.teachers.config import InputSpec
     flat = callable_teacher(lambda x: np.ones((len(x), 4), np.float32), 4, "flat", InputSpec(size=SIZE))
     with pytest.raises(FloatingPointError, match="'flat' produced the same embedding"):
         build_embedding_cache([flat], lambda idx: _images(idx), 8, str(tmp_path / "c"), shard_size=8, progress=False)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from face_transfer.configs import PRESETS, ExperimentConfig, preset_config
-from face_transfer.teachers.zoo import ZOO_PRESETS
+from face_transfer.teachers.config import ZOO_PRESETS
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -94,3 +94,19 @@ def test_parallel_student_workers_only_under_the_default_strategy(tmp_path):
     assert parallel_workers(run, tf.distribute.MirroredStrategy(["/cpu:0"]), ["student", "ceiling"]) == 1
     assert parallel_workers(Run(str(tmp_path), dataclasses.replace(run.cfg, student_workers=1)), None,
                             ["student", "ceiling"]) == 1
+
+
+def test_override_config_sets_dotted_keys_together_and_names_refused_ones():
+    from face_transfer.configs import OverrideError, override_config, preset_config
+    cfg = preset_config("smoke")
+    out = override_config(cfg, {"seed": 7, "distill.steps": 3, "distill.batch_size": 8, "fusion.code_dim": 5})
+    assert (out.seed, out.distill.steps, out.distill.batch_size, out.fusion.code_dim) == (7, 3, 8, 5)
+    assert out.teacher_train == cfg.teacher_train and override_config(cfg, {}) == cfg
+    # one part's fields are set at once: noise and consistent_noise only make sense together
+    both = override_config(cfg, {"distill.noise": 0.2, "distill.consistent_noise": True})
+    assert both.distill.consistent_noise and both.distill.noise == 0.2
+    with pytest.raises(OverrideError, match="probability") as e:
+        override_config(cfg, {"distill.steps": 3, "distill.noise": 2.0})
+    assert e.value.keys == ("distill.noise",)
+    with pytest.raises(OverrideError, match="no field 'distil'"):
+        override_config(cfg, {"distil.steps": 3})

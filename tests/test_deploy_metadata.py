@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from face_transfer.deploy import infer, metadata
+from face_transfer.core.interpreter import load_interpreter
 from face_transfer.deploy.savedmodel import build_analyzer
 from face_transfer.deploy.tflite import QuantizationConfig, convert_to_tflite
-from face_transfer.integrity import CorruptArtifactError
+from face_transfer.core.errors import CorruptArtifactError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from tests.deploy_models import CFG, calibrated_student, smooth_images
@@ -103,8 +104,8 @@ def test_interpreter_gives_identical_outputs_with_metadata(files):
     for plain in (a8, s32):
         outputs = {o["name"]: {"kind": "x"} for o in metadata.model_io(plain)["outputs"]}
         data = metadata.write_metadata(plain, name="m", description="d", outputs=outputs)
-        want = infer.run_tflite(infer.load_interpreter(plain), images)
-        got = infer.run_tflite(infer.load_interpreter(data), images)
+        want = infer.run_tflite(load_interpreter(plain), images)
+        got = infer.run_tflite(load_interpreter(data), images)
         assert set(got) == set(want)
         for k in want:
             assert np.array_equal(got[k], want[k]), k
@@ -144,7 +145,7 @@ def test_infer_shows_what_each_head_was_fitted_on(files, tmp_path):
     """Each head's training data reaches face-transfer-infer from the file alone: a structured `trained_on`
     in the metadata, else an adapted analyser's heads_trained_on, else the text the export stage writes into
     the output's description; heads fitted on synthetic faces only get a note."""
-    from face_transfer.adapt import trained_on_text
+    from face_transfer.deploy.bundle import trained_on_text
     a8, _, _ = files
     outputs = {**OUTPUTS, "expression": {**OUTPUTS["expression"], "trained_on": SYNTH},
                "yaw": {**OUTPUTS["yaw"], "description": "regression, task yaw, degrees, "
@@ -224,7 +225,7 @@ def test_file_without_metadata_uses_the_sidecar_or_nothing(files, tmp_path):
     (tmp_path / "plain.labels.json").write_text(json.dumps(sidecar))
     info = infer.model_info(str(path))
     assert info["labels"] == sidecar and info["labels_from"].endswith("plain.labels.json")
-    out = infer.run_tflite(infer.load_interpreter(str(path)), smooth_images(2), input_spec=info["input"])
+    out = infer.run_tflite(load_interpreter(str(path)), smooth_images(2), input_spec=info["input"])
     assert out["expression"].shape == (2, 3)
 
 
@@ -290,9 +291,9 @@ def test_normalisation_from_metadata_is_applied(tmp_path):
     info = infer.model_info(str(path))
     assert info["input"] == {"color_space": "RGB", "mean": [127.5], "std": [127.5]}
     images = np.array([np.full((8, 8, 3), 255), np.zeros((8, 8, 3))], np.uint8)
-    out = next(iter(infer.run_tflite(infer.load_interpreter(str(path)), images, input_spec=info["input"]).values()))
+    out = next(iter(infer.run_tflite(load_interpreter(str(path)), images, input_spec=info["input"]).values()))
     assert np.allclose(out, [[1.0] * 3, [-1.0] * 3])
-    raw = next(iter(infer.run_tflite(infer.load_interpreter(str(path)), images).values()))
+    raw = next(iter(infer.run_tflite(load_interpreter(str(path)), images).values()))
     assert np.allclose(raw, [[255.0] * 3, [0.0] * 3])  # without the spec: raw pixels, as before
 
 
@@ -305,7 +306,7 @@ def test_the_web_pages_batch_one_copy_keeps_its_metadata(files, tmp_path):
     path.write_bytes(described(a8))
     one = static_batch_model(str(path))
     assert metadata.read_metadata(one)["outputs"]["expression"]["classes"] == EXPRESSIONS
-    from face_transfer.deploy.infer import load_interpreter
+    from face_transfer.core.interpreter import load_interpreter
     (detail,) = load_interpreter(one).get_input_details()
     assert list(detail["shape_signature"]) == [1, 32, 32, 3]
 

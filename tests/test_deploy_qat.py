@@ -11,7 +11,8 @@ SCRIPT = r"""
 import json, os, sys
 import numpy as np
 import keras
-from face_transfer.student.model import StudentConfig, build_student, feature_model
+from face_transfer.student.config import StudentConfig
+from face_transfer.student.model import build_student, feature_model
 
 keras.utils.set_random_seed(0)  # the tiny model's init decides its int8 error: make it reproducible
 cfg = StudentConfig(input_size=32, width=0.25, embedding_dim=16)

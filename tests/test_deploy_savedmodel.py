@@ -116,7 +116,8 @@ def test_bad_head_names_the_problem():
 
 
 def test_analyzer_heads_on_the_ladder_view_keep_the_code_as_embedding(tmp_path):
-    from face_transfer.student.model import StudentConfig, build_student, feature_model
+    from face_transfer.student.config import StudentConfig
+    from face_transfer.student.model import build_student, feature_model
     student = build_student(StudentConfig(input_size=32, width=0.35, embedding_dim=8))
     view = feature_model(student, "ladder")
     images = smooth_images(4, seed=5).astype(np.float32)
@@ -144,6 +145,7 @@ def test_every_student_file_outputs_the_code_and_the_probed_view(view, tmp_path)
     export_savedmodel, convert_to_tflite, stages.export.student_outputs_metadata, write_metadata, export_onnx.
     In the "embedding" view both outputs are one tensor of the .tflite file, still named twice."""
     from face_transfer.deploy import infer, metadata, onnx_export, tflite
+    from face_transfer.core.interpreter import load_interpreter
     from face_transfer.deploy.savedmodel import STUDENT_OUTPUTS, build_student_export
     from face_transfer.stages.export import student_outputs_metadata
     from face_transfer.student.model import feature_model
@@ -177,7 +179,7 @@ def test_every_student_file_outputs_the_code_and_the_probed_view(view, tmp_path)
         described = meta["outputs"]["features"]["description"]
         assert f"{dims['features']} floats" in described and "headline transfer score" in described and view in described
         assert metadata.output_labels(meta)["features"]["kind"] == "embedding"
-        got[mode] = infer.run_tflite(infer.load_interpreter(data), images)
+        got[mode] = infer.run_tflite(load_interpreter(data), images)
         if mode == "int8_ptq":  # the export stage's parity check, with a reference returning both outputs
             report = tflite.validate_tflite(data, lambda x: export_model.predict(x, verbose=0), images, min_cosine=0.95)
             assert sorted(report["outputs"]) == sorted(STUDENT_OUTPUTS) and report["int8_only"] is True

@@ -6,6 +6,8 @@ import warnings
 import numpy as np
 import pytest
 
+from face_transfer.core import interpreter as core_interpreter
+from face_transfer.core.interpreter import interpreter_backend, load_interpreter
 from face_transfer.deploy import infer
 from face_transfer.deploy.savedmodel import export_savedmodel
 from face_transfer.deploy.tflite import (
@@ -75,10 +77,10 @@ def test_float16_and_dynamic_convert(student_dir, mode, tmp_path):
 
 
 def test_run_tflite_named_outputs_and_backend(student_dir, int8_bytes, tmp_path):
-    assert infer.interpreter_backend() == "ai_edge_litert"
+    assert interpreter_backend() == "ai_edge_litert"
     path = tmp_path / "student_int8.tflite"
     path.write_bytes(int8_bytes)
-    interpreter = infer.load_interpreter(str(path))
+    interpreter = load_interpreter(str(path))
     images = smooth_images(5, seed=8)
     out = infer.run_tflite(interpreter, images, batch_size=2)  # 3 batches incl. a ragged one
     assert list(out) == ["embedding"] and out["embedding"].shape == (5, 16)
@@ -89,7 +91,7 @@ def test_run_tflite_named_outputs_and_backend(student_dir, int8_bytes, tmp_path)
     with pytest.raises(ValueError, match="32,32,3"):
         infer.run_tflite(interpreter, smooth_images(1, size=16))
     with pytest.raises(FileNotFoundError, match="missing.tflite"):
-        infer.load_interpreter(str(tmp_path / "missing.tflite"))
+        load_interpreter(str(tmp_path / "missing.tflite"))
 
 
 _DEPRECATED_INTERPRETER = "tf.lite.Interpreter is deprecated"
@@ -104,8 +106,8 @@ def test_int8_conversion_and_inference_use_no_deprecated_interpreter(student_dir
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         data = convert_to_tflite(out_dir, QuantizationConfig.for_int8(smooth_images(8, seed=4), steps=8))
-        out = infer.run_tflite(infer.load_interpreter(data), smooth_images(2, seed=5))
-        infer.load_interpreter(data, default_delegates=False, preserve_all_tensors=True)
+        out = infer.run_tflite(load_interpreter(data), smooth_images(2, seed=5))
+        load_interpreter(data, default_delegates=False, preserve_all_tensors=True)
     assert out["embedding"].shape == (2, 16)
     deprecated = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if _DEPRECATED_INTERPRETER in str(w.message)]
     assert not deprecated, deprecated
@@ -116,16 +118,18 @@ def test_int8_conversion_and_inference_use_no_deprecated_interpreter(student_dir
 def test_interpreter_never_falls_back_to_tf_lite(monkeypatch):
     """Without ai_edge_litert and tflite_runtime there is no interpreter (an ImportError saying what to install),
     never the deprecated tf.lite.Interpreter."""
-    monkeypatch.setattr(infer, "_BACKEND", None)
+    monkeypatch.setattr(core_interpreter, "_BACKEND", None)
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import raises ImportError
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
     with pytest.raises(ImportError, match="ai-edge-litert"):
-        infer.interpreter_backend()
+        interpreter_backend()
 
 
 def test_quantization_config_checks_its_inputs(tmp_path):
     with pytest.raises(ValueError, match="representative_images"):
-        QuantizationConfig("int8")
+        QuantizationConfig("int8_ptq")
+    with pytest.raises(ValueError, match="expected one of .*'int8_ptq', 'int8_qat'"):
+        QuantizationConfig("int8")  # one name per mode: int8_ptq or int8_qat
     with pytest.raises(ValueError, match="uint8"):
         QuantizationConfig.for_int8(np.zeros((4, 32, 32, 3), np.float32))
     with pytest.raises(ValueError, match="mode"):
@@ -203,7 +207,7 @@ def test_int8_analyzer_with_many_heads_loads_with_xnnpack(monkeypatch):
     ops = tflite_op_set(data)
     assert ops["has_float_ops"] is False and ops["input_dtypes"] == ["uint8"]
 
-    interpreter = infer.load_interpreter(data)  # default delegates (XNNPACK): used to raise RuntimeError
+    interpreter = load_interpreter(data)  # default delegates (XNNPACK): used to raise RuntimeError
     images = smooth_images(16, seed=9)
     got = infer.run_tflite(interpreter, images)
     want = analyzer.predict(images.astype(np.float32), verbose=0)
@@ -212,7 +216,7 @@ def test_int8_analyzer_with_many_heads_loads_with_xnnpack(monkeypatch):
     for name, ref in want.items():
         out = got[name]
         assert out.shape == ref.shape and np.all(np.isfinite(out)), name
-        stats[name] = {"cos": float(tfl._cosines(out, ref).mean()), "max_abs": float(np.abs(out - ref).max()),
+        stats[name] = {"cos": float(tfl.output_cosines(out, ref).mean()), "max_abs": float(np.abs(out - ref).max()),
                        "corr": float(np.corrcoef(out.ravel(), ref.ravel())[0, 1])}
     for name, s in stats.items():
         if name in ("yaw", "pitch"):
@@ -243,7 +247,7 @@ def test_int8_folds_the_input_normalisation_into_the_stem(student_dir, monkeypat
     data = convert_to_tflite(out_dir, QuantizationConfig.for_int8(smooth_images(48, seed=4), steps=48))
     assert len(unfolded) == 1 and original(data)[1] == []  # folded once; nothing left to fold
 
-    interp = infer.load_interpreter(data, default_delegates=False)
+    interp = load_interpreter(data, default_delegates=False)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     ops = interp._get_ops_details()
     assert [op["op_name"] for op in ops[:3]] == ["QUANTIZE", "ADD", "CONV_2D"], [op["op_name"] for op in ops[:4]]
@@ -252,18 +256,18 @@ def test_int8_folds_the_input_normalisation_into_the_stem(student_dir, monkeypat
     assert ops[2]["inputs"][0] == ops[1]["outputs"][0]  # the ADD feeds the stem conv
     dw_kernels = [tuple(tensors[op["inputs"][1]]["shape"][1:3]) for op in ops if op["op_name"] == "DEPTHWISE_CONV_2D"]
     assert dw_kernels and (1, 1) not in dw_kernels  # the 3x3 depthwise convs stay, the 1x1 one is gone
-    ops_before = [op["op_name"] for op in infer.load_interpreter(unfolded[0], default_delegates=False)._get_ops_details()]
+    ops_before = [op["op_name"] for op in load_interpreter(unfolded[0], default_delegates=False)._get_ops_details()]
     assert ops_before[:3] == ["QUANTIZE", "DEPTHWISE_CONV_2D", "CONV_2D"] and len(ops_before) == len(ops)
     assert tflite_op_set(data)["has_float_ops"] is False
 
     images = smooth_images(16, seed=7)
-    got = infer.run_tflite(infer.load_interpreter(data), images)["embedding"]
-    before = infer.run_tflite(infer.load_interpreter(unfolded[0]), images)["embedding"]
+    got = infer.run_tflite(load_interpreter(data), images)["embedding"]
+    before = infer.run_tflite(load_interpreter(unfolded[0]), images)["embedding"]
     dequantize = next(op for op in ops if op["op_name"] == "DEQUANTIZE")
     step = tensors[dequantize["inputs"][0]]["quantization"][0]  # one step of the int8 embedding
     assert np.max(np.abs(got - before)) <= 2 * step + 1e-6
     ref = model.predict(images.astype(np.float32), verbose=0)
-    assert tfl._cosines(got, ref).mean() >= 0.95
+    assert tfl.output_cosines(got, ref).mean() >= 0.95
 
 
 def test_the_faster_student_file_is_chosen_by_cpu_isa(tmp_path):
@@ -283,3 +287,37 @@ def test_the_faster_student_file_is_chosen_by_cpu_isa(tmp_path):
     (tmp_path / "student_float32.tflite").write_bytes(b"x")
     assert preferred_student_file(str(tmp_path), avx2)[0].endswith("student_float32.tflite")
     assert preferred_student_file(str(tmp_path), avx2 + ["avx512_vnni"])[0].endswith("student_int8_ptq.tflite")
+
+
+_TOY_MODE = """
+from face_transfer.deploy.modes import TfliteMode, register_mode
+
+
+@register_mode("toy_fp16")
+class ToyFp16(TfliteMode):
+    def configure(self, converter, qcfg, input_spec, path):
+        import tensorflow as tf
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+
+    def finish(self, data):
+        return data + b"toy"  # a flatbuffer ignores trailing bytes; proves the hook ran
+"""
+
+
+def test_a_new_mode_is_one_module(student_dir, tmp_path, monkeypatch):
+    """A TFLite mode written in one file registers itself on import and converts with no other edit."""
+    from face_transfer.deploy.modes import TFLITE_MODES, get_mode, mode_names
+
+    (tmp_path / "toy_tflite_mode.py").write_text(_TOY_MODE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import toy_tflite_mode  # noqa: F401  (registers "toy_fp16")
+
+    try:
+        assert mode_names()[-1] == "toy_fp16" and get_mode("toy_fp16").file_name() == "student_toy_fp16.tflite"
+        data = convert_to_tflite(student_dir[1], QuantizationConfig.for_mode("toy_fp16"))
+        assert data.endswith(b"toy")
+        assert "float16" in tflite_op_set(data)["tensor_dtypes"]
+    finally:
+        TFLITE_MODES.unregister("toy_fp16")

@@ -1,4 +1,5 @@
-"""Distillation: code / teacher-space losses, DistillConfig checks, tiny distilled and supervised runs."""
+"""Distillation: code / teacher-space losses, DistillConfig checks, tiny distilled and supervised runs (the
+student package: losses, augment, distill, supervised, training)."""
 import dataclasses
 import json
 import os
@@ -8,24 +9,14 @@ import numpy as np
 import pytest
 
 from face_transfer.data import synth
-from face_transfer.student.distill import (
-    STUDENT_JSON,
-    DistillConfig,
-    block_sq_loss,
-    build_teacher_heads,
-    cos_smooth_l1_loss,
-    cosine_code_loss,
-    degrade,
-    distill_student,
-    find_encoder,
-    make_source_dataset,
-    l2_code_loss,
-    load_student,
-    relational_loss,
-    teacher_space_loss,
-    train_supervised_student,
-)
-from face_transfer.student.model import StudentConfig, build_student, feature_model
+from face_transfer.student.augment import degrade
+from face_transfer.student.config import DistillConfig, StudentConfig
+from face_transfer.student.distill import distill_student, find_encoder, make_source_dataset
+from face_transfer.student.losses import (block_sq_loss, build_teacher_heads, cos_smooth_l1_loss, cosine_code_loss,
+                                          l2_code_loss, relational_loss, teacher_space_loss)
+from face_transfer.student.model import build_student, feature_model
+from face_transfer.student.supervised import train_supervised_student
+from face_transfer.student.training import STUDENT_JSON, load_student
 
 RNG = np.random.default_rng(0)
 SYNTH = synth.SynthConfig(image_size=32, n_train_identities=20, n_heldout_identities=5)
@@ -135,7 +126,7 @@ def test_supervised_student_tiny_run(tmp_path):
 
 def test_recalibrate_batchnorm_sets_exact_batch_statistics():
     import keras
-    from face_transfer.student.distill import recalibrate_batchnorm
+    from face_transfer.student.training import recalibrate_batchnorm
     inp = keras.Input((4,))
     model = keras.Model(inp, keras.layers.BatchNormalization(momentum=0.99)(inp))
     rng = np.random.default_rng(0)
@@ -195,8 +186,8 @@ def test_degrade_is_deterministic_per_position_and_changes_only_some_faces():
 
 def test_noisy_dataset_yields_clean_and_degraded_pairs_resumable():
     cfg = dataclasses.replace(TINY, noise=1.0)
-    from face_transfer.student.distill import _as_source
-    src = _as_source(SYNTH, cfg)
+    from face_transfer.student.training import as_source
+    src = as_source(SYNTH, cfg)
     batches = [b for b in make_source_dataset(src, cfg, None, 0, 8).take(3)]
     clean, noisy = (np.asarray(x) for x in batches[2])
     assert clean.shape == noisy.shape == (8, 32, 32, 3)
@@ -325,7 +316,7 @@ def test_block_losses_decrease_on_a_toy_target(tmp_path):
 
 def test_ceiling_heads_follow_task_kinds_and_share_labels():
     from face_transfer.data.tasks import TASKS
-    from face_transfer.student.distill import supervised_task_heads
+    from face_transfer.student.supervised import supervised_task_heads
     names = ["identity", "verification", "expression", "expression_sketch", "head_pose", "landmarks", "glasses"]
     heads = supervised_task_heads([TASKS[n] for n in names])
     by = {h["name"]: h for h in heads}
@@ -372,7 +363,7 @@ def test_ladder_residual_trains_through_the_decoder_and_is_dropped(tmp_path):
 
 
 def test_mix_faces_blends_a_fraction_deterministically_per_position():
-    from face_transfer.student.distill import mix_faces
+    from face_transfer.student.augment import mix_faces
     images, _ = synth.render_faces(SYNTH, np.arange(16))
     pos = np.arange(40, 56)
     a = mix_faces(images, pos, prob=0.5, seed=1)
@@ -391,8 +382,8 @@ def test_mix_faces_blends_a_fraction_deterministically_per_position():
 
 
 def test_mixup_and_consistent_noise_feed_the_teachers_what_the_student_sees():
-    from face_transfer.student.distill import _as_source
-    src = _as_source(SYNTH, TINY)
+    from face_transfer.student.training import as_source
+    src = as_source(SYNTH, TINY)
     plain = np.asarray(next(iter(make_source_dataset(src, TINY, None, 1, 8))))
     mixed_cfg = dataclasses.replace(TINY, mixup=1.0)
     mixed = np.asarray(next(iter(make_source_dataset(src, mixed_cfg, None, 1, 8))))
@@ -407,7 +398,7 @@ def test_mixup_and_consistent_noise_feed_the_teachers_what_the_student_sees():
 
 def test_teacher_dropping_keeps_the_worst_teacher_and_the_mean_scale():
     import tensorflow as tf
-    from face_transfer.student.distill import teacher_dropping
+    from face_transfer.student.losses import teacher_dropping
     losses = tf.constant(np.random.default_rng(2).random((32, 4)).astype("float32"))
     seed = tf.constant([3, 4])
     np.testing.assert_allclose(teacher_dropping(losses, 0.0, seed), np.mean(losses, -1), rtol=1e-6)

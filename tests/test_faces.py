@@ -9,8 +9,10 @@ import tensorflow as tf
 from PIL import Image
 
 from face_transfer.data import faces, synth
-from face_transfer.data.faces import FaceSet, FacesConfig, list_face_files, make_faces_dataset, prepare_faces
-from face_transfer.data.readers import DataError, center_square_resize, load_image, write_tfrecord
+from face_transfer.data.config import FacesConfig
+from face_transfer.data.faces import FaceSet, list_face_files, make_faces_dataset, prepare_faces
+from face_transfer.data.imageio import DataError, center_square_resize, load_image
+from face_transfer.data.readers.tfrecord import write_tfrecord
 
 S = 32  # prepared crop side; inputs are 40x48 so the centre crop and the resize both do something
 

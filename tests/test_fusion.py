@@ -3,19 +3,12 @@ import keras
 import numpy as np
 import pytest
 
-from face_transfer.fusion.autoencoder import (
-    Fusion,
-    FusionConfig,
-    balanced_reconstruction_loss,
-    build_autoencoder,
-    build_fused_teacher,
-    fit_pca,
-    random_projection,
-    train_fusion,
-)
+from face_transfer.fusion.autoencoder import (Fusion, balanced_reconstruction_loss, build_autoencoder, build_fused_teacher, fit_pca, random_projection, train_fusion)
+from face_transfer.fusion.config import FusionConfig
 from face_transfer.fusion.standardize import Standardizer
-from face_transfer.teachers.adapters import InputSpec, keras_model_teacher
+from face_transfer.teachers.adapters import keras_model_teacher
 from face_transfer.teachers.cache import build_ensemble, embed_all
+from face_transfer.teachers.config import InputSpec
 
 LATENT = 8
 # Few epochs of small batches: per-epoch overhead, not the arithmetic, dominates time here.

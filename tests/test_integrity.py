@@ -83,7 +83,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
 
 
 def test_teacher_checkpoint_falls_back_to_prev_keras(tmp_path, capsys):
-    from face_transfer.teachers.train import _resume
+    from face_transfer.teachers.train import resume_from_checkpoint
     m = _tiny_model()
     m.compile(optimizer="adam", loss="mse")
     m.save(tmp_path / "prev.keras")
@@ -91,38 +91,40 @@ def test_teacher_checkpoint_falls_back_to_prev_keras(tmp_path, capsys):
     m.save(tmp_path / "last.keras")
     json.dump({"epochs_done": 2}, open(tmp_path / "state.json", "w"))
     open(tmp_path / "last.keras", "wb").write(open(tmp_path / "last.keras", "rb").read()[:100])
-    model, epochs = _resume(str(tmp_path))
+    model, epochs = resume_from_checkpoint(str(tmp_path))
     assert model is not None and epochs == 1
     assert "last.keras is corrupt; resumed from" in capsys.readouterr().err
 
 
 def test_run_lock_refuses_a_second_holder_and_takes_over_a_stale_one(tmp_path):
-    from face_transfer.stages.rundir import LOCK_FILE, RunLock, RunLockedError
+    from face_transfer.core.runpaths import RunPaths
+    from face_transfer.stages.rundir import RunLock, RunLockedError
     run_dir = str(tmp_path / "run")
     with RunLock(run_dir):
         with pytest.raises(RunLockedError, match=rf"in use by PID {os.getpid()} on "):
             RunLock(run_dir).__enter__()
-    assert open(os.path.join(run_dir, LOCK_FILE)).read() == ""  # released cleanly
+    assert open(RunPaths(run_dir).lock).read() == ""  # released cleanly
     # a lock file naming a process that is gone (the kernel released its flock)
-    open(os.path.join(run_dir, LOCK_FILE), "w").write(json.dumps({"pid": 999999, "host": "h", "since": "t"}))
+    open(RunPaths(run_dir).lock, "w").write(json.dumps({"pid": 999999, "host": "h", "since": "t"}))
     with RunLock(run_dir):
-        assert json.load(open(os.path.join(run_dir, LOCK_FILE)))["pid"] == os.getpid()
+        assert json.load(open(RunPaths(run_dir).lock))["pid"] == os.getpid()
 
 
 def test_damaged_artifact_resets_its_stage(tmp_path, capsys):
     from face_transfer.configs import preset_config
     from face_transfer.stages.rundir import Run
     run = Run.open(str(tmp_path / "run"), preset_config("smoke"))
-    os.makedirs(run.p("cache"))
+    os.makedirs(run.paths.cache_dir)
     for i in range(2):
-        np.savez(run.p("cache", f"shard-{i:05d}.npz"), a=np.arange(10 + i))
-    json.dump({"n": 2}, open(run.p("cache", "manifest.json"), "w"))
-    run.mark_done("cache", {"n": 2}, outputs=[run.p("cache", "manifest.json")], artifacts=[run.p("cache")])
+        np.savez(os.path.join(run.paths.cache_dir, f"shard-{i:05d}.npz"), a=np.arange(10 + i))
+    json.dump({"n": 2}, open(run.paths.cache_manifest, "w"))
+    run.mark_done("cache", {"n": 2}, outputs=[run.paths.cache_manifest], artifacts=[run.paths.cache_dir])
     assert run.stage_done("cache")["record"] == {"n": 2}
-    open(run.p("cache", "shard-00001.npz"), "wb").write(b"garbage")
+    open(os.path.join(run.paths.cache_dir, "shard-00001.npz"), "wb").write(b"garbage")
     assert run.stage_done("cache") is None
     err = capsys.readouterr().err
     assert "shard-00001.npz: 7 bytes, recorded" in err and "recomputing stage cache" in err
     # the damaged shard and the stage's completion marker are gone, the intact shard stays for the rerun
-    assert not os.path.exists(run.p("cache", "shard-00001.npz")) and not os.path.exists(run.p("cache", "manifest.json"))
-    assert os.path.exists(run.p("cache", "shard-00000.npz"))
+    assert not os.path.exists(os.path.join(run.paths.cache_dir, "shard-00001.npz"))
+    assert not os.path.exists(run.paths.cache_manifest)
+    assert os.path.exists(os.path.join(run.paths.cache_dir, "shard-00000.npz"))

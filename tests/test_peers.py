@@ -1,6 +1,6 @@
 """Writes into shared directories: unique temp names, first-writer-wins claims, peers that fail or die are
-noticed at once, and processes that claim and fill one shard directory together (face_transfer.fileio,
-face_transfer.peers, benchmarks.stress_claim)."""
+noticed at once, and processes that claim and fill one shard directory together (face_transfer.core.fileio,
+face_transfer.core.peers, benchmarks.stress_claim)."""
 import json
 import os
 import re
@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from face_transfer import fileio, peers
+from face_transfer.core import fileio, peers
 from face_transfer.data.pipelines import claim_shard_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,8 +74,9 @@ def test_a_differing_spec_names_both_and_an_unused_claim_is_replaced(tmp_path):
 
 
 def test_cache_after_a_nan_teacher_error_builds_with_the_fixed_teacher(tmp_path):
-    from face_transfer.teachers.adapters import InputSpec, callable_teacher
+    from face_transfer.teachers.adapters import callable_teacher
     from face_transfer.teachers.cache import build_embedding_cache, load_embedding_cache
+    from face_transfer.teachers.config import InputSpec
 
     def images(idx):
         return (np.asarray(idx)[:, None, None, None] * np.ones((1, 8, 8, 3)) % 256).astype(np.uint8)
@@ -95,8 +96,9 @@ def test_cache_after_a_nan_teacher_error_builds_with_the_fixed_teacher(tmp_path)
 
 def test_a_failed_peer_is_reported_in_seconds_naming_worker_and_file(tmp_path):
     """Worker 0's teacher fails: worker 1, waiting for the manifest, stops at once (not at its timeout)."""
-    from face_transfer.teachers.adapters import InputSpec, callable_teacher
+    from face_transfer.teachers.adapters import callable_teacher
     from face_transfer.teachers.cache import build_embedding_cache
+    from face_transfer.teachers.config import InputSpec
 
     def images(idx):
         return (np.asarray(idx)[:, None, None, None] * np.ones((1, 8, 8, 3)) % 256).astype(np.uint8)

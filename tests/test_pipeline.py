@@ -204,8 +204,8 @@ def test_truncated_tflite_in_a_finished_run_is_named_and_rebuilt(smoke_run, tmp_
     assert f"{path}: {size // 2:,} bytes, recorded {size:,}" in out.stderr
     assert "recomputing stage export" in out.stderr
     assert os.path.getsize(path) == size
-    from face_transfer.deploy import infer
-    infer.load_interpreter(path)  # loads again
+    from face_transfer.core.interpreter import load_interpreter
+    load_interpreter(path)  # loads again
     parity = json.load(open(os.path.join(run_dir, "export", "parity.json")))
     assert parity["student_int8_ptq"]["int8_only"] is True
 
@@ -447,9 +447,7 @@ def _fake_stages(monkeypatch, spec, calls):
         return types.SimpleNamespace(NAME=name, WORKERS="all", DEPENDS_ON=depends, run=run)
 
     fake = tuple(stage(n, d) for n, d in spec.items())
-    monkeypatch.setattr(pipeline, "STAGES", fake)
-    monkeypatch.setattr(pipeline, "STAGE_NAMES", tuple(spec))
-    monkeypatch.setattr(pipeline, "ALWAYS_RUN", ())
+    monkeypatch.setattr(pipeline, "ordered_stages", lambda: fake)
     return pipeline
 
 

@@ -215,7 +215,7 @@ def test_probe_workers_do_not_re_import_the_parents_main_module():
     from multiprocessing import spawn
     main = sys.modules["__main__"]
     before = (getattr(main, "__spec__", None), getattr(main, "__file__", None))
-    with probes._main_module_hidden():
+    with probes.main_module_hidden():
         prep = spawn.get_preparation_data("probe-worker")
         assert "init_main_from_name" not in prep and "init_main_from_path" not in prep
     assert (getattr(main, "__spec__", None), getattr(main, "__file__", None)) == before

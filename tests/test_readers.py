@@ -1,4 +1,4 @@
-"""Tests for face_transfer.data.readers on small fixtures written in each real format."""
+"""Tests for the dataset readers of face_transfer.data.readers on small fixtures written in each real format."""
 import os
 import warnings
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from face_transfer.data import readers
-from face_transfer.data.readers import DataError
+from face_transfer.data.readers import celeba, fer2013, folder_csv, tfrecord, utkface
+from face_transfer.data.vocab import EXPRESSIONS
+from face_transfer.data.imageio import DataError
 
 
 def _rgb(seed, h=40, w=30):
@@ -43,7 +44,7 @@ def csv_folder(tmp_path):
 
 
 def test_image_folder_csv_reads_images_and_typed_labels(csv_folder):
-    images, labels, report = readers.read_image_folder_csv(
+    images, labels, report = folder_csv.read_image_folder_csv(
         csv_folder, csv_folder / "labels.csv", image_size=16
     )
     assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8
@@ -59,7 +60,7 @@ def test_image_folder_csv_reads_images_and_typed_labels(csv_folder):
 
 
 def test_image_folder_csv_explicit_types_and_selection(csv_folder):
-    _, labels, _ = readers.read_image_folder_csv(
+    _, labels, _ = folder_csv.read_image_folder_csv(
         csv_folder, csv_folder / "labels.csv", label_columns={"smile": "float"}, image_size=8
     )
     assert list(labels) == ["smile"] and labels["smile"].dtype == np.float32
@@ -67,19 +68,19 @@ def test_image_folder_csv_explicit_types_and_selection(csv_folder):
 
 def test_image_folder_csv_missing_column_names_csv(csv_folder):
     with pytest.raises(DataError, match=r"labels\.csv: missing column\(s\) \['gender'\]"):
-        readers.read_image_folder_csv(csv_folder, csv_folder / "labels.csv", label_columns=["gender"])
+        folder_csv.read_image_folder_csv(csv_folder, csv_folder / "labels.csv", label_columns=["gender"])
     with pytest.raises(DataError, match="missing column.*'path'"):
-        readers.read_image_folder_csv(csv_folder, csv_folder / "labels.csv", image_column="path")
+        folder_csv.read_image_folder_csv(csv_folder, csv_folder / "labels.csv", image_column="path")
 
 
 def test_image_folder_csv_wrong_label_type_names_line(csv_folder):
     _write(csv_folder / "bad.csv", "image,smile\nimgs/a.png,1\nimgs/b.jpg,yes\n")
     with pytest.raises(DataError, match=r"bad\.csv line 3: column 'smile' has 'yes', expected an int"):
-        readers.read_image_folder_csv(csv_folder, csv_folder / "bad.csv")
+        folder_csv.read_image_folder_csv(csv_folder, csv_folder / "bad.csv")
     # a float in a column declared int is an error, never a truncation
     _write(csv_folder / "bad2.csv", "image,smile\nimgs/a.png,1.5\n")
     with pytest.raises(DataError, match="line 2: column 'smile' has '1.5', expected an int"):
-        readers.read_image_folder_csv(csv_folder, csv_folder / "bad2.csv", label_columns={"smile": "int"})
+        folder_csv.read_image_folder_csv(csv_folder, csv_folder / "bad2.csv", label_columns={"smile": "int"})
 
 
 def test_image_folder_csv_corrupt_and_truncated_images(csv_folder):
@@ -90,11 +91,11 @@ def test_image_folder_csv_corrupt_and_truncated_images(csv_folder):
     _write(csv_folder / "t.csv", "image,smile\nimgs/a.png,0\nimgs/trunc.jpg,1\n")
     _write(csv_folder / "m.csv", "image,smile\nimgs/nothere.png,1\n")
     with pytest.raises(DataError, match=r"c\.csv line 2: .*corrupt\.png: not a readable image"):
-        readers.read_image_folder_csv(csv_folder, csv_folder / "c.csv")
+        folder_csv.read_image_folder_csv(csv_folder, csv_folder / "c.csv")
     with pytest.raises(DataError, match=r"t\.csv line 3: .*trunc\.jpg: not a readable image"):
-        readers.read_image_folder_csv(csv_folder, csv_folder / "t.csv")
+        folder_csv.read_image_folder_csv(csv_folder, csv_folder / "t.csv")
     with pytest.raises(DataError, match=r"nothere\.png: cannot open image file"):
-        readers.read_image_folder_csv(csv_folder, csv_folder / "m.csv")
+        folder_csv.read_image_folder_csv(csv_folder, csv_folder / "m.csv")
 
 
 def test_image_folder_csv_skip_mode_counts_and_warns(csv_folder):
@@ -104,7 +105,7 @@ def test_image_folder_csv_skip_mode_counts_and_warns(csv_folder):
         "image,smile\nimgs/a.png,1\nimgs/corrupt.png,0\nimgs/b.jpg,maybe\n,1\nimgs/c.png,0\n",
     )
     with pytest.warns(UserWarning, match="skipped 3"):
-        images, labels, report = readers.read_image_folder_csv(
+        images, labels, report = folder_csv.read_image_folder_csv(
             csv_folder, csv_folder / "mixed.csv", on_error="skip", image_size=8
         )
     assert len(images) == 2 and labels["smile"].tolist() == [1, 0]
@@ -117,12 +118,12 @@ def test_image_folder_csv_all_rows_bad_still_raises(csv_folder):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(DataError, match="no usable items"):
-            readers.read_image_folder_csv(csv_folder, csv_folder / "allbad.csv", on_error="skip")
+            folder_csv.read_image_folder_csv(csv_folder, csv_folder / "allbad.csv", on_error="skip")
 
 
 def test_bad_on_error_value(csv_folder):
     with pytest.raises(ValueError, match="on_error"):
-        readers.read_image_folder_csv(csv_folder, csv_folder / "labels.csv", on_error="ignore")
+        folder_csv.read_image_folder_csv(csv_folder, csv_folder / "labels.csv", on_error="ignore")
 
 
 # ---------------------------------------------------------------- FER2013
@@ -137,21 +138,21 @@ def test_fer2013_reads_gray_as_rgb_and_filters_usage(tmp_path):
         tmp_path / "fer2013.csv",
         "emotion,pixels,Usage\n" + _fer_row(3, 10, "Training") + _fer_row(6, 200, "PublicTest") + _fer_row(0, 90, "Training"),
     )
-    images, labels, report = readers.read_fer2013_csv(path)
+    images, labels, report = fer2013.read_fer2013_csv(path)
     assert images.shape == (3, 64, 64, 3) and images.dtype == np.uint8
     assert labels["expression"].tolist() == [3, 6, 0]
     assert labels["usage"].tolist() == ["Training", "PublicTest", "Training"]
     assert images[1].min() == 200 and images[1].max() == 200
-    images, labels, _ = readers.read_fer2013_csv(path, usage="Training", image_size=48)
+    images, labels, _ = fer2013.read_fer2013_csv(path, usage="Training", image_size=48)
     assert images.shape == (2, 48, 48, 3) and labels["expression"].tolist() == [3, 0]
 
 
 def test_fer_to_our_order():
-    ours = readers.fer_to_our_expression(np.arange(7))
-    assert [readers.EXPRESSIONS[i] for i in ours] == list(readers.FER_EXPRESSIONS)
-    assert readers.EXPRESSIONS[readers.FER_TO_OURS[3]] == "happy"
+    ours = fer2013.fer_to_our_expression(np.arange(7))
+    assert [EXPRESSIONS[i] for i in ours] == list(fer2013.FER_EXPRESSIONS)
+    assert EXPRESSIONS[fer2013.FER_TO_OURS[3]] == "happy"
     with pytest.raises(ValueError):
-        readers.fer_to_our_expression(np.array([7]))
+        fer2013.fer_to_our_expression(np.array([7]))
 
 
 def test_fer2013_bad_pixel_count_and_label(tmp_path):
@@ -160,9 +161,9 @@ def test_fer2013_bad_pixel_count_and_label(tmp_path):
         "emotion,pixels,Usage\n" + _fer_row(1, 5, "Training") + _fer_row(2, 5, "Training", n=2300) + _fer_row(9, 5, "Training"),
     )
     with pytest.raises(DataError, match=r"fer\.csv line 3: pixels has 2300 values, expected 2304"):
-        readers.read_fer2013_csv(path)
+        fer2013.read_fer2013_csv(path)
     with pytest.warns(UserWarning, match="skipped 2"):
-        _, labels, report = readers.read_fer2013_csv(path, on_error="skip")
+        _, labels, report = fer2013.read_fer2013_csv(path, on_error="skip")
     assert labels["expression"].tolist() == [1]
     assert report.skipped_by_kind() == {"bad_pixels": 1, "bad_label": 1}
     assert "line 4: emotion '9', expected an int in 0..6" in report.skipped[1].message
@@ -171,7 +172,7 @@ def test_fer2013_bad_pixel_count_and_label(tmp_path):
 def test_fer2013_missing_column(tmp_path):
     path = _write(tmp_path / "test.csv", "pixels\n\"1 2 3\"\n")
     with pytest.raises(DataError, match=r"test\.csv: missing column\(s\) \['emotion'\]"):
-        readers.read_fer2013_csv(path)
+        fer2013.read_fer2013_csv(path)
 
 
 # ---------------------------------------------------------------- CelebA
@@ -187,27 +188,27 @@ def _celeba(tmp_path, lines, count=None):
 
 def test_celeba_attributes(tmp_path):
     attr, img = _celeba(tmp_path, ["000001.jpg  1 -1  1\n", "000002.jpg -1  1 -1\n"])
-    images, labels, report = readers.read_celeba_attributes(attr, img, image_size=32)
+    images, labels, report = celeba.read_celeba_attributes(attr, img, image_size=32)
     assert images.shape == (2, 32, 32, 3)
     assert labels == {"smiling": labels["smiling"], "male": labels["male"], "young": labels["young"]}
     assert labels["smiling"].tolist() == [1, 0] and labels["male"].tolist() == [0, 1]
     assert labels["young"].dtype == np.int64
-    _, sub, _ = readers.read_celeba_attributes(attr, img, attributes=["Male"], image_size=8)
+    _, sub, _ = celeba.read_celeba_attributes(attr, img, attributes=["Male"], image_size=8)
     assert list(sub) == ["male"]
 
 
 def test_celeba_malformed_line_and_count(tmp_path):
     attr, img = _celeba(tmp_path, ["000001.jpg  1 -1  1\n", "000002.jpg -1  0 -1\n"])
     with pytest.raises(DataError, match=r"list_attr_celeba\.txt line 4: expected an image file name and 3 values of 1/-1"):
-        readers.read_celeba_attributes(attr, img)
+        celeba.read_celeba_attributes(attr, img)
     with pytest.warns(UserWarning, match="skipped 1"):
-        _, labels, report = readers.read_celeba_attributes(attr, img, on_error="skip", image_size=8)
+        _, labels, report = celeba.read_celeba_attributes(attr, img, on_error="skip", image_size=8)
     assert labels["smiling"].tolist() == [1] and report.skipped_by_kind() == {"malformed_line": 1}
     attr, img = _celeba(tmp_path, ["000001.jpg  1 -1  1\n"], count=2)
     with pytest.raises(DataError, match="line 1 says 2 images but 1 image lines follow"):
-        readers.read_celeba_attributes(attr, img)
+        celeba.read_celeba_attributes(attr, img)
     with pytest.raises(ValueError, match="unknown CelebA attribute"):
-        readers.read_celeba_attributes(attr, img, attributes=["bald"])
+        celeba.read_celeba_attributes(attr, img, attributes=["bald"])
 
 
 # ---------------------------------------------------------------- UTKFace
@@ -217,7 +218,7 @@ def test_utkface_names_and_gender_flip(tmp_path):
     _save(tmp_path / "25_0_2_20170116174525125.jpg.chip.jpg", _rgb(5, 50, 50), "JPEG")
     _save(tmp_path / "61_1_0_20170109150557335.jpg", _rgb(6, 50, 50), "JPEG")
     _write(tmp_path / "notes.txt", "ignored: not an image")
-    images, labels, report = readers.read_utkface_folder(tmp_path, image_size=16)
+    images, labels, report = utkface.read_utkface_folder(tmp_path, image_size=16)
     assert images.shape == (2, 16, 16, 3)
     assert labels["age"].tolist() == [25.0, 61.0] and labels["age"].dtype == np.float32
     # UTK gender 0 = male -> ours 1 = male; UTK 1 = female -> ours 0 = female
@@ -229,16 +230,16 @@ def test_utkface_bad_name_and_empty_folder(tmp_path):
     _save(tmp_path / "25_0_2_20170116174525125.jpg.chip.jpg", _rgb(5), "JPEG")
     _save(tmp_path / "39_1_20170116174525125.jpg.chip.jpg", _rgb(6), "JPEG")  # race missing (as in the real set)
     with pytest.raises(DataError, match=r"39_1_20170116174525125\.jpg\.chip\.jpg: file name does not match UTKFace"):
-        readers.read_utkface_folder(tmp_path)
+        utkface.read_utkface_folder(tmp_path)
     with pytest.warns(UserWarning, match="bad_name=1"):
-        _, labels, _ = readers.read_utkface_folder(tmp_path, on_error="skip", image_size=8)
+        _, labels, _ = utkface.read_utkface_folder(tmp_path, on_error="skip", image_size=8)
     assert labels["age"].tolist() == [25.0]
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DataError, match=r"empty: no image files found"):
-        readers.read_utkface_folder(empty)
+        utkface.read_utkface_folder(empty)
     with pytest.raises(DataError, match="not a directory"):
-        readers.read_utkface_folder(tmp_path / "nope")
+        utkface.read_utkface_folder(tmp_path / "nope")
 
 
 # ---------------------------------------------------------------- TFRecord
@@ -255,8 +256,8 @@ def test_tfrecord_round_trip_exact(tmp_path):
         "split": np.array(["train", "train", "test", "val"]),
     }
     path = str(tmp_path / "faces.tfrecord")
-    assert readers.write_tfrecord(path, images, labels) == 4
-    got, got_labels, report = readers.read_tfrecord(path, image_size=16)
+    assert tfrecord.write_tfrecord(path, images, labels) == 4
+    got, got_labels, report = tfrecord.read_tfrecord(path, image_size=16)
     np.testing.assert_array_equal(got, images)
     assert set(got_labels) == set(labels)
     assert got_labels["identity"].dtype == np.int64 and got_labels["identity"].tolist() == [3, 1, 4, 1]
@@ -268,8 +269,8 @@ def test_tfrecord_round_trip_exact(tmp_path):
     assert report.kept_sources[2] == f"{path} record 2"
     # two files, selected keys, limit
     path2 = str(tmp_path / "more.tfrecord")
-    readers.write_tfrecord(path2, images[:2], {k: v[:2] for k, v in labels.items()}, image_format="jpeg")
-    got, got_labels, _ = readers.read_tfrecord([path, path2], label_keys=["age"], image_size=8, limit=5)
+    tfrecord.write_tfrecord(path2, images[:2], {k: v[:2] for k, v in labels.items()}, image_format="jpeg")
+    got, got_labels, _ = tfrecord.read_tfrecord([path, path2], label_keys=["age"], image_size=8, limit=5)
     assert got.shape == (5, 8, 8, 3) and list(got_labels) == ["age"]
 
 
@@ -291,38 +292,39 @@ def test_tfrecord_bad_records(tmp_path):
                         age=tf.train.Feature(int64_list=tf.train.Int64List(value=[32]))))
         w.write(example(image=tf.train.Feature(bytes_list=tf.train.BytesList(value=[img]))))
     with pytest.raises(DataError, match=r"bad\.tfrecord record 1: feature 'age' is float_list .* expected int64_list"):
-        readers.read_tfrecord(path)
+        tfrecord.read_tfrecord(path)
     with pytest.warns(UserWarning, match="skipped 3"):
-        images, labels, report = readers.read_tfrecord(path, on_error="skip", image_size=8)
+        images, labels, report = tfrecord.read_tfrecord(path, on_error="skip", image_size=8)
     assert labels["age"].tolist() == [30]
     assert report.skipped_by_kind() == {"bad_label": 1, "unreadable_image": 1, "missing_value": 1}
     assert "record 2" in report.skipped[1].message and "not a readable image" in report.skipped[1].message
 
     # a truncated file: the CRC check fails, named by file and record
     whole = str(tmp_path / "whole.tfrecord")
-    readers.write_tfrecord(whole, np.stack([good] * 3), {"age": np.array([1, 2, 3])})
+    tfrecord.write_tfrecord(whole, np.stack([good] * 3), {"age": np.array([1, 2, 3])})
     data = open(whole, "rb").read()
     cut = str(tmp_path / "cut.tfrecord")
     open(cut, "wb").write(data[: len(data) - 10])
     with pytest.raises(DataError, match=r"cut\.tfrecord record 2: unreadable TFRecord data"):
-        readers.read_tfrecord(cut)
+        tfrecord.read_tfrecord(cut)
     with pytest.warns(UserWarning, match="corrupt_file=1"):
-        _, labels, _ = readers.read_tfrecord(cut, on_error="skip", image_size=8)
+        _, labels, _ = tfrecord.read_tfrecord(cut, on_error="skip", image_size=8)
     assert labels["age"].tolist() == [1, 2]
     with pytest.raises(DataError, match="no such TFRecord file"):
-        readers.read_tfrecord(str(tmp_path / "absent.tfrecord"))
+        tfrecord.read_tfrecord(str(tmp_path / "absent.tfrecord"))
 
 
 def test_write_tfrecord_rejects_bad_arrays(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
-        readers.write_tfrecord(str(tmp_path / "x.tfrecord"), np.zeros((1, 4, 4, 3), np.float32))
+        tfrecord.write_tfrecord(str(tmp_path / "x.tfrecord"), np.zeros((1, 4, 4, 3), np.float32))
     with pytest.raises(ValueError, match="has 2 rows"):
-        readers.write_tfrecord(str(tmp_path / "x.tfrecord"), np.zeros((1, 4, 4, 3), np.uint8), {"a": np.zeros(2)})
+        tfrecord.write_tfrecord(str(tmp_path / "x.tfrecord"), np.zeros((1, 4, 4, 3), np.uint8), {"a": np.zeros(2)})
     assert not os.path.exists(tmp_path / "x.tfrecord")  # validated before anything is written
 
 
 def test_utkface_age_outside_0_120_is_a_bad_label_naming_the_file(tmp_path):
-    from face_transfer.data.readers import DataError, read_utkface_folder
+    from face_transfer.data.imageio import DataError
+    from face_transfer.data.readers.utkface import read_utkface_folder
     _save(tmp_path / "25_0_2_20170116174525125.jpg.chip.jpg", _rgb(0))
     _save(tmp_path / "999_0_0_20170116174525126.jpg.chip.jpg", _rgb(1))
     with pytest.raises(DataError, match=r"999_0_0_.*age 999 in the file name is outside 0..120"):

@@ -16,7 +16,8 @@ def teachers():
 
 def test_real_ensemble_on_synthetic_faces_and_fusion(teachers):
     from face_transfer.data import synth
-    from face_transfer.fusion.autoencoder import FusionConfig, build_fused_teacher, train_fusion
+    from face_transfer.fusion.autoencoder import build_fused_teacher, train_fusion
+    from face_transfer.fusion.config import FusionConfig
     from face_transfer.teachers.cache import build_ensemble, embed_all
     images, _ = synth.render_faces(synth.SynthConfig(), np.arange(96), stream="test_real")
     ens = build_ensemble(teachers)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from face_transfer.teachers.adapters import TeacherLoadError, load_tflite_teacher, preprocess
+from face_transfer.core.errors import TeacherLoadError
+from face_transfer.teachers.adapters import preprocess
+from face_transfer.teachers.formats.tflite import load_tflite_teacher
 from face_transfer.teachers.cache import build_ensemble, embed_all
 from face_transfer.teachers.real import (
     REAL_TEACHERS,
@@ -71,7 +73,8 @@ def test_fer_teacher_embeds_and_layer_matches(fer_teacher):
 
 
 @needs_age
-def test_age_onnx_import_matches_onnxruntime(age_teacher):
+def test_age_teacher_matches_onnxruntime(age_teacher):
+    """The teacher is the package's ONNX graph cut at layer_1_flatten, run by onnxruntime on its preprocessed input."""
     ort = pytest.importorskip("onnxruntime")
     import onnx
 
@@ -82,11 +85,12 @@ def test_age_onnx_import_matches_onnxruntime(age_teacher):
     images = RNG.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
     x = np.asarray(preprocess(images, age_teacher.spec))  # same preprocessed input for both
     ref = session.run(["layer_1_flatten"], {"images": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
-    got = np.asarray(age_teacher.feature_model(x))
+    got = age_teacher.embed(images, batch_size=3)
     diff = float(np.abs(ref - got).max())
-    print(f"dlib_age keras-vs-onnxruntime max abs diff: {diff:.3e} (feature scale {np.abs(ref).max():.2f})")
-    assert got.shape == (8, 256)
-    assert diff < 1e-3
+    print(f"dlib_age teacher-vs-onnxruntime max abs diff: {diff:.3e} (feature scale {np.abs(ref).max():.2f})")
+    assert got.shape == (8, 256) and not age_teacher.in_graph_exportable
+    assert age_teacher.metadata["params"] == 2668800  # the float weights of the graph up to the feature
+    assert diff < 1e-4
     # The package's own preprocessing, (byte - mean) / 256, agrees with the InputSpec.
     means = np.asarray([122.781998, 117.000999, 104.297997], np.float32)
     np.testing.assert_allclose(x, (images.astype(np.float32) - means) / 256.0, atol=1e-6)

@@ -11,19 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from face_transfer.teachers.adapters import InputSpec, TeacherLoadError, keras_model_teacher, preprocess
-from face_transfer.teachers.refs import (
-    TeacherRef,
-    check_images,
-    check_unchanged,
-    detect_format,
-    file_digest,
-    load_teacher_ref,
-    parse_teacher_flag,
-    resolve_ref,
-    teacher_ref_from_dict,
-    teacher_refs_from_json,
-)
+from face_transfer.core.digest import file_digest
+from face_transfer.core.errors import TeacherLoadError
+from face_transfer.teachers.adapters import keras_model_teacher, preprocess
+from face_transfer.teachers.config import InputSpec, TeacherRef
+from face_transfer.teachers.formats import detect_format
+from face_transfer.teachers.refs import (check_images, check_unchanged, load_teacher_ref, parse_teacher_flag, resolve_ref, teacher_ref_from_dict, teacher_refs_from_json)
 from test_adapters import _write_tiny_onnx  # the repo's tiny ONNX writer (onnx.helper)
 
 SPEC = InputSpec(size=16)
@@ -200,6 +193,54 @@ def test_detect_format_by_extension_and_content(files, tmp_path):
         detect_format(tmp_path / "notes")
     with pytest.raises(TeacherLoadError, match="absent.onnx: no such file or directory"):
         detect_format(tmp_path / "absent.onnx")
+
+
+_TOY_FORMAT = """
+import numpy as np
+
+from face_transfer.teachers.adapters import callable_teacher
+from face_transfer.teachers.formats import TeacherFormat, register_format
+
+
+@register_format("toy")
+class ToyFormat(TeacherFormat):
+    extensions = (".toy",)
+    accepts = "a .toy file"
+
+    def sniff(self, path, head):
+        return head.startswith(b"TOY!")
+
+    def load(self, path, ref):
+        k = int(open(path, "rb").read()[4:])  # the file holds how many input values the feature keeps
+        return callable_teacher(lambda x: x.reshape(len(x), -1)[:, :k], k, ref.name, ref.input_spec())
+"""
+
+
+def test_a_new_format_is_one_module(tmp_path, monkeypatch):
+    """A format written in one file registers itself on import; nothing else changes to load a teacher in it."""
+    from face_transfer.teachers.formats import TEACHER_FORMATS, accepted, format_names
+
+    (tmp_path / "toy_teacher_format.py").write_text(_TOY_FORMAT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import toy_teacher_format  # noqa: F401  (registers "toy")
+
+    try:
+        assert format_names()[-1] == "toy" and accepted().endswith("or a .toy file")
+        (tmp_path / "m.toy").write_bytes(b"TOY!5")
+        (tmp_path / "m_without_extension").write_bytes(b"TOY!5")
+        assert detect_format(tmp_path / "m_without_extension") == "toy"
+        ref = resolve_ref(parse_teacher_flag(f"t={tmp_path}/m.toy,size=16,tasks=age"))
+        assert ref.format == "toy"
+        teacher = load_teacher_ref(ref)
+        images = _images()
+        want = np.asarray(preprocess(images, SPEC)).reshape(len(images), -1)[:, :5]
+        assert teacher.dim == 5 and teacher.metadata["format"] == "toy"
+        np.testing.assert_allclose(teacher.embed(images), want, atol=1e-6)
+        (tmp_path / "w.pt").write_bytes(b"\x80\x02" + bytes(20))
+        with pytest.raises(TeacherLoadError, match=r"w.pt: unknown model format.* or a \.toy file"):
+            detect_format(tmp_path / "w.pt")
+    finally:
+        TEACHER_FORMATS.unregister("toy")
 
 
 def test_file_digest_of_files_and_directories(files, tmp_path):

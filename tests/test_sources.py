@@ -4,7 +4,8 @@ import pytest
 import tensorflow as tf
 
 from face_transfer.data import synth, synth_datasets
-from face_transfer.data.faces import FaceSet, FacesConfig, prepare_faces
+from face_transfer.data.config import FacesConfig
+from face_transfer.data.faces import FaceSet, prepare_faces
 from face_transfer.data.sources import FaceSetSource, MixedSource, SynthSource
 
 S = 32

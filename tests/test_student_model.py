@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from face_transfer.student.model import (
-    ARCH_BLOCKS,
-    StudentConfig,
-    build_student,
-    count_flops,
-    count_params,
-    infer_config,
-    student_from_weights,
-)
+from face_transfer.student.config import ARCH_BLOCKS, StudentConfig
+from face_transfer.student.model import build_student, count_flops, count_params, infer_config, student_from_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = StudentConfig(input_size=16, embedding_dim=8, blocks=((1, 8, 1, 1), (2, 16, 2, 2)), stem_channels=8,
@@ -200,7 +193,8 @@ def test_tf_keras_twin_accepts_qat():
     script = textwrap.dedent("""
         import numpy as np
         import tensorflow_model_optimization as tfmot
-        from face_transfer.student.model import StudentConfig, build_student, student_from_weights
+        from face_transfer.student.config import StudentConfig
+        from face_transfer.student.model import build_student, student_from_weights
         cfg = StudentConfig(input_size=16, embedding_dim=8, blocks=((1, 8, 1, 1), (2, 16, 2, 2)),
                             stem_channels=8, head_channels=32)
         twin = student_from_weights(build_student(cfg), cfg=cfg)
@@ -270,8 +264,10 @@ def test_fused_batchnorm_trains_like_keras_and_the_student_is_saved_with_stock_l
 
 def test_distilled_student_is_saved_without_the_training_layers(tmp_path):
     from face_transfer.data import synth
-    from face_transfer.student.distill import DistillConfig, distill_student, load_student
+    from face_transfer.student.config import DistillConfig
+    from face_transfer.student.distill import distill_student
     from face_transfer.student.model import FusedBatchNormalization
+    from face_transfer.student.training import load_student
     inp = keras.Input((16, 16, 3))
     fused_teacher = keras.Model(inp, keras.layers.Dense(8)(keras.layers.GlobalAveragePooling2D()(inp)))
     out = str(tmp_path / "s")

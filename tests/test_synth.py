@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from face_transfer.data.synth import (DOMAINS, EXPRESSIONS, HAIR_COLORS, LABEL_KEYS, LANDMARK_NAMES, SynthConfig,
-                                      identity_factors, image_identities, render_faces, save_sample_grid)
+from face_transfer.data.synth import (DOMAINS, HAIR_COLORS, LABEL_KEYS, SynthConfig, identity_factors,
+                                      image_identities, render_faces, save_sample_grid)
+from face_transfer.data.vocab import EXPRESSIONS, LANDMARK_NAMES
 
 CFG = SynthConfig(image_size=64, seed=3, n_train_identities=40, n_heldout_identities=12)
 

@@ -86,12 +86,13 @@ def test_get_task_unknown_names_choices():
 
 def test_registry_source_flags_are_what_the_default_zoo_declares():
     from face_transfer.teachers import zoo
+    from face_transfer.teachers.config import ZOO_PRESETS
 
     assert set(ZOO_SOURCE_TASKS) == set(zoo.SOURCE_TASKS)
     for zoo_task, names in ZOO_SOURCE_TASKS.items():
         # One vocabulary: the declared task names carry exactly the label keys the zoo teacher trains on.
         assert {k for n in names for k in TASKS[n].labels} == set(zoo.SOURCE_TASKS[zoo_task])
-    for preset, specs in zoo.ZOO_PRESETS.items():
+    for preset, specs in ZOO_PRESETS.items():
         declared = declared_from_zoo(s.source_task for s in specs)
         assert declared == DEFAULT_DECLARED, preset
         derived = with_sources(TASKS.values(), declared)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from test_readers import _fer_row, _save, _write
 
-from face_transfer.data import readers, synth, tasksets
-from face_transfer.data.readers import DataError
+from face_transfer.data import synth, taskfile, taskset_store, tasksets
+from face_transfer.data.imageio import DataError, ReadReport
+from face_transfer.data.readers import READERS, RawSet, RowIssues, drop_rows, fer2013, register_reader, tfrecord
 from face_transfer.data.tasks import DEFAULT_DECLARED, TASKS, with_sources
 from face_transfer.data.tasksets import TaskSetConfig, parse_task_flag, read_task_set, tasks_of_set
 from face_transfer.evaluation import probes
@@ -97,7 +98,7 @@ def test_parse_task_flag_bad_quotes_text_and_lists_choices(text, why):
         parse_task_flag(text)
     msg = str(e.value)
     assert repr(text) in msg and why in msg
-    assert "celeba, fer2013, utkface, folder_csv, tfrecord" in msg and "max_images" in msg
+    assert "celeba, fer2013, folder_csv, tfrecord, utkface" in msg and "max_images" in msg  # the registry's order
 
 
 def test_resolve_names_defaults_and_clashes():
@@ -176,7 +177,7 @@ def test_fer2013_inference_names_and_usage(tmp_path):
     _, labels, meta, _ = read_task_set(TaskSetConfig("fer2013", path), image_size=SIZE)
     assert list(meta["columns"]) == ["expression"]
     exp = meta["columns"]["expression"]
-    assert exp["kind"] == "classification" and exp["class_names"] == list(readers.FER_EXPRESSIONS)
+    assert exp["kind"] == "classification" and exp["class_names"] == list(fer2013.FER_EXPRESSIONS)
     assert labels["expression"][:8].tolist() == [0, 1, 2, 3, 4, 5, 6, 0]
     assert "usage" in meta["ignored"] and "split" in meta["ignored"]["usage"]
     # A teacher declaring "expression" (e.g. a FER-trained one) makes the FER2013 column a source task,
@@ -216,7 +217,7 @@ def test_tfrecord_inference_landmarks_vectors_and_text(tmp_path):
              "pose": np.stack([labels["yaw"], labels["pitch"]], 1).astype(np.float32),
              "tag": np.array(["indoor", "outdoor"] * 20), "age": labels["age"]}
     path = str(tmp_path / "faces.tfrecord")
-    readers.write_tfrecord(path, images, extra)
+    tfrecord.write_tfrecord(path, images, extra)
     _, got, meta, _ = read_task_set(TaskSetConfig("tfrecord", str(tmp_path / "*.tfrecord")), image_size=SIZE)
     kinds = {c: v["kind"] for c, v in meta["columns"].items()}
     assert kinds == {"age": "regression", "landmarks": "landmarks", "person": "verification",
@@ -228,6 +229,45 @@ def test_tfrecord_inference_landmarks_vectors_and_text(tmp_path):
 
 
 # ---------------------------------------------------------------- task files
+
+
+def test_a_dataset_format_is_one_registered_reader(tmp_path, capsys):
+    """A new format is one function under @register_reader (here, in this test): --tasks=toy:PATH then reads it,
+    with kinds inferred and bad rows named by file and line, and no other edit anywhere."""
+
+    @register_reader("toy", selection="every line")
+    def read_toy(cfg, image_size, drop, spec):  # a text file of '<gray 0..255> <label>' lines
+        rows = [line.split() for line in open(cfg.path).read().splitlines()]
+        wheres = [f"{cfg.path} line {n}" for n in range(1, len(rows) + 1)]
+        issues = RowIssues(drop)
+        for i, r in enumerate(rows):
+            if len(r) != 2 or not r[0].isdigit():
+                issues.bad(i, wheres[i], "malformed_line", "expected '<gray 0..255> <label>'")
+        gray = np.array([0 if i in issues.items else int(r[0]) for i, r in enumerate(rows)], np.uint8)
+        images = np.repeat(gray, image_size * image_size * 3).reshape(len(rows), image_size, image_size, 3)
+        raw = RawSet(images, {"shade": np.array([r[-1] for r in rows])}, wheres,
+                     ReadReport(cfg.path, kept_sources=list(wheres)))
+        drop_rows(raw, issues)
+        return raw
+
+    try:
+        path = tmp_path / "toy.txt"
+        path.write_text("".join(f"{40 * i} {'dark' if i < 3 else 'light'}\n" for i in range(6)))
+        cfg = parse_task_flag(f"toy:{path},name=mine")
+        images, labels, meta, _ = read_task_set(cfg, image_size=8)
+        assert images.shape == (6, 8, 8, 3) and images[5].min() == 200
+        assert meta["format"] == "toy" and meta["columns"]["shade"]["kind"] == "classification"
+        assert meta["columns"]["shade"]["class_names"] == ["dark", "light"]
+        assert labels["shade"].tolist() == [0, 0, 0, 1, 1, 1]
+        path.write_text(path.read_text() + "x light\n")
+        with pytest.raises(DataError, match=r"toy\.txt line 7: expected '<gray 0\.\.255> <label>'"):
+            read_task_set(cfg, image_size=8)
+        images, _, meta, _ = read_task_set(parse_task_flag(f"toy:{path},drop_bad_rows=1"), image_size=8)
+        assert images.shape[0] == 6 and meta["report"]["skipped_by_kind"] == {"malformed_line": 1}
+    finally:
+        READERS.unregister("toy")
+    with pytest.raises(ValueError, match="unknown format 'toy'"):
+        parse_task_flag(f"toy:{path}")
 
 
 def test_task_file_overrides_kinds_marks_source_and_names_classes(csv_set, tmp_path):
@@ -268,7 +308,7 @@ def test_task_file_is_validated(csv_set, tmp_path, content, match):
 def test_task_file_bad_json_names_line(tmp_path):
     path = _write(tmp_path / "tasks.json", '{"columns": {\n  "a": }\n')
     with pytest.raises(DataError, match=r"tasks\.json line 2 column 8: not valid JSON"):
-        tasksets.load_task_file(path)
+        taskfile.load_task_file(path)
 
 
 # ---------------------------------------------------------------- bad rows
@@ -315,7 +355,7 @@ def test_write_task_set_round_trip_idempotent_and_guarded(csv_set, tmp_path):
     root, _, _ = csv_set
     cfg = TaskSetConfig("folder_csv", str(root), name="mine")
     out = str(tmp_path / "mine")
-    meta = tasksets.write_task_set(cfg, out, image_size=SIZE, shard_size=30)
+    meta = taskset_store.write_task_set(cfg, out, image_size=SIZE, shard_size=30)
     images, labels = load_eval_set(out)
     ref_images, ref_labels, ref_meta, _ = read_task_set(cfg, image_size=SIZE)
     np.testing.assert_array_equal(images, ref_images)
@@ -328,15 +368,15 @@ def test_write_task_set_round_trip_idempotent_and_guarded(csv_set, tmp_path):
     # A complete directory is reused without reading the data again.
     shard = os.path.join(out, "shard-00000.npz")
     stamp = os.path.getmtime(shard)
-    assert tasksets.write_task_set(cfg, out, image_size=SIZE, shard_size=30)["n_images"] == 80
+    assert taskset_store.write_task_set(cfg, out, image_size=SIZE, shard_size=30)["n_images"] == 80
     assert os.path.getmtime(shard) == stamp
     with pytest.raises(ValueError, match="different task set"):
-        tasksets.write_task_set(TaskSetConfig("folder_csv", str(root), name="mine", max_images=10), out,
+        taskset_store.write_task_set(TaskSetConfig("folder_csv", str(root), name="mine", max_images=10), out,
                                 image_size=SIZE, shard_size=30)
     # An interrupted write resumes: only the missing shard is written.
     os.remove(os.path.join(out, "manifest.json"))
     os.remove(os.path.join(out, "shard-00002.npz"))
-    tasksets.write_task_set(cfg, out, image_size=SIZE, shard_size=30)
+    taskset_store.write_task_set(cfg, out, image_size=SIZE, shard_size=30)
     assert os.path.getmtime(shard) == stamp
     np.testing.assert_array_equal(load_eval_set(out)[0], images)
 
@@ -346,7 +386,7 @@ def test_write_task_set_notice_names_the_list_of_dropped_rows(csv_set, tmp_path,
     path = _csv_variant(root, "one_bad.csv", lambda lines: _set_cell(lines, 6, "age", "old"))
     out = str(tmp_path / "dropping")
     capsys.readouterr()
-    meta = tasksets.write_task_set(TaskSetConfig("folder_csv", path, name="dropping", drop_bad_rows=True), out,
+    meta = taskset_store.write_task_set(TaskSetConfig("folder_csv", path, name="dropping", drop_bad_rows=True), out,
                                    image_size=8)
     listed = os.path.join(out, "taskset.json")
     lines = [line for line in capsys.readouterr().err.splitlines() if "drop_bad_rows dropped" in line]
@@ -386,8 +426,8 @@ def test_tasks_of_set_names_clashes_and_sources(csv_set):
 def test_evaluate_representation_on_a_user_set_end_to_end(csv_set, tmp_path):
     root, _, _ = csv_set
     out = str(tmp_path / "mine")
-    tasksets.write_task_set(TaskSetConfig("folder_csv", str(root), name="mine"), out, image_size=SIZE)
-    images, labels, meta = tasksets.load_task_set(out)
+    taskset_store.write_task_set(TaskSetConfig("folder_csv", str(root), name="mine"), out, image_size=SIZE)
+    images, labels, meta = taskset_store.load_task_set(out)
     tasks = with_sources(tasks_of_set("mine", meta, taken_names=TASKS), DEFAULT_DECLARED)
     # Tiny features: 4x4 mean-pooled pixels plus the person code (so verification has something to find).
     pooled = images.reshape(len(images), 4, 4, 4, 4, 3).mean(axis=(2, 4)).reshape(len(images), -1) / 255

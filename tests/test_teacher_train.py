@@ -12,8 +12,8 @@ import pytest
 
 from face_transfer.data import synth
 from face_transfer.teachers import train as teacher_train
-from face_transfer.teachers.train import TEACHER_JSON, TeacherTrainConfig, load_zoo_teacher, train_teacher
-from face_transfer.teachers.zoo import TeacherSpec
+from face_transfer.teachers.config import TeacherSpec, TeacherTrainConfig
+from face_transfer.teachers.train import TEACHER_JSON, load_zoo_teacher, train_teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = TeacherSpec("t", "resnet", "expression", (4, 8), 1, 8, input_size=32)
@@ -26,8 +26,8 @@ _CHILD = """
 import sys
 sys.path.insert(0, {root!r})
 from face_transfer.data.synth import SynthConfig
-from face_transfer.teachers.train import TeacherTrainConfig, train_teacher
-from face_transfer.teachers.zoo import TeacherSpec
+from face_transfer.teachers.config import TeacherSpec, TeacherTrainConfig
+from face_transfer.teachers.train import train_teacher
 train_teacher({spec!r}, {synth!r}, {cfg!r}, {out!r})
 """
 
@@ -141,7 +141,7 @@ def test_pretrained_zoo_is_installed_not_trained_and_checked(trained, tmp_path, 
     architecture, an unknown name or a damaged file is refused with an error naming the file."""
     import dataclasses
 
-    from face_transfer.integrity import CorruptArtifactError
+    from face_transfer.core.errors import CorruptArtifactError
     out, record, _ = trained
     zoo_dir = str(tmp_path / "zoo")
     manifest = teacher_train.package_pretrained({"t": out}, zoo_dir, SYNTH, note="test")

@@ -97,7 +97,7 @@ def test_changed_teacher_file_is_refused_on_resume(user_dir, tmp_path):
         changed = _config(_argv(user_dir, run_dir))
         with pytest.raises(ValueError, match="face_id.*changed"):
             Run.open(run_dir, changed)
-        from face_transfer.teachers.adapters import TeacherLoadError
+        from face_transfer.core.errors import TeacherLoadError
         from face_transfer.teachers.refs import load_teacher_ref
         with pytest.raises(TeacherLoadError, match="changed since the run started"):
             load_teacher_ref(cfg.teacher_files[0])

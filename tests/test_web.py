@@ -48,7 +48,8 @@ def _small_analyser(export_dir):
 
     from face_transfer.deploy.savedmodel import analyzer_metadata, build_analyzer
     from face_transfer.deploy.tflite import QuantizationConfig, convert_to_tflite
-    from face_transfer.student.model import StudentConfig, build_student
+    from face_transfer.student.config import StudentConfig
+    from face_transfer.student.model import build_student
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -138,9 +139,9 @@ def _crop(run):
 
 def _output_steps(tflite_path):
     """{output name: its int8 quantisation step} (the scale of the tensor each float output is dequantised from)."""
-    from face_transfer.deploy import infer
+    from face_transfer.core.interpreter import load_interpreter
 
-    it = infer.load_interpreter(tflite_path, default_delegates=False)
+    it = load_interpreter(tflite_path, default_delegates=False)
     runner = it.get_signature_runner()
     out_index = {d["index"]: k for k, d in runner.get_output_details().items()}
     details = {d["index"]: d for d in it.get_tensor_details()}
@@ -197,11 +198,12 @@ def test_js_alignment_matches_align_py(page, photos, name):
 @pytest.mark.parametrize("name", ["astronaut", "synthetic", "astronaut_1600", "huge"])
 def test_browser_analyser_matches_python_litert(page, name):
     from face_transfer.deploy import infer
+    from face_transfer.core.interpreter import load_interpreter
 
     run = page["runs"][name]
     assert run["state"] == "done", run.get("message")
     path = os.path.join(page["export_dir"], "analyzer_int8.tflite")
-    ref = infer.run_tflite(infer.load_interpreter(path), _crop(run)[None])
+    ref = infer.run_tflite(load_interpreter(path), _crop(run)[None])
     steps = _output_steps(path)
     labels = json.load(open(os.path.join(page["export_dir"], "analyzer_int8.labels.json")))
     assert set(labels) <= set(run["outputs"]) and set(ref) == set(run["outputs"])
@@ -270,11 +272,12 @@ def test_bad_inputs_are_reported_and_the_page_stays_usable(page):
 def test_canvas_pnet_equals_pnet_on_the_level(tmp_path):
     """A pyramid level of odd size in the top-left of a larger canvas, with the mask, gives exactly the
     P-Net outputs of the level alone (the 'same' max pool pads the level's odd edge with -inf)."""
-    from face_transfer.deploy import detector_tflite, infer
+    from face_transfer.core.interpreter import load_interpreter
+    from face_transfer.deploy import detector_tflite
 
     detector_tflite.convert_mtcnn(str(tmp_path), canvases=(64,))
-    pnet = detector_tflite._stage_models()[0]
-    runner = infer.load_interpreter(str(tmp_path / "pnet_64.tflite")).get_signature_runner()
+    pnet = detector_tflite.mtcnn_stage_models()[0]
+    runner = load_interpreter(str(tmp_path / "pnet_64.tflite")).get_signature_runner()
     rng = np.random.default_rng(0)
     for h, w in ((37, 51), (64, 64), (12, 13), (40, 29)):
         level = rng.uniform(-1, 1, (1, h, w, 3)).astype(np.float32)
@@ -295,6 +298,7 @@ def test_canvas_pnet_equals_pnet_on_the_level(tmp_path):
 
 def test_static_batch_copy_computes_the_same(tmp_path):
     from face_transfer.deploy import infer
+    from face_transfer.core.interpreter import load_interpreter
 
     src = _analyser_source()
     if src is None:
@@ -302,7 +306,7 @@ def test_static_batch_copy_computes_the_same(tmp_path):
         src = str(tmp_path)
     path = os.path.join(src, "analyzer_int8.tflite")
     data = web.static_batch_model(path)
-    fixed, orig = infer.load_interpreter(data), infer.load_interpreter(path)
+    fixed, orig = load_interpreter(data), load_interpreter(path)
     detail = next(iter(fixed.get_signature_runner().get_input_details().values()))
     assert detail["shape_signature"][0] == 1
     size = int(detail["shape"][1])

@@ -4,15 +4,8 @@ import numpy as np
 import pytest
 
 from face_transfer.teachers import zoo
-from face_transfer.teachers.zoo import (
-    ARCHS,
-    SOURCE_TASKS,
-    CosFaceLoss,
-    TeacherSpec,
-    build_teacher,
-    cosface_loss,
-    embedding_model,
-)
+from face_transfer.teachers.config import TeacherSpec
+from face_transfer.teachers.zoo import ARCHS, SOURCE_TASKS, CosFaceLoss, build_teacher, cosface_loss, embedding_model
 
 N_IDS = 11
 OUT_SHAPES = {"recognition": {"identity": N_IDS}, "expression": {"expression": 7}, "pose": {"pose": 3},
@@ -98,12 +91,12 @@ def test_recognition_teacher_round_trips_through_keras_file(tmp_path):
 def test_targets_and_metrics_for_pose_and_age_gender():
     labels = {"yaw": np.array([30.0, -15.0]), "pitch": np.array([0.0, 6.0]), "roll": np.array([3.0, 0.0]),
               "age": np.array([45.0, 60.0]), "gender": np.array([0, 1])}
-    pose = zoo.TeacherSpec("p", "resnet", "pose")
+    pose = TeacherSpec("p", "resnet", "pose")
     t = zoo.targets_from_labels(pose, labels)
     np.testing.assert_allclose(np.asarray(t["pose"]), [[1.0, 0.0, 0.1], [-0.5, 0.2, 0.0]], atol=1e-6)
     m = zoo.source_metrics(pose, {"pose": np.asarray(t["pose"])}, labels)
     assert m["yaw_mae_deg"] < 1e-5 and zoo.main_score(m) <= 0
-    ag = zoo.TeacherSpec("a", "resnet", "age_gender")
+    ag = TeacherSpec("a", "resnet", "age_gender")
     t = zoo.targets_from_labels(ag, labels)
     np.testing.assert_allclose(np.asarray(t["age"])[:, 0], [0.0, 1.0], atol=1e-6)
     m = zoo.source_metrics(ag, {"age": np.asarray(t["age"]), "gender": np.array([[-1.0], [2.0]])}, labels)

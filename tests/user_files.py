@@ -10,6 +10,7 @@ import numpy as np
 
 from face_transfer.data import synth, synth_datasets
 from face_transfer.teachers import zoo
+from face_transfer.teachers.config import ZOO_PRESETS
 
 
 def _tiny_trained(spec, steps, seed):
@@ -33,7 +34,7 @@ def _tiny_trained(spec, steps, seed):
 def write_teacher_files(root: str, steps: int = 0) -> dict:
     """{name: (path, flag text)} for three zoo teachers saved as .keras, .onnx and .tflite."""
     import tensorflow as tf
-    specs = {s.name: s for s in zoo.ZOO_PRESETS["smoke"]}
+    specs = {s.name: s for s in ZOO_PRESETS["smoke"]}
     os.makedirs(root, exist_ok=True)
     out = {}
     # recognition -> .keras (feature layer = the model's output)

@@ -14,20 +14,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from face_transfer.adapt import MODES, AdaptConfig  # noqa: E402  (TensorFlow-free: the flags' defaults)
 from trainers import common  # noqa: E402
+
+DEFAULT = AdaptConfig()
 
 flags.DEFINE_string("student", None, "A finished run directory, or a student folder (a run's export/, or the "
                     "--out of an earlier adaptation).")
 flags.DEFINE_multi_string("tasks", None, "A labelled dataset whose columns become new heads (repeatable), as for "
-                          "face-transfer: celeba:PATH, fer2013:PATH, utkface:PATH, folder_csv:PATH, tfrecord:PATH, with "
-                          "optional ,name=...,task_file=tasks.json,max_images=N,drop_bad_rows=1,align=1.")
+                          f"face-transfer: {common.tasks_flag_syntax()}.")
 flags.DEFINE_string("out", None, "A new folder for the adapted analyser (never the run directory).")
-flags.DEFINE_enum("mode", "linear", ["linear", "finetune"], "linear: heads on the frozen student's features; "
+flags.DEFINE_enum("mode", DEFAULT.mode, list(MODES), "linear: heads on the frozen student's features; "
                   "finetune: heads first, then the student unfrozen at a lower learning rate, kept near its "
                   "frozen features so that the old heads keep working.")
-flags.DEFINE_integer("finetune_steps", 300, "Student updates in --mode=finetune.")
-flags.DEFINE_float("finetune_learning_rate", 1e-4, "The student's learning rate in --mode=finetune.")
-flags.DEFINE_float("keep_weight", 1.0, "Weight of the term keeping the fine-tuned features near the frozen ones.")
+flags.DEFINE_integer("finetune_steps", DEFAULT.finetune_steps, "Student updates in --mode=finetune.")
+flags.DEFINE_float("finetune_learning_rate", DEFAULT.learning_rate, "The student's learning rate in --mode=finetune.")
+flags.DEFINE_float("keep_weight", DEFAULT.keep_weight, "Weight of the term keeping the fine-tuned features near "
+                   "the frozen ones (Learning without Forgetting).")
+flags.DEFINE_integer("replay_faces", DEFAULT.replay_faces, "Faces of the run's own unlabelled source that the "
+                     "keep term also sees in --mode=finetune (from a run directory; 0: the new images only).")
 flags.DEFINE_boolean("replace_heads", False, "A new task named like an existing head replaces it (else an error).")
 flags.DEFINE_integer("ceiling_steps", 0, "If > 0, also train the student's architecture from nothing on each new "
                      "task for this many steps and report its score (the ceiling).")
@@ -48,7 +53,7 @@ def main(argv):
         task_sets = [parse_task_flag(t) for t in FLAGS.tasks]
         cfg = adapt.AdaptConfig(mode=FLAGS.mode, finetune_steps=FLAGS.finetune_steps,
                                 learning_rate=FLAGS.finetune_learning_rate, keep_weight=FLAGS.keep_weight,
-                                replace_heads=FLAGS.replace_heads)
+                                replay_faces=FLAGS.replay_faces, replace_heads=FLAGS.replace_heads)
         adapt.check_out_dir(FLAGS.out, FLAGS.student)
     except ValueError as e:
         raise app.UsageError(str(e), exitcode=common.EXIT_USAGE) from None

@@ -1,13 +1,19 @@
 """Flags shared by the trainers, and the one place flags become an ExperimentConfig."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
 from absl import flags
 
 FLAGS = flags.FLAGS
+
+
+def tasks_flag_syntax() -> str:
+    """The --tasks syntax, with the dataset formats the registry holds (face_transfer.data.readers)."""
+    from face_transfer.data.readers import format_names
+    return (", ".join(f"{n}:PATH" for n in format_names())
+            + ", with optional ,name=...,task_file=tasks.json,max_images=N,drop_bad_rows=1,align=1")
 
 
 def define_verbose_flag():
@@ -102,9 +108,7 @@ def define_run_flags():
                        "in (0, 1]; the rest is SynthFaces. Default 1 (your faces only).")
     flags.DEFINE_integer("max_faces", None, "Use at most this many --faces files (sorted order).")
     flags.DEFINE_multi_string("tasks", None, "A labelled dataset whose columns become transfer tasks (repeatable): "
-                              "celeba:PATH, fer2013:PATH, utkface:PATH, folder_csv:PATH, tfrecord:PATH, with "
-                              "optional ,name=...,task_file=tasks.json,max_images=N,drop_bad_rows=1,align=1. "
-                              "Example: --tasks=fer2013:data/fer2013.csv")
+                              f"{tasks_flag_syntax()}. Example: --tasks=fer2013:data/fer2013.csv")
     flags.DEFINE_boolean("synth_tasks", True, "Keep the SynthFaces task suite next to --tasks "
                          "(--nosynth_tasks: only your datasets' tasks).")
     flags.DEFINE_integer("cache_size", None, "Unlabelled faces embedded by the teachers to fit the fusion.")
@@ -112,9 +116,36 @@ def define_run_flags():
     flags.mark_flag_as_required("run_dir")
 
 
+# Flags that set config fields: (flag, dotted config keys, check). Unset (None) flags change nothing; check "set"
+# skips empty values too, and a _CHECKS name refuses values outside its range. Later rows win on a shared key
+# (--distill_batch_size over --batch_size). The config's own checks name the flags that set the refused part.
+_FLAG_OVERRIDES = (
+    ("seed", ("seed",), None),
+    ("strategy", ("strategy",), "set"),
+    ("distill_loss", ("distill.loss",), "set"),
+    *((f"distill_{k}", (f"distill.{k}",), None) for k in (
+        "heads", "noise", "code_weight", "heads_view", "relational_weight", "ladder_residual", "mixup",
+        "consistent_noise", "teacher_drop")),
+    ("fusion_relational_weight", ("fusion.relational_weight",), None),
+    ("student_view", ("student_view",), None),
+    ("ceiling", ("ceiling",), None),
+    ("ceiling_budget", ("ceiling_budget",), None),
+    ("ceiling_batch_size", ("ceiling_batch_size",), None),
+    ("student_workers", ("student_workers",), None),
+    ("distill_steps", ("distill.steps",), "positive_int"),
+    ("teacher_steps", ("teacher_train.steps",), "positive_int"),
+    ("batch_size", ("distill.batch_size", "teacher_train.batch_size"), "positive_int"),
+    ("distill_batch_size", ("distill.batch_size",), "positive_int"),
+    ("distill_learning_rate", ("distill.learning_rate",), "positive"),
+    ("student_width", ("student.width",), "positive"),
+    ("student_head_channels", ("student.head_channels",), None),
+)
+_CHECKS = {"positive_int": (lambda v: v >= 1, ">= 1"), "positive": (lambda v: v > 0, "> 0")}
+
+
 def config_from_flags():
     """The preset (or --config_json) with the flag overrides applied; validated before any work."""
-    from face_transfer.configs import ExperimentConfig, preset_config
+    from face_transfer.configs import ExperimentConfig, OverrideError, override_config, preset_config
     if FLAGS.config_json is not None:
         if not FLAGS.config_json:  # an explicit empty --config_json= is a mistake, not "use the preset"
             raise flags.ValidationError("--config_json is empty; expected a config.json path (omit it to use "
@@ -127,61 +158,26 @@ def config_from_flags():
             raise flags.ValidationError(f"--config_json={FLAGS.config_json}: {e}") from None
     else:
         cfg = preset_config(FLAGS.preset)
-    r = dataclasses.replace
-    if FLAGS.seed is not None:
-        cfg = r(cfg, seed=FLAGS.seed)
-    if FLAGS.strategy:
-        cfg = r(cfg, strategy=FLAGS.strategy)
+    overrides, by_key = {}, {}  # config key -> value; config key -> the flag that set it
+
+    def put(flag, keys, value):
+        for key in keys:
+            overrides[key], by_key[key] = value, flag
+
+    for flag, keys, check in _FLAG_OVERRIDES:
+        value = getattr(FLAGS, flag)
+        if value is None or (check == "set" and not value):
+            continue
+        if check in _CHECKS and not _CHECKS[check][0](value):
+            raise flags.ValidationError(f"--{flag}={value}: expected {_CHECKS[check][1]}")
+        put(flag, keys, value)
     if FLAGS.code_dim is not None:
         from face_transfer.teachers.real import REAL_TEACHERS
         concat = sum(t.embedding_dim for t in cfg.teachers) + sum(REAL_TEACHERS[n]["dim"] for n in cfg.real_teachers)
         if not FLAGS.teacher and not FLAGS.teachers_json and not 1 <= FLAGS.code_dim < concat:
             raise flags.ValidationError(f"--code_dim={FLAGS.code_dim}: expected 1 <= d < {concat} (the "
                                         f"concatenated teacher dimension of preset {cfg.preset})")
-        cfg = r(cfg, fusion=r(cfg.fusion, code_dim=FLAGS.code_dim), student=r(cfg.student, embedding_dim=FLAGS.code_dim))
-    if FLAGS.distill_loss:
-        cfg = r(cfg, distill=r(cfg.distill, loss=FLAGS.distill_loss))
-    levers = {k: getattr(FLAGS, f"distill_{k}") for k in ("heads", "noise", "code_weight", "heads_view",
-                                                          "relational_weight", "ladder_residual", "mixup",
-                                                          "consistent_noise", "teacher_drop")}
-    levers = {k: v for k, v in levers.items() if v is not None}
-    if levers:
-        try:
-            cfg = r(cfg, distill=r(cfg.distill, **levers))
-        except ValueError as e:
-            raise flags.ValidationError(f"--distill_{'/'.join(levers)}: {e}") from None
-    if FLAGS.fusion_relational_weight is not None:
-        try:
-            cfg = r(cfg, fusion=r(cfg.fusion, relational_weight=FLAGS.fusion_relational_weight))
-        except ValueError as e:
-            raise flags.ValidationError(f"--fusion_relational_weight={FLAGS.fusion_relational_weight}: {e}") from None
-    if FLAGS.student_view is not None:
-        cfg = r(cfg, student_view=FLAGS.student_view)
-    if FLAGS.ceiling is not None:
-        cfg = r(cfg, ceiling=FLAGS.ceiling)
-    if FLAGS.ceiling_budget is not None:
-        try:
-            cfg = r(cfg, ceiling_budget=FLAGS.ceiling_budget)
-        except ValueError as e:
-            raise flags.ValidationError(f"--ceiling_budget={FLAGS.ceiling_budget}: {e}") from None
-    if FLAGS.ceiling_batch_size is not None:
-        try:
-            cfg = r(cfg, ceiling_batch_size=FLAGS.ceiling_batch_size)
-        except ValueError as e:
-            raise flags.ValidationError(f"--ceiling_batch_size={FLAGS.ceiling_batch_size}: {e}") from None
-    if FLAGS.student_workers is not None:
-        try:
-            cfg = r(cfg, student_workers=FLAGS.student_workers)
-        except ValueError as e:
-            raise flags.ValidationError(f"--student_workers={FLAGS.student_workers}: {e}") from None
-    if FLAGS.distill_steps is not None:
-        if FLAGS.distill_steps < 1:
-            raise flags.ValidationError(f"--distill_steps={FLAGS.distill_steps}: expected >= 1")
-        cfg = r(cfg, distill=r(cfg.distill, steps=FLAGS.distill_steps))
-    if FLAGS.teacher_steps is not None:
-        if FLAGS.teacher_steps < 1:
-            raise flags.ValidationError(f"--teacher_steps={FLAGS.teacher_steps}: expected >= 1")
-        cfg = r(cfg, teacher_train=r(cfg.teacher_train, steps=FLAGS.teacher_steps))
+        put("code_dim", ("fusion.code_dim", "student.embedding_dim"), FLAGS.code_dim)
     if FLAGS.teacher_pretrained is not None:
         from face_transfer.teachers.train import PRETRAINED_MANIFEST, pretrained_dir
         where = FLAGS.teacher_pretrained
@@ -191,29 +187,7 @@ def config_from_flags():
                                         "export.package_zoo, or '' to train the teachers)")
         if where and where != "package":
             where = os.path.abspath(where)
-        cfg = r(cfg, teacher_train=r(cfg.teacher_train, pretrained=where))
-    if FLAGS.batch_size is not None:
-        if FLAGS.batch_size < 1:
-            raise flags.ValidationError(f"--batch_size={FLAGS.batch_size}: expected >= 1")
-        cfg = r(cfg, distill=r(cfg.distill, batch_size=FLAGS.batch_size),
-                teacher_train=r(cfg.teacher_train, batch_size=FLAGS.batch_size))
-    if FLAGS.distill_batch_size is not None:
-        if FLAGS.distill_batch_size < 1:
-            raise flags.ValidationError(f"--distill_batch_size={FLAGS.distill_batch_size}: expected >= 1")
-        cfg = r(cfg, distill=r(cfg.distill, batch_size=FLAGS.distill_batch_size))
-    if FLAGS.distill_learning_rate is not None:
-        if not FLAGS.distill_learning_rate > 0:
-            raise flags.ValidationError(f"--distill_learning_rate={FLAGS.distill_learning_rate}: expected > 0")
-        cfg = r(cfg, distill=r(cfg.distill, learning_rate=FLAGS.distill_learning_rate))
-    if FLAGS.student_width is not None:
-        if FLAGS.student_width <= 0:
-            raise flags.ValidationError(f"--student_width={FLAGS.student_width}: expected > 0")
-        cfg = r(cfg, student=r(cfg.student, width=FLAGS.student_width))
-    if FLAGS.student_head_channels is not None:
-        try:
-            cfg = r(cfg, student=r(cfg.student, head_channels=FLAGS.student_head_channels))
-        except ValueError as e:
-            raise flags.ValidationError(f"--student_head_channels={FLAGS.student_head_channels}: {e}") from None
+        put("teacher_pretrained", ("teacher_train.pretrained",), where)
     if FLAGS.real_teachers is not None:
         from face_transfer.teachers.real import REAL_TEACHERS, available_real_teachers
         names = tuple(n for n in FLAGS.real_teachers if n)
@@ -224,9 +198,14 @@ def config_from_flags():
         if missing:
             raise flags.ValidationError(f"--real_teachers: {missing} not installed; "
                                         + "; ".join(REAL_TEACHERS[n]["pip"] for n in missing))
-        cfg = r(cfg, real_teachers=names)
+        put("real_teachers", ("real_teachers",), names)
     if not FLAGS.zoo:
-        cfg = r(cfg, teachers=())
+        put("zoo", ("teachers",), ())
+    try:
+        cfg = override_config(cfg, overrides)
+    except OverrideError as e:
+        named = dict.fromkeys(by_key.get(k, k) for k in e.keys)
+        raise flags.ValidationError(", ".join(f"--{f}={getattr(FLAGS, f, '?')}" for f in named) + f": {e}") from None
     cfg = _user_inputs(cfg)
     if not cfg.teachers and not cfg.real_teachers and not cfg.teacher_files:
         raise flags.ValidationError("--nozoo with no --real_teachers or --teacher leaves no teacher to distil from")
@@ -274,13 +253,13 @@ EXIT_USAGE, EXIT_BAD_INPUT, EXIT_CORRUPT, EXIT_LOCKED, EXIT_INVALID, EXIT_TIMEOU
 
 def _exit_codes() -> list:
     """(exception types, exit code, what it means), most specific first; imported late (TF is heavy)."""
-    from face_transfer.adapt import AdaptUsageError, BundleError
+    from face_transfer.adapt import AdaptUsageError
+    from face_transfer.deploy.bundle import BundleError
     from face_transfer.configs import ConfigError
-    from face_transfer.data.readers import DataError
+    from face_transfer.core.errors import CorruptArtifactError, TeacherLoadError
+    from face_transfer.data.imageio import DataError
     from face_transfer.deploy.tflite import TFLiteValidationError
-    from face_transfer.integrity import CorruptArtifactError
     from face_transfer.stages.rundir import RunConfigError, RunLockedError
-    from face_transfer.teachers.adapters import TeacherLoadError
     return [((ConfigError, RunConfigError, AdaptUsageError, flags.ValidationError), EXIT_USAGE, "usage"),
             ((CorruptArtifactError,), EXIT_CORRUPT, "corrupt file"),
             ((DataError, TeacherLoadError, BundleError), EXIT_BAD_INPUT, "bad input"),

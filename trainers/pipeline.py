@@ -18,12 +18,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
+from face_transfer.stages import stage_names  # noqa: E402
 from trainers import common  # noqa: E402
 
 common.define_run_flags()
 flags.adopt_module_key_flags(common)  # --help lists the run flags, not only this script's
-flags.DEFINE_enum("until", "report", ["data", "teachers", "cache", "fusion", "student", "evaluate", "export",
-                                      "report"], "Stop after this stage.")
+flags.DEFINE_enum("until", stage_names()[-1], list(stage_names()), "Stop after this stage.")
 
 
 def main(argv):

@@ -65,12 +65,13 @@ class Registry:
                                    f"{', '.join(self.names()) or '(none registered)'}") from None
 
     def names(self) -> tuple[str, ...]:
+        """In name order: registration order depends on which module happened to be imported first."""
         self._load()
-        return tuple(self._items)
+        return tuple(sorted(self._items))
 
     def items(self) -> list[tuple[str, object]]:
         self._load()
-        return list(self._items.items())
+        return [(n, self._items[n]) for n in self.names()]
 
     def __contains__(self, name) -> bool:
         self._load()

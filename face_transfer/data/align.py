@@ -15,16 +15,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from face_transfer.data.readers import (
-    DataError,
-    NoFaceError,
-    ReadReport,
-    _Errors,
-    _kind_of,
-    load_image,
-)
+from face_transfer.data.imageio import DataError, ItemErrors, NoFaceError, ReadReport, error_kind, load_image
 
-LANDMARK_NAMES = ("left_eye", "right_eye", "nose_tip", "mouth_left", "mouth_right")
 # (x, y) in [0, 1] units of the crop side; the synthetic face generator draws its faces
 # with landmarks near these positions, so real and synthetic crops share one geometry.
 # The mean frontal layout of SynthFaces (measured on 500 photo-domain faces at the default camera),
@@ -255,7 +247,7 @@ def align_photos(
     """
     items = list(paths_or_arrays)
     report = ReadReport(source=f"align_photos({len(items)} photos)")
-    errors = _Errors(report, on_error)
+    errors = ItemErrors(report, on_error)
     if not items:
         raise DataError("align_photos: no photos were given")
     crops = []
@@ -265,7 +257,7 @@ def align_photos(
             image = load_image(where) if isinstance(item, (str, os.PathLike)) else item
             crops.append(align_largest_face(image, size=size, where=where, min_score=min_score))
         except DataError as e:
-            errors.bad(where, _kind_of(e), str(e))
+            errors.bad(where, error_kind(e), str(e))
             continue
         report.kept_sources.append(where)
     errors.finish()

@@ -1,5 +1,5 @@
 """A user's unlabelled face photos (folders, globs or TFRecords) as a prepared, sharded, streamable face set.
-Owns FacesConfig, the resumable prepare pre-pass (decode + canonical crop -> PNG TFRecord shards + manifest), FaceSet and the seeded face stream."""
+Owns the resumable prepare pre-pass (decode + canonical crop -> PNG TFRecord shards + manifest), FaceSet and the seeded face stream."""
 from __future__ import annotations
 
 import collections
@@ -22,12 +22,14 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from face_transfer.fileio import atomic_output, claim_json, write_json
-from face_transfer.data.readers import DataError, NoFaceError, center_square_resize, decode_image_bytes, load_image
+from face_transfer.core.fileio import atomic_output, claim_json, dict_differences, write_json
+from face_transfer.core.runpaths import MANIFEST_JSON as MANIFEST
+from face_transfer.data import align as align_lib
+from face_transfer.data.config import FacesConfig
+from face_transfer.data.imageio import (IMAGE_SUFFIXES, DataError, NoFaceError, center_square_resize,
+                                        decode_image_bytes, load_image)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecord.gz", ".tfrec")
-MANIFEST = "manifest.json"
 SPEC = "spec.json"
 SKIPPED = "skipped.txt"
 # The manifest lists at most this many skipped items (the counts stay exact; skipped.txt has them all),
@@ -35,36 +37,6 @@ SKIPPED = "skipped.txt"
 MAX_LISTED_SKIPS = 1000
 _EXPECTED = ("image files (" + " ".join(IMAGE_SUFFIXES) + ", folders searched recursively) or TFRecord files ("
              + " ".join("*" + s for s in TFRECORD_SUFFIXES) + ")")
-
-
-@dataclasses.dataclass(frozen=True)
-class FacesConfig:
-    sources: tuple[str, ...] = ()   # folders (searched recursively), globs, or TFRecord files / globs (*.tfrecord, *.tfrecord.gz, *.tfrec)
-    align: bool = False             # detect + align each photo with MTCNN (face_transfer.data.align); else centre square crop + resize (for photos that already are face crops)
-    real_fraction: float = 1.0      # share of the user's faces in the mix (the rest SynthFaces); 0 < f <= 1
-    image_size: int = 64
-    shard_size: int = 1000
-    max_images: int | None = None   # use at most this many input items (sorted order; a TFRecord record is one item)
-    image_key: str = "image"        # bytes feature holding the encoded image in input TFRecords
-
-    def __post_init__(self):
-        sources = (self.sources,) if isinstance(self.sources, (str, os.PathLike)) else tuple(self.sources)
-        # A frozen dataclass: normalise a list / PathLike given by the caller into the declared tuple of str.
-        object.__setattr__(self, "sources", tuple(os.fspath(s) for s in sources))
-        if not all(isinstance(s, str) and s for s in self.sources):
-            raise ValueError(f"FacesConfig.sources must be non-empty path strings, got {self.sources!r}")
-        if not isinstance(self.real_fraction, (int, float)) or not 0.0 < float(self.real_fraction) <= 1.0:
-            raise ValueError(f"FacesConfig.real_fraction must be in (0, 1], got {self.real_fraction!r}")
-        if not isinstance(self.image_size, (int, np.integer)) or not 8 <= self.image_size <= 1024:
-            raise ValueError(f"FacesConfig.image_size must be an int in [8, 1024], got {self.image_size!r}")
-        if not isinstance(self.shard_size, (int, np.integer)) or self.shard_size < 1:
-            raise ValueError(f"FacesConfig.shard_size must be a positive int, got {self.shard_size!r}")
-        if self.max_images is not None and (not isinstance(self.max_images, (int, np.integer)) or self.max_images < 1):
-            raise ValueError(f"FacesConfig.max_images must be None or a positive int, got {self.max_images!r}")
-        if not isinstance(self.image_key, str) or not self.image_key:
-            raise ValueError(f"FacesConfig.image_key must be a non-empty string, got {self.image_key!r}")
-        if not isinstance(self.align, bool):
-            raise ValueError(f"FacesConfig.align must be a bool, got {self.align!r}")
 
 
 # --------------------------------------------------------------------------- enumeration
@@ -297,8 +269,6 @@ def _canonical_png(item, image_size: int, align: bool, image_key: str) -> tuple[
                                           f"features: {sorted(feature)}")
             image = decode_image_bytes(feature[image_key].bytes_list.value[0], where=where)
         if align:
-            from face_transfer.data import align as align_lib  # lazy: pulls in MTCNN only when asked
-
             crop = align_lib.align_largest_face(image, size=image_size, where=where)
         else:
             crop = center_square_resize(image, image_size)
@@ -353,7 +323,6 @@ def _want(cfg: FacesConfig, segments: list[_Segment]) -> dict:
 
 
 def _differences(have: dict, want: dict) -> list[str]:
-    from face_transfer.fileio import dict_differences
     return [f"{k}: {a!r} there, {b!r} now" for k, a, b in dict_differences(have, want)]
 
 

@@ -12,11 +12,11 @@ import zipfile
 import numpy as np
 import tensorflow as tf
 
+from face_transfer.core.errors import CorruptArtifactError
+from face_transfer.core.fileio import claim_json, save_npz, write_json
+from face_transfer.core.runpaths import MANIFEST_JSON as MANIFEST
 from face_transfer.data import synth
 from face_transfer.data.tasks import EVAL_SETS, EvalSet
-from face_transfer.fileio import save_npz, write_json
-
-MANIFEST = "manifest.json"
 
 
 def _label_signature(cfg: synth.SynthConfig, label_keys, stream, pool, domain):
@@ -122,7 +122,6 @@ def claim_shard_dir(out_dir: str, want: dict):
     their spec. A spec left by an attempt that wrote no shard at all (it failed first, e.g. on a NaN teacher)
     is replaced, since nothing depends on it.
     """
-    from face_transfer.fileio import claim_json
     spec_path = os.path.join(out_dir, "spec.json")
     want = json.loads(json.dumps(want))
     for attempt in range(2):
@@ -156,7 +155,6 @@ def load_shards(out_dir: str, what: str, resume_with: str) -> dict[str, np.ndarr
                 for k in z.files:
                     arrays.setdefault(k, []).append(z[k])
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            from face_transfer.integrity import CorruptArtifactError
             raise CorruptArtifactError(f"{path}: corrupt {what} shard ({type(e).__name__}: {e}); delete it and "
                                        f"run {resume_with} again to rebuild it") from None
     return {k: np.concatenate(v) for k, v in arrays.items()}

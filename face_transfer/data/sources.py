@@ -11,7 +11,9 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from face_transfer import distribute
 from face_transfer.data import synth
+from face_transfer.data.faces import make_faces_dataset
 
 
 class SynthSource:
@@ -31,7 +33,6 @@ class SynthSource:
                                   domain=self.domain)[0]
 
     def make_dataset(self, input_context, start_step: int, global_batch: int, stream: str, augment_fn=None):
-        from face_transfer import distribute
         size = self.image_size
 
         def render(idx):
@@ -77,7 +78,6 @@ class FaceSetSource:
         return self.face_set.read(start, stop)
 
     def make_dataset(self, input_context, start_step: int, global_batch: int, stream: str, augment_fn=None):
-        from face_transfer.data.faces import make_faces_dataset
         replicas = input_context.num_replicas_in_sync if input_context is not None else 1
         per_replica = global_batch // replicas
         return make_faces_dataset(self.face_set, per_replica, start_step=start_step,

@@ -10,6 +10,8 @@ import numpy as np
 from PIL import Image
 
 from face_transfer.data import synth
+from face_transfer.data.readers.fer2013 import FER_EXPRESSIONS
+from face_transfer.data.vocab import EXPRESSIONS
 
 # CelebA attribute name -> (SynthFaces label, threshold for float labels or None for 0/1 ints)
 CELEBA_ATTRIBUTES = {
@@ -17,7 +19,6 @@ CELEBA_ATTRIBUTES = {
     "Smiling": ("smile", 0.5), "Mouth_Slightly_Open": ("mouth_open", 0.4), "No_Beard": ("beard", "not"),
     "Young": ("age", "young"),
 }
-_FER_ORDER = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 
 def _render(cfg: synth.SynthConfig, start: int, n: int, stream: str, chunk: int = 512):
@@ -81,7 +82,7 @@ def write_fer2013(cfg: synth.SynthConfig, path: str, n: int, stream: str = "fer2
         for images, labels in _render(cfg, 0, n, stream):
             for im, e in zip(images, labels["expression"]):
                 gray = np.asarray(Image.fromarray(im).convert("L").resize((48, 48), Image.BILINEAR))
-                w.writerow([_FER_ORDER.index(synth.EXPRESSIONS[int(e)]), " ".join(map(str, gray.reshape(-1))),
+                w.writerow([FER_EXPRESSIONS.index(EXPRESSIONS[int(e)]), " ".join(map(str, gray.reshape(-1))),
                             "Training" if i % 10 < 8 else "PublicTest"])
                 i += 1
     return path

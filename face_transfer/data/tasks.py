@@ -133,7 +133,7 @@ ZOO_SOURCE_TASKS: dict[str, tuple[str, ...]] = {
     "pose": ("head_pose",),
     "age_gender": ("age", "gender"),
 }
-# What the default zoo (every teachers.zoo.ZOO_PRESETS preset: one teacher per zoo source task) declares.
+# What the default zoo (every teachers.config.ZOO_PRESETS preset: one teacher per zoo source task) declares.
 DEFAULT_DECLARED: frozenset[str] = frozenset(n for names in ZOO_SOURCE_TASKS.values() for n in names)
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import os
 
-from face_transfer.fileio import write_bytes
+from face_transfer.core.fileio import write_bytes
+from face_transfer.data.align import get_detector
 
 
 # Square canvas sides for P-Net (even, so the canvas itself never needs the pool's padding). The largest
@@ -28,9 +29,8 @@ PNET_CANVASES = (24, 32, 48, 64, 96, 128, 192, 256, 320, 384, 448, 512, 640)
 _MASK_FILL = -1.0e9
 
 
-def _stage_models():
-    from face_transfer.data.align import get_detector
-
+def mtcnn_stage_models():
+    """The mtcnn package's P-Net, R-Net and O-Net Keras models, as the detector the data layer uses holds them."""
     det = get_detector()
     return [s._model for s in det.stages]  # PNet, RNet, ONet (mtcnn.network.*)
 
@@ -92,7 +92,7 @@ def convert_mtcnn(out_dir: str, canvases=PNET_CANVASES) -> dict:
         with open(manifest_path) as f:
             if json.load(f) == manifest:
                 return manifest
-    pnet, rnet, onet = _stage_models()
+    pnet, rnet, onet = mtcnn_stage_models()
     for side in canvases:
         data = _to_tflite(_pnet_canvas_model(pnet, side))
         _write(os.path.join(out_dir, f"pnet_{side}.tflite"), data)

@@ -1,96 +1,19 @@
-"""TFLite inference: the interpreter fallback chain, batched named-output runs and latency measurement.
-
-Owns load_interpreter, interpreter_backend, run_tflite and benchmark_latency.
+"""TFLite inference on a run's files: what a file takes and gives (model_info), batched named-output runs and
+latency measurement. The interpreter itself is face_transfer.core.interpreter.
 """
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
 
 import numpy as np
 
-_BACKEND = None  # (name, Interpreter class), resolved once
-
-
-def _resolve():
-    """ai_edge_litert's Interpreter, else tflite_runtime's (a numpy<2 device, BUILD.md). Never tf.lite.Interpreter:
-    TensorFlow deprecated it (a UserWarning at every construction) in favour of ai_edge_litert."""
-    global _BACKEND
-    if _BACKEND is None:
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-
-            _BACKEND = ("ai_edge_litert", Interpreter)
-        except Exception as litert_error:  # not installed, or a broken binary
-            try:
-                # tflite-runtime 2.14 raises AttributeError/ImportError at import under numpy 2.
-                from tflite_runtime.interpreter import Interpreter
-
-                _BACKEND = ("tflite_runtime", Interpreter)
-            except Exception:
-                raise ImportError(f"no TFLite interpreter: ai_edge_litert does not import ({litert_error}) and "
-                                  "tflite_runtime is not installed; pip install 'ai-edge-litert>=2.3,<3'"
-                                  ) from litert_error
-    return _BACKEND
-
-
-def interpreter_backend() -> str:
-    """Which interpreter load_interpreter uses: "ai_edge_litert" or "tflite_runtime"."""
-    return _resolve()[0]
-
-
-def load_interpreter(path_or_bytes, num_threads: int = 1, default_delegates: bool = True,
-                     preserve_all_tensors: bool = False):
-    """An allocated interpreter for a .tflite path or flatbuffer bytes (ai_edge_litert, else tflite_runtime).
-
-    default_delegates=False keeps XNNPACK out, so _get_ops_details() lists the file's own ops
-    instead of one opaque DELEGATE node. preserve_all_tensors=True keeps intermediate tensors
-    readable with get_tensor() after invoke() (the interpreter then runs without default delegates).
-    """
-    name, Interpreter = _resolve()
-    kwargs = {"num_threads": num_threads}
-    if preserve_all_tensors:
-        kwargs["experimental_preserve_all_tensors"] = True
-    if not default_delegates:
-        if name == "ai_edge_litert":
-            from ai_edge_litert.interpreter import OpResolverType
-        else:
-            from tflite_runtime.interpreter import OpResolverType
-        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    if isinstance(path_or_bytes, (bytes, bytearray)):
-        interpreter = Interpreter(model_content=bytes(path_or_bytes), **kwargs)
-    else:
-        path = os.fspath(path_or_bytes)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"load_interpreter: {path} is not a .tflite file")
-        try:
-            interpreter = Interpreter(model_path=path, **kwargs)
-        except (ValueError, RuntimeError) as e:  # "not a valid Flatbuffer buffer", truncated files, ...
-            from face_transfer.integrity import CorruptArtifactError
-            raise CorruptArtifactError(f"{path}: not a readable .tflite model (truncated or damaged? "
-                                       f"{str(e).splitlines()[0][:200]})") from None
-    interpreter.allocate_tensors()
-    return interpreter
-
-
-def _to_input(images: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    scale, zero_point = detail["quantization"]
-    if images.dtype == dtype and (not scale or (scale == 1.0 and zero_point == 0)):
-        return images  # raw uint8 pixels into a uint8 input (scale 1, zero point 0): nothing to convert
-    if scale and dtype in (np.uint8, np.int8, np.int16):
-        info = np.iinfo(dtype)
-        q = np.round(images.astype(np.float32) / scale + zero_point)
-        return np.clip(q, info.min, info.max).astype(dtype)
-    return images.astype(dtype)
-
-
-def _from_output(value: np.ndarray, detail: dict) -> np.ndarray:
-    scale, zero_point = detail["quantization"]
-    if scale and np.issubdtype(value.dtype, np.integer):
-        return (value.astype(np.float32) - zero_point) * scale
-    return np.array(value, copy=True)
+from face_transfer.core.interpreter import dequantize_output, quantize_input
+from face_transfer.deploy.bundle import trained_on_from_description
+from face_transfer.deploy.metadata import output_labels, read_metadata
+from face_transfer.machine import cpu_isa_flags, int8_is_fast
 
 
 def model_info(path, labels_path: str | None = None) -> dict:
@@ -104,10 +27,6 @@ def model_info(path, labels_path: str | None = None) -> dict:
     `labels_path` wins over the metadata's labels. Metadata that belongs to another model (other outputs,
     class counts or input size than the file's) raises CorruptArtifactError naming the file.
     """
-    import json
-
-    from face_transfer.deploy.metadata import output_labels, read_metadata
-
     path = os.fspath(path)
     meta = read_metadata(path)
     info = {"labels": {}, "labels_from": None, "metadata": meta,
@@ -128,35 +47,6 @@ def model_info(path, labels_path: str | None = None) -> dict:
             raise ValueError(f"{sidecar}: not a readable labels JSON file ({e})") from None
         info["labels_from"] = sidecar
     return info
-
-
-SYNTHETIC_SUFFIX = ", synthetic faces only: check it on real photos, or adapt on yours"  # adapt.trained_on_text
-
-
-def trained_on_from_description(description: str) -> dict | None:
-    """{"dataset", "images", "domain", "synthetic"} parsed back from an output description that ends with
-    face_transfer.adapt.trained_on_text ("fitted on N images of DATASET (DOMAIN)[, synthetic faces only: ...]"),
-    as the export stage writes it into the TFLite metadata; None when the description has no such text."""
-    i = (description or "").find("fitted on ")
-    if i < 0:
-        return None
-    text = description[i:].strip()
-    synthetic = text.endswith(SYNTHETIC_SUFFIX)
-    if synthetic:
-        text = text[: -len(SYNTHETIC_SUFFIX)]
-    head, sep, rest = text[len("fitted on "):].partition(" images of ")
-    if not sep or not rest.endswith(")"):
-        return None
-    depth = 0  # the domain is the last balanced (...) group: it may hold parentheses itself
-    for j in range(len(rest) - 1, -1, -1):
-        depth += {")": 1, "(": -1}.get(rest[j], 0)
-        if depth == 0:
-            break
-    if depth != 0 or j == 0:
-        return None
-    domain, dataset = rest[j + 1: -1], rest[:j].rstrip()
-    return {"dataset": dataset, "images": int(head) if head.isdigit() else None, "domain": domain,
-            "synthetic": synthetic or domain.startswith("synthetic")}
 
 
 def _fill_trained_on(labels: dict, meta: dict) -> None:
@@ -212,8 +102,8 @@ def run_tflite(interpreter, images, batch_size: int = 64, input_spec: dict | Non
                          f"raw {np.dtype(in_detail['dtype']).name} without quantization parameters")
     chunks = []
     for start in range(0, len(images), batch_size):
-        out = runner(**{in_name: _to_input(images[start : start + batch_size], in_detail)})
-        chunks.append({k: _from_output(v, out_details[k]) for k, v in out.items()})
+        out = runner(**{in_name: quantize_input(images[start : start + batch_size], in_detail)})
+        chunks.append({k: dequantize_output(v, out_details[k]) for k, v in out.items()})
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
@@ -241,7 +131,6 @@ def preferred_student_file(export_dir: str, flags=None, prefer: str = "auto") ->
     """(path, why): the faster of a run's student files on this CPU (int8 PTQ, or float32 where int8 is slower:
     x86 without VNNI, see machine.int8_is_fast); the other one when only one exists. prefer="int8"/"float32"
     asks for that file instead of the CPU's choice (say, to deploy the int8 file on a phone from an x86 host)."""
-    from face_transfer.machine import cpu_isa_flags, int8_is_fast
     if prefer not in STUDENT_PRECISIONS:
         raise ValueError(f"prefer={prefer!r}; expected one of {STUDENT_PRECISIONS}")
     int8, f32 = (os.path.join(export_dir, f"student_{m}.tflite") for m in ("int8_ptq", "float32"))

@@ -36,6 +36,8 @@ import numpy as np
 from flatbuffers import number_types as N
 from flatbuffers.table import Table
 
+from face_transfer.core.errors import CorruptArtifactError
+
 METADATA_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
 TFLITE_IDENTIFIER = b"TFL3"
@@ -58,9 +60,6 @@ _TENSOR_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64",
 
 
 def _corrupt(message: str):
-    # Imported late: face_transfer.integrity pulls TensorFlow in, and reading a file on a device must not.
-    from face_transfer.integrity import CorruptArtifactError
-
     return CorruptArtifactError(message)
 
 

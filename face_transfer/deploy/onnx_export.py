@@ -15,9 +15,9 @@ import os
 
 import numpy as np
 
+from face_transfer.core.fileio import temp_name
 from face_transfer.deploy import savedmodel as _sm
-from face_transfer.deploy.tflite import TFLiteValidationError, _as_dict, _cosines
-from face_transfer.fileio import temp_name
+from face_transfer.deploy.tflite import TFLiteValidationError, output_cosines, outputs_by_name
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
@@ -115,7 +115,7 @@ def validate_onnx(onnx_path, reference_fn, images, min_cosine: float = 0.9999, m
         raise ValueError(f"validate_onnx: images must be uint8 [N,S,S,3], got {images.dtype} {images.shape}")
     sess = _session(path)
     got = run_onnx(path, images, session=sess)
-    want = _as_dict(reference_fn(images), names=list(got) if len(got) == 1 else None)
+    want = outputs_by_name(reference_fn(images), names=list(got) if len(got) == 1 else None)
     missing = sorted(set(want) - set(got))
     if missing:
         raise OnnxParityError(f"{path}: lacks outputs {missing} (has {sorted(got)})", {"outputs": sorted(got)})
@@ -125,7 +125,7 @@ def validate_onnx(onnx_path, reference_fn, images, min_cosine: float = 0.9999, m
         if out.shape != ref.shape:
             raise OnnxParityError(f"{path}: output {name!r} has shape {out.shape}, TensorFlow gives {ref.shape}",
                                   {"output": name})
-        cos = _cosines(out, ref)
+        cos = output_cosines(out, ref)
         diff = float(np.max(np.abs(out.astype(np.float64) - ref))) if out.size else 0.0
         per_output[name] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "max_abs_diff": diff,
                             "max_abs_reference": float(np.max(np.abs(ref))) if ref.size else 0.0}

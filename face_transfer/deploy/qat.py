@@ -5,7 +5,7 @@ Owns qat_finetune and convert_qat_to_tflite; the only module of the package that
 Importing this module imports tensorflow_model_optimization, which sets TF_USE_LEGACY_KERAS=1 for the
 whole process: from then on the TF keras alias silently means tf_keras. That is why the library always writes
 `import keras` (Keras 3) or `import tf_keras` explicitly, and why callers that also train Keras 3
-models should run QAT in its own process (export/convert_tflite.py --mode=qat does; so do the tests).
+models should run QAT in its own process (export/convert_tflite.py --mode=int8_qat does; so do the tests).
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
-from face_transfer.deploy.tflite import _range_anchor
-from face_transfer.student.model import StudentConfig, feature_model, student_from_weights
+from face_transfer.deploy.tflite import range_anchor_image
+from face_transfer.student.config import StudentConfig
+from face_transfer.student.model import feature_model, student_from_weights
 
 
 # tfmot's MovingAverageQuantizer: activation ranges start at [-6, 6] and follow the batch min/max
@@ -130,7 +131,7 @@ def convert_qat_to_tflite(qat_model, representative_images) -> bytes:
         )
 
     def representative():
-        yield [_range_anchor(size)]
+        yield [range_anchor_image(size)]
         for i in range(len(images)):
             yield [images[i : i + 1].astype(np.float32)]
 

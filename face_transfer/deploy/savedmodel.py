@@ -12,6 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from face_transfer.student.model import feature_model
+
 SERVING_KEY = "serving_default"
 # Same graph with float32 0..255 input: the TFLite converter quantizes from this one, because the
 # uint8 endpoint's leading Cast would stay a float op in an otherwise integer-only model.
@@ -115,8 +117,6 @@ def build_student_export(student: keras.Model, view: str) -> keras.Model:
     measured on, not the narrower code without knowing it. The QAT int8 file is built from the same
     feature_model on the tf_keras twin (deploy/qat.py).
     """
-    from face_transfer.student.model import feature_model
-
     _input_size(student)
     if len(student.outputs) != 1 or len(student.outputs[0].shape) != 2:
         raise ExportError(f"build_student_export: student {student.name!r} must have one [N, D] embedding output")

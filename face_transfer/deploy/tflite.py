@@ -1,4 +1,5 @@
-"""TFLite conversion (float32, float16, dynamic range, full-integer int8 PTQ) and its validation against the float model.
+"""TFLite conversion (the modes of face_transfer.deploy.modes: float32, float16, dynamic range, full-integer int8 PTQ)
+and its validation against the float model.
 
 Owns QuantizationConfig, convert_to_tflite, fold_input_affine, fit_xnnpack_requantization, tflite_op_set,
 validate_tflite, TFLiteValidationError and the parity report.
@@ -18,9 +19,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from face_transfer.core.interpreter import load_interpreter
 from face_transfer.deploy import savedmodel as _sm
+from face_transfer.deploy.infer import run_tflite
+from face_transfer.deploy.modes import get_mode, mode_names
 
-MODES = ("float32", "float16", "dynamic", "int8")
 # Ops that only move values across the integer/float boundary at the model's edges.
 _BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
 _FLOAT_DTYPES = (np.float32, np.float16, np.float64)
@@ -38,17 +41,17 @@ class TFLiteValidationError(RuntimeError):
 class QuantizationConfig:
     """How to quantize: kept apart from the conversion itself (MediaPipe Model Maker style)."""
 
-    mode: str
+    mode: str  # a registered TFLite mode (face_transfer.deploy.modes)
     representative_images: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
     calibration_steps: int = 100
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"QuantizationConfig.mode={self.mode!r}: expected one of {MODES}")
-        if self.mode == "int8":
+        if self.mode not in mode_names():
+            raise ValueError(f"QuantizationConfig.mode={self.mode!r}: expected one of {mode_names()}")
+        if get_mode(self.mode).calibrated:
             images = self.representative_images
             if images is None:
-                raise ValueError("QuantizationConfig(mode='int8') needs representative_images (uint8 [N,S,S,3])")
+                raise ValueError(f"QuantizationConfig(mode={self.mode!r}) needs representative_images (uint8 [N,S,S,3])")
             images = np.asarray(images)
             if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] < 1:
                 raise ValueError(
@@ -75,10 +78,21 @@ class QuantizationConfig:
 
     @classmethod
     def for_int8(cls, images, steps: int = 100):
-        return cls("int8", representative_images=np.asarray(images), calibration_steps=steps)
+        """int8_ptq, calibrated on `steps` of `images`."""
+        return cls("int8_ptq", representative_images=np.asarray(images), calibration_steps=steps)
+
+    @classmethod
+    def for_mode(cls, mode: str, images=None, steps: int | None = None):
+        """`mode`, calibrated (when it needs it) on `steps` (default: all) of `images`."""
+        if not get_mode(mode).calibrated:
+            return cls(mode)
+        images = None if images is None else np.asarray(images)
+        if steps is None:
+            steps = 100 if images is None else len(images)
+        return cls(mode, representative_images=images, calibration_steps=steps)
 
 
-def _range_anchor(size: int) -> np.ndarray:
+def range_anchor_image(size: int) -> np.ndarray:
     """A 0..255 ramp image: calibrating on it pins the input scale to exactly 1, zero point 0,
     so the uint8 input is the raw pixel value whatever the calibration photos' extremes."""
     ramp = np.linspace(0, 255, size * size * 3).round().astype(np.float32)
@@ -102,11 +116,11 @@ def _signatures(saved_model_dir: str) -> dict:
     return found
 
 
-def _converter_from_dir(saved_model_dir: str, mode: str):
+def _converter_from_dir(saved_model_dir: str, mode):
     signatures = _signatures(saved_model_dir)
     # int8 quantizes from the float32 endpoint (see savedmodel.FLOAT_SERVING_KEY); float modes keep
     # the uint8 endpoint so every file takes the same uint8 images.
-    if mode == "int8" and _sm.FLOAT_SERVING_KEY in signatures:
+    if mode.float_endpoint and _sm.FLOAT_SERVING_KEY in signatures:
         key = _sm.FLOAT_SERVING_KEY
     elif _sm.SERVING_KEY in signatures:
         key = _sm.SERVING_KEY
@@ -122,7 +136,7 @@ def convert_to_tflite(model_or_savedmodel_dir, qcfg: QuantizationConfig) -> byte
 
     A Keras model is first exported with export_savedmodel (never tf.saved_model.save: that leaves
     variable-handle ops that make int8 conversion fail and float conversion output NaN).
-    int8 is full integer: TFLITE_BUILTINS_INT8 only, uint8 input (scale 1, zero point 0), float32 outputs.
+    int8_ptq is full integer: TFLITE_BUILTINS_INT8 only, uint8 input (scale 1, zero point 0), float32 outputs.
     """
     if not isinstance(qcfg, QuantizationConfig):
         raise TypeError(f"convert_to_tflite(qcfg=...): expected a QuantizationConfig, got {type(qcfg).__name__}")
@@ -133,42 +147,13 @@ def convert_to_tflite(model_or_savedmodel_dir, qcfg: QuantizationConfig) -> byte
     path = os.fspath(model_or_savedmodel_dir)
     if not os.path.isfile(os.path.join(path, "saved_model.pb")):
         raise ValueError(f"convert_to_tflite: {path} is not a SavedModel directory (no saved_model.pb) nor a Keras model")
-    converter, key, spec = _converter_from_dir(path, qcfg.mode)
-    if qcfg.mode == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif qcfg.mode == "dynamic":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif qcfg.mode == "int8":
-        images = np.asarray(qcfg.representative_images)
-        name, dtype, shape = spec
-        size = int(shape[1])
-        if tuple(images.shape[1:]) != (size, size, 3):
-            raise ValueError(
-                f"QuantizationConfig.representative_images are {images.shape[1:]}; the model at {path} takes {(size, size, 3)}"
-            )
-        steps = min(qcfg.calibration_steps, len(images))
-
-        # Samples as a list of the inputs in order, not {input name: array}: for a dict (or a (signature, dict)
-        # tuple) TF's calibrator (tensorflow/lite/python/optimize/calibrator.py, _feed_tensors) builds a
-        # tf.lite.Interpreter just to look the names up, and tf.lite.Interpreter warns at construction that it is
-        # deprecated. The signature has one input (_signatures), so the list is the same feed: the .tflite bytes
-        # are identical.
-        def representative():
-            yield [_range_anchor(size).astype(dtype)]
-            for i in range(steps):
-                yield [images[i : i + 1].astype(dtype)]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.float32
-        data, _ = fold_input_affine(converter.convert())
-        data, _ = fit_xnnpack_requantization(data)
-        _check_loads_with_default_delegates(data)
-        return data
-    return converter.convert()
+    mode = get_mode(qcfg.mode)
+    if mode.trains:
+        raise ValueError(f"convert_to_tflite: {mode.name} files come from a fine-tune of the Keras student "
+                         "(deploy/qat.py), not from its SavedModel")
+    converter, key, spec = _converter_from_dir(path, mode)
+    mode.configure(converter, qcfg, spec, path)
+    return mode.finish(converter.convert())
 
 
 def fold_input_affine(tflite_bytes: bytes):
@@ -404,7 +389,8 @@ def fit_xnnpack_requantization(tflite_bytes: bytes, limit: float = XNNPACK_MAX_R
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), fixed
 
 
-def _check_loads_with_default_delegates(tflite_bytes) -> None:
+def check_loads_with_default_delegates(tflite_bytes) -> None:
+    """RuntimeError unless the file loads with the interpreter's default (XNNPACK) delegate."""
     try:
         _interpreter(tflite_bytes, default_delegates=True)
     except RuntimeError as err:
@@ -414,8 +400,6 @@ def _check_loads_with_default_delegates(tflite_bytes) -> None:
 
 
 def _interpreter(tflite_bytes, default_delegates=True):
-    from face_transfer.deploy.infer import load_interpreter
-
     return load_interpreter(tflite_bytes, default_delegates=default_delegates)
 
 
@@ -446,7 +430,8 @@ def tflite_op_set(tflite_bytes) -> dict:
     }
 
 
-def _as_dict(outputs, names=None):
+def outputs_by_name(outputs, names=None):
+    """A model's outputs (a dict, a list or one array) as {name: array}; unnamed ones are `names` or output_<i>."""
     if isinstance(outputs, dict):
         return {k: np.asarray(v) for k, v in outputs.items()}
     if isinstance(outputs, (list, tuple)):
@@ -455,7 +440,7 @@ def _as_dict(outputs, names=None):
     return {(names or ["output_0"])[0]: np.asarray(outputs)}
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def output_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-image cosine for vector outputs; one cosine over the batch for scalar-per-image outputs
     (per-image cosine of two scalars would only compare signs)."""
     a = a.reshape(len(a), -1).astype(np.float64)
@@ -477,15 +462,13 @@ def validate_tflite(tflite_bytes, reference_fn, images, min_cosine: float, expec
     when an int8 file (`expect_int8`, default: detected from a quantized input) computes in float,
     or when the worst output's mean cosine is below `min_cosine`.
     """
-    from face_transfer.deploy.infer import run_tflite
-
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"validate_tflite: images must be uint8 [N,S,S,3], got {images.dtype} {images.shape}")
     ops = tflite_op_set(tflite_bytes)
     is_int8 = ops["is_integer"] if expect_int8 is None else bool(expect_int8)
     got = run_tflite(_interpreter(tflite_bytes), images)
-    want = _as_dict(reference_fn(images), names=list(got) if len(got) == 1 else None)
+    want = outputs_by_name(reference_fn(images), names=list(got) if len(got) == 1 else None)
     missing = sorted(set(want) - set(got))
     if missing:
         raise TFLiteValidationError(f"TFLite file lacks outputs {missing} (has {sorted(got)})", {"outputs": sorted(got)})
@@ -496,7 +479,7 @@ def validate_tflite(tflite_bytes, reference_fn, images, min_cosine: float, expec
             raise TFLiteValidationError(
                 f"output {name!r}: TFLite shape {out.shape} vs reference {ref.shape}", {"output": name}
             )
-        cos = _cosines(out, ref)
+        cos = output_cosines(out, ref)
         per_output[name] = {
             "cosine_mean": float(cos.mean()),
             "cosine_min": float(cos.min()),

@@ -24,6 +24,9 @@ import json
 import os
 import shutil
 
+from face_transfer.deploy.detector_tflite import convert_mtcnn
+from face_transfer.deploy.metadata import carry_metadata
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WEB_DIR = os.path.join(REPO, "web")
 SRC_DIR = os.path.join(WEB_DIR, "src")
@@ -78,7 +81,6 @@ def static_batch_model(path: str, batch: int = 1) -> bytes:
             if sig is not None and len(sig) and (np.asarray(sig) < 0).any():
                 tensor.shapeSignature = np.where(np.asarray(sig) < 0, batch, sig).astype(np.int32)
     data = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-    from face_transfer.deploy.metadata import carry_metadata
     return carry_metadata(path, data)  # re-serialising drops the packed label files: put them back
 
 
@@ -128,7 +130,6 @@ def build_web_page(export_dir: str, node_modules: str | None = None, analyzer: s
     with open(os.path.join(models, analyzer), "wb") as f:
         f.write(static_batch_model(analyzer_path))
     shutil.copyfile(labels_path, os.path.join(models, f"{stem}.labels.json"))
-    from face_transfer.deploy.detector_tflite import convert_mtcnn
     convert_mtcnn(MTCNN_CACHE)  # converted once per checkout (~40 s), then copied
     shutil.copytree(MTCNN_CACHE, os.path.join(models, "mtcnn"), dirs_exist_ok=True)
     config = {

@@ -37,6 +37,7 @@ small matrix products of lbfgs ran 10-18x faster single-threaded than with OpenB
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -45,7 +46,7 @@ import warnings
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
@@ -240,7 +241,10 @@ def _task_labels(task: Task, labels: dict, n: int) -> np.ndarray:
 def _balanced_accuracy(pred: np.ndarray, true: np.ndarray) -> float:
     """Mean per-class recall over the classes present in `true`: chance is 1/K whatever the class
     balance, so rare attributes (sunglasses, closed eyes) are not "solved" by predicting the majority."""
-    return float(np.mean([np.mean(pred[true == c] == c) for c in np.unique(true)]))
+    with warnings.catch_warnings():
+        # A predicted class absent from `true` is just a miss here; sklearn warns about it on every call.
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(true, pred))
 
 
 def _classification(prep: _PreparedSplit, y: np.ndarray, cfg: ProbeConfig, task: Task) -> dict:
@@ -586,7 +590,7 @@ def evaluate_all(reps: dict[str, dict[str, np.ndarray]], labels_by_set: dict[str
     # spawn, not fork: the parent holds TensorFlow's and BLAS's thread pools, which a forked child inherits
     # in an undefined state.
     with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
-        with _main_module_hidden():  # the workers start during the submits
+        with main_module_hidden():  # the workers start during the submits
             futures = {pool.submit(_evaluate_timed, reps[name], labels_by_set, tasks, cfg): name for name in reps}
         for i, future in enumerate(as_completed(futures), 1):
             name = futures[future]
@@ -598,22 +602,20 @@ def evaluate_all(reps: dict[str, dict[str, np.ndarray]], labels_by_set: dict[str
     return {name: results[name] for name in reps}
 
 
-class _main_module_hidden:
+@contextlib.contextmanager
+def main_module_hidden():
     """A spawned worker first re-imports the parent's __main__ (e.g. trainers.pipeline, which loads TensorFlow:
     seconds and hundreds of MB per worker). The probe workers need only this module, so while they start the
     parent's main module does not name itself."""
-
-    def __enter__(self):
-        self.main = sys.modules.get("__main__")
-        self.saved = {k: getattr(self.main, k) for k in ("__spec__", "__file__") if hasattr(self.main, k)}
-        for k in self.saved:
-            setattr(self.main, k, None) if k == "__spec__" else delattr(self.main, k)
-        return self
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            setattr(self.main, k, v)
-        return False
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__spec__", "__file__") if hasattr(main, k)}
+    for k in saved:
+        setattr(main, k, None) if k == "__spec__" else delattr(main, k)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
 
 
 def _evaluate_timed(features_by_set, labels_by_set, tasks, cfg):

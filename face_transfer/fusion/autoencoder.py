@@ -14,38 +14,13 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from face_transfer.fileio import write_json
+from face_transfer.core.fileio import write_json
+from face_transfer.core.runpaths import FUSION_JSON
 from face_transfer.integrity import load_keras_model
 
+from face_transfer.fusion.config import FusionConfig
 from face_transfer.fusion.standardize import Standardizer
-
-FUSION_JSON = "fusion.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class FusionConfig:
-    code_dim: int = 64
-    hidden: int = 512
-    depth: int = 1  # hidden layers on each side of the code (encoder and decoder)
-    standardize: str = "zscore"  # or "phi_s"
-    input_noise: float = 0.1  # denoising AE: Gaussian noise on the input (fraction of unit variance)
-    # Similarity preservation (Tung & Mori 2019; AMoE's relational term): + relational_weight * the mean
-    # squared difference between the code's batch cosine-similarity matrix and the teachers' (each teacher's
-    # block compared on its own, averaged). Reconstruction keeps variance, as PCA does; this keeps who is
-    # close to whom in every teacher, which cosine-based uses (verification, retrieval) read. 0 = off.
-    relational_weight: float = 6.0
-    epochs: int = 60
-    batch_size: int = 256
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    val_fraction: float = 0.1
-    patience: int = 8
-    seed: int = 0
-    verbose: int = 0
-
-    def __post_init__(self):
-        if not self.relational_weight >= 0:
-            raise ValueError(f"FusionConfig.relational_weight={self.relational_weight!r}; expected >= 0")
+from face_transfer.student.training import recalibrate_batchnorm
 
 
 def build_autoencoder(input_dim: int, dims: dict[str, int], cfg: FusionConfig):
@@ -201,7 +176,6 @@ def train_fusion(embeddings: dict[str, np.ndarray], cfg: FusionConfig, out_dir: 
                     callbacks=callbacks, verbose=cfg.verbose)
     # The code's normalisation: exact training-set statistics, not moving averages that lag a short fit (an
     # off-centre code skews every cosine computed on it, and the student imitates it).
-    from face_transfer.student.distill import recalibrate_batchnorm
     recalibrate_batchnorm(encoder, (xt[i:i + 4096] for i in range(0, len(xt), 4096)))
     recon = std.split(np.asarray(decoder.predict(encoder.predict(xv, verbose=0), verbose=0)))
     truth = std.split(xv)

@@ -3,7 +3,7 @@ embedding cache (resumable; split across workers under MultiWorkerMirroredStrate
 """
 from __future__ import annotations
 
-from face_transfer.stages import inputs
+from face_transfer.stages import inputs, register_stage
 from face_transfer.stages.rundir import Run, header, summary
 
 NAME = "cache"
@@ -11,6 +11,7 @@ WORKERS = "all"  # under multi-worker training every worker runs it (its share, 
 DEPENDS_ON = ("data", "teachers")  # rebuilt upstream stages make this one stale
 
 
+@register_stage
 def run(run: Run, ctx) -> dict:
     from face_transfer.teachers.cache import build_embedding_cache
     src = inputs.image_source(run)
@@ -25,10 +26,10 @@ def run(run: Run, ctx) -> dict:
     def image_fn(idx):
         return src.images(int(idx[0]), int(idx[-1]) + 1, "fusion")
 
-    manifest = build_embedding_cache(teachers, image_fn, n, run.p("cache"),
+    manifest = build_embedding_cache(teachers, image_fn, n, run.paths.cache_dir,
                                      meta={"source": src.describe(), "stream": "fusion"}, worker=worker,
                                      shard_size=run.cfg.data.cache_shard_size)
     rate = manifest.get("images_per_s")
     summary(f"dims {manifest['dims']}" + (f", {rate:,.0f} images/s" if rate else " (already complete)"))
-    return {**manifest, "outputs": [run.p("cache", "manifest.json")], "artifacts": [run.p("cache")],
-            "reset": [run.p("cache")]}
+    return {**manifest, "outputs": [run.paths.cache_manifest], "artifacts": [run.paths.cache_dir],
+            "reset": [run.paths.cache_dir]}

@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 
-from face_transfer import peers
-from face_transfer.fileio import read_json, write_json
-from face_transfer.stages import inputs
+from face_transfer.core import peers
+from face_transfer.core.fileio import read_json, write_json
+from face_transfer.stages import inputs, register_stage
 from face_transfer.stages.rundir import Run, header, summary
 
 NAME = "data"
@@ -18,6 +18,7 @@ WORKERS = "all"  # under multi-worker training every worker runs it (its share, 
 DEPENDS_ON = ()  # rebuilt upstream stages make this one stale
 
 
+@register_stage
 def run(run: Run, ctx) -> dict:
     from face_transfer.data.tasks import EVAL_SETS
     cfg = run.cfg
@@ -32,8 +33,8 @@ def run(run: Run, ctx) -> dict:
     if dcfg.faces.sources:
         from face_transfer.data.faces import prepare_faces
         worker = ctx.worker
-        faces_dir = run.p(inputs.FACES_DIR)
-        mpath = os.path.join(faces_dir, "manifest.json")
+        faces_dir = run.paths.faces_dir
+        mpath = run.paths.faces_manifest
         with peers.worker_part(faces_dir, worker):
             man = prepare_faces(dcfg.faces, faces_dir, worker=worker)
             # Split across workers: each prepares its shards; worker 0 writes the manifest once all exist.
@@ -47,43 +48,43 @@ def run(run: Run, ctx) -> dict:
                                      timeout_s=7 * 24 * 3600, poll_s=2.0)
         rep = man.get("report", {})
         info["faces"] = {k: rep.get(k) for k in ("found", "kept", "corrupt", "no_face")}
-        outputs.append(run.p(inputs.FACES_DIR, "manifest.json"))
+        outputs.append(run.paths.faces_manifest)
         summary(f"faces: {rep.get('found')} found, {rep.get('kept')} kept, {rep.get('corrupt')} corrupt, "
-                f"{rep.get('no_face')} without a face (list: {run.p(inputs.FACES_DIR, 'manifest.json')})")
+                f"{rep.get('no_face')} without a face (list: {run.paths.faces_manifest})")
     if ctx.worker[0] != 0:  # other workers only share the face pre-pass; the chief writes the rest
         return {"worker": ctx.worker, "outputs": []}
     if dcfg.synth_tasks:
         from face_transfer.data.pipelines import render_eval_set
         for name in EVAL_SETS:
-            render_eval_set(dcfg.synth, name, dcfg.eval_set_size, run.p("data", name))
-            outputs.append(run.p("data", name, "manifest.json"))
+            render_eval_set(dcfg.synth, name, dcfg.eval_set_size, run.paths.eval_set_dir(name))
+            outputs.append(run.paths.eval_set_manifest(name))
         info["images_per_synth_set"] = dcfg.eval_set_size
     if dcfg.task_sets:
-        from face_transfer.data.tasksets import write_task_set
+        from face_transfer.data.taskset_store import write_task_set
         info["task_sets"] = {}
         for i, ts in enumerate(dcfg.task_sets):
             name = inputs.task_set_name(run, i)
-            man = write_task_set(ts, run.p("data", name), image_size=dcfg.synth.image_size)
+            man = write_task_set(ts, run.paths.eval_set_dir(name), image_size=dcfg.synth.image_size)
             cols = sorted(man.get("columns", {}))
             info["task_sets"][name] = {"images": man.get("n_images"), "path": ts.path, "format": ts.format,
                                        "columns": cols, "ignored": man.get("ignored", {})}
-            outputs.append(run.p("data", name, "taskset.json"))
+            outputs.append(run.paths.taskset_json(name))
             skipped = man.get("report", {}).get("skipped", 0)
             summary(f"{name} ({ts.format}, {ts.path}): {man.get('n_images')} labelled faces, tasks from columns "
                     f"{', '.join(cols)}" + (f"; {skipped} bad row(s) dropped and listed" if skipped else "")
                     + (f"; not tasks: {', '.join(man['ignored'])}" if man.get("ignored") else ""))
-    grid = run.p("data", "sample_grid.png")
+    grid = run.paths.sample_grid_png
     if not os.path.exists(grid):
         _sample_grid(run, grid)
     outputs.append(grid)
-    stats_path = run.p("data", "stats.json")
+    stats_path = run.paths.data_stats_json
     if not os.path.exists(stats_path):
         write_json(stats_path, label_statistics(run))
     outputs.append(stats_path)
     info["seconds"] = round(time.time() - t0, 1)
     summary(f"eval sets {info['eval_sets']}, sample grid {grid} ({info['seconds']} s)")
     info["outputs"] = outputs
-    info["artifacts"] = [run.p("data")] + ([run.p(inputs.FACES_DIR)] if dcfg.faces.sources else [])
+    info["artifacts"] = [run.paths.data_dir] + ([run.paths.faces_dir] if dcfg.faces.sources else [])
     return info
 
 

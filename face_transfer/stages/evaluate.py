@@ -7,11 +7,11 @@ import dataclasses
 import os
 import time
 
-from face_transfer.fileio import read_json, write_json
-from face_transfer.stages import inputs
+from face_transfer.core.fileio import read_json, write_json
+from face_transfer.stages import inputs, register_stage
 from face_transfer.stages.features import features_cached, predict, predict_student, teacher_reps
 from face_transfer.stages.rundir import Run, header, summary
-from face_transfer.stages.student import student_dirs
+from face_transfer.stages.student import student_variants
 
 NAME = "evaluate"
 WORKERS = "chief"  # under multi-worker training only the chief runs it; the others wait for its record
@@ -23,13 +23,13 @@ def compression_curve(run: Run, reps: dict, labels: dict) -> dict:
     from face_transfer.evaluation.probes import evaluate_all, group_means
     from face_transfer.fusion.autoencoder import Fusion, fit_pca, random_projection, train_fusion
     from face_transfer.teachers.cache import load_embedding_cache
-    path = run.p("metrics", "compression_curve.json")
+    path = run.paths.compression_curve_json
     if os.path.exists(path):
         return read_json(path)
     header(f"compression curve: d in {list(run.cfg.compression_dims)} (AE vs PCA vs random projection)")
     tasks = inputs.novel_tasks(run) or inputs.run_tasks(run)
-    _, cache = load_embedding_cache(run.p("cache"))
-    std = Fusion.load(run.p("fusion")).standardizer
+    _, cache = load_embedding_cache(run.paths.cache_dir)
+    std = Fusion.load(run.paths.fusion_dir).standardizer
     cache_concat = std.concat(cache)
     concat = reps["concat"]
     probe = run.cfg.probe
@@ -41,8 +41,8 @@ def compression_curve(run: Run, reps: dict, labels: dict) -> dict:
             continue
         fcfg = dataclasses.replace(run.cfg.fusion, code_dim=d)
         # at the run's own d the curve's AE is the run's fusion (its codes are the cached ae_d{d} features)
-        fus = Fusion.load(run.p("fusion")) if fcfg == run.cfg.fusion else \
-            train_fusion(cache, fcfg, run.p("fusion_curve", f"d{d}"))
+        fus = Fusion.load(run.paths.fusion_dir) if fcfg == run.cfg.fusion else \
+            train_fusion(cache, fcfg, run.paths.fusion_curve_dir(d))
         pca = fit_pca(cache_concat, d, run.cfg.seed)
         rp = random_projection(cache_concat.shape[1], d, run.cfg.seed)
         for name, fn in (("ae", lambda z: fus.encoder.predict(z, verbose=0)), ("pca", pca), ("random_projection", rp)):
@@ -76,10 +76,11 @@ def compression_summary(curve: dict, keep: float = 0.99) -> dict:
 
 def all_reps(run: Run, teachers, images) -> dict:
     """Every representation the config defines, as {rep: {eval_set: features}}."""
-    from face_transfer.student.distill import load_student
+    from face_transfer.student.training import load_student
     reps = teacher_reps(run, teachers, images)
-    for rep, d in student_dirs(run).items():
-        if os.path.exists(os.path.join(d, "student.json")):
+    for rep, v in student_variants(run).items():
+        d = run.paths.student_dir(v)
+        if os.path.exists(run.paths.student_record(v)):
             model = load_student(d)
             reps[rep] = features_cached(run, rep, lambda s, m=model: predict_student(run, m, images[s]))
             if rep == "student" and run.cfg.student_view != "embedding":
@@ -101,16 +102,17 @@ def rep_groups(run: Run, results: dict, tasks) -> dict:
     return groups
 
 
+@register_stage
 def run(run: Run, ctx) -> dict:
     from face_transfer.evaluation import plots, tables
     from face_transfer.evaluation.probes import evaluate_all
-    path = run.p("metrics", "transfer.json")
+    path = run.paths.transfer_json
     header("transfer evaluation: linear probes on every task, every representation")
     teachers = inputs.load_teachers(run)
     images, labels = inputs.load_eval_data(run)
     reps = all_reps(run, teachers, images)
     tasks = inputs.run_tasks(run)
-    results_path = run.p("metrics", "transfer_results.json")
+    results_path = run.paths.transfer_results_json
     done = read_json(results_path) if os.path.exists(results_path) else {}
     todo = {k: v for k, v in reps.items() if k not in done}
     t0 = time.time()
@@ -128,32 +130,32 @@ def run(run: Run, ctx) -> dict:
     # the ceiling is a reference, not a competitor: its own table, out of the "best per row" one
     order = ["pixels", "random_student"] + inputs.teacher_names(run) + \
         ["concat", "pca", "random_projection", "ae"] + [r for r in results if r.startswith("ae_")] + \
-        [r for r in student_dirs(run) if r in results and r != "ceiling"] + \
+        [r for r in student_variants(run) if r in results and r != "ceiling"] + \
         [r for r in ("student_code",) if r in results]
     if "ceiling" in results:
         table["ceiling"] = tables.ceiling_summary(results, tasks, order)
         cols = [r for r in ["pixels"] + inputs.teacher_names(run) + ["concat", "ae", "student", "student_code",
                                                                       "supervised_student"]
                 if r in results]
-        with open(run.p("metrics", "ceiling.md"), "w") as f:
+        with open(run.paths.ceiling_md, "w") as f:
             f.write(tables.ceiling_table_markdown(table["ceiling"], results, cols))
     write_json(path, table)
-    with open(run.p("metrics", "transfer.md"), "w") as f:
+    with open(run.paths.transfer_md, "w") as f:
         f.write(tables.results_table_markdown(results, tasks, reps_order=order))
-    plots.plot_task_bars(results, tasks, run.p("metrics", "task_bars.png"),
+    plots.plot_task_bars(results, tasks, run.paths.task_bars_png,
                          reps=[r for r in ["pixels", "random_student", "concat", "ae", "student", "supervised_student"]
                                if r in results])
-    plots.plot_compression_curve(curve, run.p("metrics", "compression_curve.png"))
+    plots.plot_compression_curve(curve, run.paths.compression_curve_png)
     if "student" in reps:
         colour = _colouring_task(run, tasks, labels)
         if colour is not None:
             t = colour
             plots.plot_embedding_2d(reps["student"][t.eval_set], labels[t.eval_set][t.labels[0]],
-                                    run.p("metrics", "student_embedding_2d.png"),
+                                    run.paths.student_embedding_png,
                                     f"student embedding (PCA), coloured by {t.name} "
                                     f"({'a novel' if not t.source else 'a source'} task)")
     summary(f"{len(results)} representations x {len(tasks)} tasks x {len(run.cfg.probe.seeds)} seeds "
-            f"({time.time() - t0:.0f} s); table {run.p('metrics', 'transfer.md')}")
+            f"({time.time() - t0:.0f} s); table {run.paths.transfer_md}")
     for rep in order:
         if rep in groups:
             summary(f"{rep:>22}: novel {groups[rep]['mean_novel']:.1f} ± {groups[rep]['std_novel']:.1f}   "
@@ -164,11 +166,11 @@ def run(run: Run, ctx) -> dict:
                 f"{e.get('pct', {}).get('student', float('nan')):.0f}% of it"
                 + (f"; nothing beats pixels on {', '.join(table['ceiling']['unsolvable'])}"
                    if table["ceiling"]["unsolvable"] else ""))
-    outputs = [path, run.p("metrics", "transfer.md")]
-    derived = [results_path, run.p("metrics", "compression_curve.json"), run.p("features"),
-               run.p("fusion_curve"), run.p("fusion_zscore"), run.p("fusion_phi_s")]
+    outputs = [path, run.paths.transfer_md]
+    derived = [results_path, run.paths.compression_curve_json, run.paths.features_dir,
+               run.paths.fusion_curve_root, run.paths.fusion_standardize_dir("zscore"), run.paths.fusion_standardize_dir("phi_s")]
     return {"groups": groups, "outputs": outputs, "reset": derived,
-            "artifacts": [results_path, run.p("metrics", "compression_curve.json")]}
+            "artifacts": [results_path, run.paths.compression_curve_json]}
 
 
 def _colouring_task(run: Run, tasks, labels):

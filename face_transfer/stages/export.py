@@ -12,8 +12,10 @@ import sys
 
 import numpy as np
 
-from face_transfer.fileio import read_json, write_bytes, write_json
-from face_transfer.stages import inputs
+from face_transfer.core.fileio import read_json, write_bytes, write_json
+from face_transfer.core.runpaths import RunPaths
+from face_transfer.deploy.bundle import SYNTHETIC_DOMAIN, analyzer_outputs_metadata, save_bundle
+from face_transfer.stages import inputs, register_stage
 from face_transfer.stages.features import features_cached, predict_student, student_view
 from face_transfer.stages.rundir import Run, header, summary
 from face_transfer.stages.student import fused_teacher_builders
@@ -118,7 +120,6 @@ def student_outputs_metadata(view: str, code_dim: int, features_dim: int) -> dic
 def _trained_on(run: Run, task_name: str | None, feats: dict) -> dict | None:
     """What a head was fitted on (shown next to it by face-transfer-infer and the browser page): the eval set of
     its task, with a flag when those are synthetic faces."""
-    from face_transfer.adapt import SYNTHETIC_DOMAIN
     from face_transfer.data.tasks import EVAL_SETS
     t = {t.name: t for t in inputs.run_tasks(run)}.get(task_name)
     if t is None:
@@ -138,13 +139,12 @@ def _metadata_writer(run: Run, analyzer_meta: dict, code_dim: int, features_dim:
     import hashlib
 
     from face_transfer import __version__
-    from face_transfer.adapt import trained_on_text
     from face_transfer.deploy import metadata
     # The configuration this export ran with, as the invocation wrote it to config.json (Run.open writes
     # cfg.to_json() there): equal to `sha256sum config.json` right after the run.
     sha = hashlib.sha256(run.cfg.to_json().encode("utf-8")).hexdigest()
     figures = {"preset": run.cfg.preset, "config_sha256": sha, "code_dim": code_dim}
-    tpath = run.p("metrics", "transfer.json")
+    tpath = run.paths.transfer_json
     if os.path.exists(tpath):
         groups = read_json(tpath)["groups"]
         for rep in ("student", "concat", "ae"):
@@ -154,7 +154,7 @@ def _metadata_writer(run: Run, analyzer_meta: dict, code_dim: int, features_dim:
         if "best_teacher" in groups:
             figures["novel_score.best_teacher"] = round(groups["best_teacher"]["mean_novel"], 2)
             figures["best_teacher"] = groups["best_teacher"].get("which_novel")
-    spath = run.p("student", "student.json")
+    spath = run.paths.student_json
     if os.path.exists(spath):
         st = read_json(spath)
         figures.update({"student.params": st.get("params"), "student.mflops": st.get("mflops")})
@@ -178,12 +178,7 @@ def _metadata_writer(run: Run, analyzer_meta: dict, code_dim: int, features_dim:
             name, what = f"face-transfer facial analyser ({mode})", (
                 f"Multi-task facial analyser: the distilled student plus {len(analyzer_meta)} linear heads "
                 "(softmax probabilities per class, regressions in their task's units, 5 landmarks).")
-            outputs = {"embedding": {"kind": "embedding", "description": f"facial code, {code_dim} floats"}}
-            for k, v in analyzer_meta.items():
-                outputs[k] = {"kind": v["kind"], "classes": v.get("classes"), "units": v.get("units"),
-                              "trained_on": v.get("trained_on"),
-                              "description": ", ".join(x for x in (v["kind"], v.get("task") and f"task {v['task']}",
-                                                                   v.get("units"), trained_on_text(v)) if x)}
+            outputs = analyzer_outputs_metadata(analyzer_meta, code_dim)
         description = " ".join(x for x in (
             what, "Input: RGB uint8 [N,S,S,3], raw pixels 0..255 (scaled to [-1, 1] inside the graph).",
             f"Run (preset {run.cfg.preset}): {headline}." if headline else "", f"Student: {size}." if size else "",
@@ -198,19 +193,22 @@ def _metadata_writer(run: Run, analyzer_meta: dict, code_dim: int, features_dim:
     return described
 
 
+@register_stage
 def run(run: Run, ctx) -> dict:
     """SavedModels, TFLite files, parity + transfer drop per file, latency; export.json written last."""
     from face_transfer.deploy import infer, onnx_export, savedmodel, tflite
+    from face_transfer.deploy.modes import get_mode
+    from face_transfer.core.interpreter import interpreter_backend, load_interpreter
     from face_transfer.evaluation.probes import evaluate_all, group_means
-    from face_transfer.student.distill import load_student
+    from face_transfer.student.training import load_student
     header("export: SavedModels, TFLite (float, int8 PTQ, int8 QAT), parity, latency")
-    out = run.p("export")
-    final = os.path.join(out, "export.json")
+    out = run.paths.export_dir
+    final = run.paths.export_json
     if os.path.exists(final):
         return {**read_json(final), "outputs": [final], "artifacts": [out]}
     os.makedirs(out, exist_ok=True)
     ecfg = run.cfg.export
-    student = load_student(run.p("student"))
+    student = load_student(run.paths.student_dir())
     images, labels = inputs.load_eval_data(run)
     feats = features_cached(run, "student", lambda s: predict_student(run, student, images[s]))
     heads, class_names = analyzer_heads(run, feats, labels)
@@ -222,10 +220,9 @@ def run(run: Run, ctx) -> dict:
                 ["no", "yes"] if len(entry["classes"]) == 2 else [str(c) for c in entry["classes"]])
         entry.update(_output_facts(run, heads[name].get("task")))
         entry["trained_on"] = _trained_on(run, heads[name].get("task"), feats)
-    for path in ("analyzer_heads.json", "analyzer_int8.labels.json"):
-        write_json(os.path.join(out, path), meta)
+    for path in (run.paths.analyzer_heads_json, run.paths.analyzer_labels_json):
+        write_json(path, meta)
     # the student folder face-transfer-adapt and face_transfer.api start from: the Keras student, its view, the heads
-    from face_transfer.adapt import save_bundle
     save_bundle(out, student, run.cfg.student_view, heads, meta, extra={"preset": run.cfg.preset})
     code_fn, _, _ = fused_teacher_builders(run)
     fused = code_fn()
@@ -235,11 +232,11 @@ def run(run: Run, ctx) -> dict:
     if all(getattr(t, "in_graph_exportable", True) for t in inputs.load_teachers(run)):
         exported.append(("fused_teacher", fused))
     else:
-        summary("fused_teacher SavedModel skipped: a teacher runs outside TensorFlow (TFLite or dlib), "
+        summary("fused_teacher SavedModel skipped: a teacher runs outside TensorFlow (TFLite, ONNX or dlib), "
                 "so the ensemble cannot be serialised")
     for name, model in exported:
         # export.json (written last) is absent, so anything here is from an interrupted attempt: redo it.
-        savedmodel.export_savedmodel(model, os.path.join(out, f"{name}_savedmodel"), overwrite=True)
+        savedmodel.export_savedmodel(model, run.paths.savedmodel_dir(name), overwrite=True)
     src = inputs.image_source(run)
     calib = src.images(0, src.count(ecfg.calibration_images), "calibration")
     parity = src.images(0, src.count(ecfg.parity_images), "parity")
@@ -254,27 +251,24 @@ def run(run: Run, ctx) -> dict:
     described = _metadata_writer(run, meta, student_dims["embedding"], student_dims["features"])
 
     files, reports = {}, {}
-    modes = {"float32": tflite.QuantizationConfig.for_float32(), "float16": tflite.QuantizationConfig.for_float16(),
-             "dynamic": tflite.QuantizationConfig.for_dynamic(),
-             "int8_ptq": tflite.QuantizationConfig.for_int8(calib, steps=len(calib))}
     for mode in ("float32", "int8_ptq"):
         if mode not in ecfg.tflite_modes:
             raise ValueError(f"export.tflite_modes={ecfg.tflite_modes} must include {mode!r} (parity and latency use it)")
     for mode in ecfg.tflite_modes:
-        data = described(tflite.convert_to_tflite(os.path.join(out, "student_savedmodel"), modes[mode]),
-                         "student", mode)
+        qcfg = tflite.QuantizationConfig.for_mode(mode, calib)  # a mode of face_transfer.deploy.modes
+        data = described(tflite.convert_to_tflite(run.paths.savedmodel_dir("student"), qcfg), "student", mode)
         reports[f"student_{mode}"] = tflite.validate_tflite(
-            data, ref_student, parity, min_cosine=ecfg.min_cosine_int8 if mode == "int8_ptq" else 0.999)
-        files[mode] = os.path.join(out, f"student_{mode}.tflite")
+            data, ref_student, parity, min_cosine=ecfg.min_cosine_int8 if get_mode(mode).integer else 0.999)
+        files[mode] = run.paths.student_tflite(mode)
         with open(files[mode], "wb") as f:
             f.write(data)
     # the multi-task analyser as one int8 file (the product a phone runs)
-    adata = described(tflite.convert_to_tflite(os.path.join(out, "analyzer_savedmodel"),
+    adata = described(tflite.convert_to_tflite(run.paths.savedmodel_dir("analyzer"),
                                                tflite.QuantizationConfig.for_int8(calib, steps=len(calib))),
                       "analyzer", "int8_ptq")
     reports["analyzer_int8_ptq"] = tflite.validate_tflite(adata, ref_analyzer, parity,
                                                           min_cosine=ecfg.min_cosine_analyzer)
-    with open(os.path.join(out, "analyzer_int8.tflite"), "wb") as f:
+    with open(run.paths.analyzer_tflite, "wb") as f:
         f.write(adata)
     # quantisation-aware training (tf_keras twin; tfmot flips the TF keras alias to legacy process-wide,
     # so it runs in a subprocess)
@@ -292,7 +286,7 @@ def run(run: Run, ctx) -> dict:
     feats_by_mode = {"float": feats}
     for mode in ("int8_ptq", "int8_qat"):
         if mode in files:
-            interp = infer.load_interpreter(files[mode], num_threads=2)
+            interp = load_interpreter(files[mode], num_threads=2)
             feats_by_mode[mode] = features_cached(run, f"student_tflite_{mode}_features",
                                                   lambda s, it=interp: infer.run_tflite(it, images[s])["features"])
     probed = evaluate_all(feats_by_mode, labels, tasks, run.cfg.probe, progress=False)  # in parallel
@@ -308,7 +302,7 @@ def run(run: Run, ctx) -> dict:
     # ONNX files of the student and the analyser (float, from the SavedModels), checked with onnxruntime
     onnx_info = {}
     for name, ref in (("student", ref_student), ("analyzer", ref_analyzer)):
-        conv = onnx_export.export_onnx(os.path.join(out, f"{name}_savedmodel"), os.path.join(out, f"{name}.onnx"))
+        conv = onnx_export.export_onnx(run.paths.savedmodel_dir(name), run.paths.onnx_file(name))
         rep = reports[f"{name}_onnx"] = onnx_export.validate_onnx(conv["path"], ref, parity)
         onnx_info[name] = {"file": os.path.relpath(conv["path"], run.dir), "bytes": conv["bytes"], "opset": conv["opset"],
                            "outputs": len(conv["outputs"]), "output_names": sorted(conv["outputs"]),
@@ -328,10 +322,10 @@ def run(run: Run, ctx) -> dict:
             "analyzer_int8_bytes": len(adata), "cosine": {k: v["cosine_mean"] for k, v in reports.items()},
             # what every student file (SavedModel, .tflite, ONNX) outputs, and which output the drops are measured on
             "student_outputs": {"view": run.cfg.student_view, "dims": student_dims, "drops_measured_on": "features"},
-            "drops": drops, "latency": latency, "qat": qat_info, "interpreter": infer.interpreter_backend(),
+            "drops": drops, "latency": latency, "qat": qat_info, "interpreter": interpreter_backend(),
             "analyzer_outputs": sorted(meta), "onnx": onnx_info,
             "tflite_metadata": {"config_sha256": described.config_sha256, "files": sorted(
-                [os.path.relpath(v, run.dir) for v in files.values()] + ["export/analyzer_int8.tflite"])}}
+                [os.path.relpath(v, run.dir) for v in files.values()] + [run.paths.rel(run.paths.analyzer_tflite)])}}
     write_json(final, info)
     summary(f"int8 PTQ {info['bytes']['int8_ptq'] / 1024:.0f} KB (cos {reports['student_int8_ptq']['cosine_mean']:.4f}), "
             f"float32 {info['bytes']['float32'] / 1024:.0f} KB; novel drop "
@@ -339,8 +333,8 @@ def run(run: Run, ctx) -> dict:
             + f"; latency int8 {latency['int8_ms_per_face']:.2f} ms/face, ensemble/int8 x{latency['ensemble_over_int8']:.0f}")
     _web_page(run, out)
     return {**info, "outputs": [final], "artifacts": [out],
-            "reset": [os.path.join(out, "student_int8_qat.tflite")]
-            + [run.p("features", f"student_tflite_{m}_features") for m in ("int8_ptq", "int8_qat")]}
+            "reset": [run.paths.student_tflite("int8_qat")]
+            + [run.paths.features_rep_dir(f"student_tflite_{m}_features") for m in ("int8_ptq", "int8_qat")]}
 
 
 def _web_page(run: Run, out: str) -> None:
@@ -355,22 +349,29 @@ def _web_page(run: Run, out: str) -> None:
     summary(f"browser page: {page['dir']}/index.html; open it with: python -m export.serve_web --run_dir={run.dir}")
 
 
+# What the QAT child process runs: the library function, not a CLI.
+_QAT_CHILD = "import sys; from face_transfer.stages.export import qat_export; qat_export(sys.argv[1], sys.argv[2])"
+
+
 def _qat_subprocess(run: Run) -> dict:
-    """Quantisation-aware fine-tune + int8 conversion in a child process (see deploy/qat.py)."""
+    """Quantisation-aware fine-tune + int8 conversion (qat_export) in a child process: importing tfmot switches
+    TF's keras alias to tf_keras for the whole process (deploy/qat.py), which this process must not see."""
     import subprocess
     from face_transfer.deploy.metadata import model_io
     from face_transfer.deploy.savedmodel import STUDENT_OUTPUTS
-    out = run.p("export", "student_int8_qat.tflite")
+    out = run.paths.student_tflite("int8_qat")
     if os.path.exists(out):
         # a file of an interrupted attempt by an older version (the code only) is made again with both outputs
         if sorted(o["name"] for o in model_io(out)["outputs"]) == sorted(STUDENT_OUTPUTS):
             return {"ok": True, "path": out}
         os.remove(out)
-    cmd = [sys.executable, "-m", "export.qat_student", f"--run_dir={run.dir}", f"--out={out}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, "-c", _QAT_CHILD, run.dir, out]
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ}  # TF's C++ start-up lines stay out of the log tail
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not os.path.exists(out):
         print(proc.stderr[-3000:], file=sys.stderr)
-        raise RuntimeError(f"QAT export failed (exit {proc.returncode}); command: {' '.join(cmd)}")
+        raise RuntimeError(f"QAT export failed (exit {proc.returncode}); qat_export({run.dir!r}, {out!r}) "
+                           "in a child process")
     return {"ok": True, "path": out, "log_tail": proc.stderr[-500:]}
 
 
@@ -378,11 +379,12 @@ def _latency(run: Run, files: dict, fused, images) -> dict:
     """Per-face latency on one face at a time: int8 and float student (TFLite, 1 thread) vs the
     fused teacher ensemble in TF (Keras), measured in one run."""
     from face_transfer.deploy import infer
+    from face_transfer.core.interpreter import interpreter_backend, load_interpreter
     runs = run.cfg.export.latency_runs
     one = images[:1]
     res = {}
     for mode in ("int8_ptq", "float32"):
-        it = infer.load_interpreter(files[mode], num_threads=1)
+        it = load_interpreter(files[mode], num_threads=1)
         res[f"{mode}_ms"] = infer.benchmark_latency(lambda x, it=it: infer.run_tflite(it, x), one, warmup=3, runs=runs)
     fn = fused.__call__
     res["ensemble_tf_ms"] = infer.benchmark_latency(lambda x: fn(x, training=False), one, warmup=3, runs=runs)
@@ -390,7 +392,7 @@ def _latency(run: Run, files: dict, fused, images) -> dict:
     # throughput (int8 kernels with VNNI can go below it; memory-bound layers stay above it).
     from face_transfer.machine import cpu_isa_flags, matmul_gflops_one_thread
     gflops = matmul_gflops_one_thread()
-    mflops = read_json(run.p("student", "student.json"))["mflops"]
+    mflops = read_json(run.paths.student_json)["mflops"]
     res["cpu_fp32_gflops_one_thread"] = gflops
     res["cpu_isa"] = cpu_isa_flags()
     res["flop_bound_ms"] = 2 * mflops * 1e6 / (gflops * 1e9) * 1e3
@@ -405,15 +407,15 @@ def qat_export(run_dir: str, out: str, steps: int | None = None) -> int:
     """Quantisation-aware fine-tune of a run's student on its own face source, then int8 TFLite to `out`.
 
     Imports tfmot, which switches TF's keras alias to tf_keras for the whole process: call it in a
-    process of its own (export/qat_student.py). Returns the file size.
+    process of its own (the export stage's child process, or export/qat_student.py). Returns the file size.
     """
     import dataclasses
 
     from face_transfer.configs import ExperimentConfig
-    from face_transfer.student.distill import load_student
-    cfg = ExperimentConfig.from_dict(read_json(os.path.join(run_dir, "config.json")))
+    from face_transfer.student.training import load_student
+    cfg = ExperimentConfig.from_dict(read_json(RunPaths(run_dir).config_json))
     run = Run(run_dir, cfg)
-    student = load_student(run.p("student"))
+    student = load_student(run.paths.student_dir())
     fused = fused_teacher_builders(run)[0]()
     from face_transfer.deploy.qat import convert_qat_to_tflite, qat_finetune  # tfmot: after Keras 3 loads
     scfg = dataclasses.replace(cfg.student, embedding_dim=cfg.fusion.code_dim)

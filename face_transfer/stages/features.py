@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from face_transfer.fileio import atomic_output
+from face_transfer.core.fileio import atomic_output
 from face_transfer.stages import inputs
 from face_transfer.stages.rundir import Run
 
@@ -17,7 +17,7 @@ def features_cached(run: Run, rep: str, compute):
     """{eval_set: features} for one representation, cached as .npy files under features/."""
     out = {}
     for name in inputs.eval_set_names(run):
-        path = run.p("features", rep, f"{name}.npy")
+        path = run.paths.feature_file(rep, name)
         if not os.path.exists(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             feats = np.asarray(compute(name), np.float32)
@@ -72,12 +72,12 @@ def teacher_reps(run: Run, teachers, images) -> dict:
     for t in teachers:
         per_teacher[t.name] = features_cached(run, f"teacher__{t.name}", lambda s, t=t: t.embed(images[s]))
         reps[t.name] = per_teacher[t.name]
-    fusion = Fusion.load(run.p("fusion"))
+    fusion = Fusion.load(run.paths.fusion_dir)
     std = fusion.standardizer
     concat = {s: std.concat({k: per_teacher[k][s] for k in std.teachers}) for s in inputs.eval_set_names(run)}
     reps["concat"] = concat
     d = fusion.code_dim
-    _, cache = load_embedding_cache(run.p("cache"))
+    _, cache = load_embedding_cache(run.paths.cache_dir)
     cache_concat = std.concat(cache)
     pca = fit_pca(cache_concat, d, run.cfg.seed)
     rp = random_projection(cache_concat.shape[1], d, run.cfg.seed)
@@ -86,7 +86,7 @@ def teacher_reps(run: Run, teachers, images) -> dict:
     reps["ae"] = features_cached(run, f"ae_d{d}", lambda s: fusion.encoder.predict(concat[s], verbose=0))
     # the other standardisation (z-score vs isotropic PHI-S), same d and AE, for the comparison
     other = "phi_s" if run.cfg.fusion.standardize == "zscore" else "zscore"
-    alt = train_fusion(cache, dataclasses.replace(run.cfg.fusion, standardize=other), run.p(f"fusion_{other}"))
+    alt = train_fusion(cache, dataclasses.replace(run.cfg.fusion, standardize=other), run.paths.fusion_standardize_dir(other))
     alt_concat = {s: alt.standardizer.concat({k: per_teacher[k][s] for k in alt.standardizer.teachers})
                   for s in inputs.eval_set_names(run)}
     reps[f"ae_{other}"] = features_cached(run, f"ae_{other}_d{d}",

@@ -3,11 +3,9 @@ No stage calls SynthFaces or a reader directly; they ask here, and here the conf
 """
 from __future__ import annotations
 
+from face_transfer.core.fileio import read_json
 from face_transfer.data import tasks as task_registry
-from face_transfer.fileio import read_json
 from face_transfer.stages.rundir import Run
-
-FACES_DIR = "faces"
 
 
 # ---- teachers -----------------------------------------------------------------------------------------
@@ -27,7 +25,7 @@ def load_teachers(run: Run):
         from face_transfer.teachers.refs import load_teacher_ref
         from face_transfer.teachers.train import load_zoo_teacher
         run._cache["teachers"] = (
-            [load_zoo_teacher(run.p("teachers", s.name)) for s in run.cfg.teachers]
+            [load_zoo_teacher(run.paths.teacher_dir(s.name)) for s in run.cfg.teachers]
             + [load_real_teacher(n) for n in run.cfg.real_teachers]
             + [load_teacher_ref(r) for r in run.cfg.teacher_files])
     return run._cache["teachers"]
@@ -67,7 +65,7 @@ def image_source(run: Run, purpose: str = "cache"):
             src = synth_src
         else:
             from face_transfer.data.faces import FaceSet
-            real = FaceSetSource(FaceSet.open(run.p(FACES_DIR)), seed=run.cfg.seed)
+            real = FaceSetSource(FaceSet.open(run.paths.faces_dir), seed=run.cfg.seed)
             f = dcfg.faces.real_fraction
             src = real if f >= 1.0 else MixedSource(real, synth_src, f)
         run._cache[key] = src
@@ -94,7 +92,7 @@ def run_tasks(run: Run) -> list:
         tasks = list(task_registry.TASKS.values()) if run.cfg.data.synth_tasks else []
         for i in range(len(run.cfg.data.task_sets)):
             name = task_set_name(run, i)
-            meta = read_json(run.p("data", name, "taskset.json"))
+            meta = read_json(run.paths.taskset_json(name))
             tasks += tasks_of_set(name, meta, taken_names={t.name for t in tasks})
         run._cache["tasks"] = task_registry.with_sources(tasks, declared_source_tasks(run))
     return run._cache["tasks"]
@@ -110,7 +108,7 @@ def load_eval_data(run: Run):
         from face_transfer.data.pipelines import load_eval_set
         images, labels = {}, {}
         for name in eval_set_names(run):
-            images[name], labels[name] = load_eval_set(run.p("data", name))
+            images[name], labels[name] = load_eval_set(run.paths.eval_set_dir(name))
         run._cache["eval"] = (images, labels)
     return run._cache["eval"]
 
@@ -118,10 +116,11 @@ def load_eval_data(run: Run):
 def class_names(run: Run, task) -> list[str] | None:
     """Readable class names of a classification task (None when the labels are their own names)."""
     from face_transfer.data import synth
+    from face_transfer.data.vocab import EXPRESSIONS
     if getattr(task, "class_names", None):
         return list(task.class_names)
     if task.eval_set in task_registry.EVAL_SETS:
-        named = {"expression": synth.EXPRESSIONS, "hair_color": synth.HAIR_COLORS, "hair_style": synth.HAIR_STYLES,
+        named = {"expression": EXPRESSIONS, "hair_color": synth.HAIR_COLORS, "hair_style": synth.HAIR_STYLES,
                  "gender": ("female", "male")}
         key = task.labels[0]
         return list(named[key]) if key in named else None

@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 import os
 
-from face_transfer.fileio import read_json, write_json
-from face_transfer.stages import inputs
+from face_transfer.core.fileio import read_json, write_json
+from face_transfer.stages import EVERY_STAGE, inputs, register_stage
 from face_transfer.stages.rundir import Run, header, summary
-from face_transfer.stages.student import student_dirs
+from face_transfer.stages.student import student_variants
 from face_transfer.stages.teachers import teacher_records
 
 NAME = "report"
 WORKERS = "chief"  # under multi-worker training only the chief runs it; the others wait for its record
-DEPENDS_ON = ("data", "teachers", "cache", "fusion", "student", "evaluate", "export")  # rebuilt upstream stages make this one stale
+DEPENDS_ON = EVERY_STAGE  # it reads what every stage wrote, so it comes last
+ALWAYS_RUN = True  # cheap, and it states this invocation's wall time
 
 
 def headline(run: Run) -> dict:
@@ -24,13 +25,13 @@ def headline(run: Run) -> dict:
     teachers = teacher_records(run)
     out["teachers.total_params"] = sum(r["params_embedding"] for r in teachers.values())
     out["teachers.source_scores"] = {k: r["metrics"] for k, r in teachers.items()}
-    cache = read_json(run.p("cache", "manifest.json"))
+    cache = read_json(run.paths.cache_manifest)
     if cache.get("images_per_s"):
         out["cache.images_per_s"] = cache["images_per_s"]
-    fus = read_json(run.p("fusion", "fusion.json"))
+    fus = read_json(run.paths.fusion_json)
     out["fusion.code_dim"] = fus["code_dim"]
     out["fusion.compression_ratio"] = fus["compression_ratio"]
-    tpath = run.p("metrics", "transfer.json")
+    tpath = run.paths.transfer_json
     if os.path.exists(tpath):
         table = read_json(tpath)
         groups = table["groups"]
@@ -55,7 +56,7 @@ def headline(run: Run) -> dict:
                 out["transfer.mean_novel_pct_of_ceiling.best_teacher"] = \
                     100.0 * groups["best_teacher"]["mean_novel"] / e["ceiling"]
         out["fusion.compression_99"] = table.get("compression_99")
-    spath = run.p("student", "student.json")
+    spath = run.paths.student_json
     if os.path.exists(spath):
         st = read_json(spath)
         out["student.params"] = st["params"]
@@ -65,8 +66,8 @@ def headline(run: Run) -> dict:
         out["params_ratio"] = out["teachers_plus_encoder.params"] / st["params"]
         out["teachers_plus_encoder.mflops"] = _teacher_mflops(run) + enc_params / 1e6
         out["flops_ratio"] = out["teachers_plus_encoder.mflops"] / st["mflops"]
-        for rep in student_dirs(run):
-            p = os.path.join(student_dirs(run)[rep], "student.json")
+        for rep, v in student_variants(run).items():
+            p = run.paths.student_record(v)
             if os.path.exists(p) and rep != "student":
                 out[f"student.final_loss.{rep}"] = read_json(p)["final_loss"]
         out["student.final_loss.student"] = st["final_loss"]
@@ -77,7 +78,7 @@ def headline(run: Run) -> dict:
             # FLOP utilisation: the ensemble's forward (the targets) plus the student's forward and backward
             # (~3x its forward), 2 FLOPs per multiply-add, over the cores' measured fp32 matmul throughput
             # the export stage's measurement of this machine when there is one (else measured here)
-            epath = run.p("export", "export.json")
+            epath = run.paths.export_json
             gflops = read_json(epath)["latency"].get("cpu_fp32_gflops_one_thread") if os.path.exists(epath) else None
             if gflops is None:
                 from face_transfer.machine import matmul_gflops_one_thread
@@ -86,7 +87,7 @@ def headline(run: Run) -> dict:
             peak = gflops * 1e9 * (os.cpu_count() or 1)
             out["student.distill_gflops"] = flops / 1e9
             out["student.flop_utilisation"] = flops / peak
-    epath = run.p("export", "export.json")
+    epath = run.paths.export_json
     if os.path.exists(epath):
         ex = read_json(epath)
         for mode, key in (("float32", "float32"), ("int8_ptq", "int8_ptq"), ("int8_qat", "int8_qat"),
@@ -108,7 +109,7 @@ def headline(run: Run) -> dict:
 
 def _encoder_params(run: Run) -> int:
     import keras
-    return int(keras.models.load_model(run.p("fusion", "encoder.keras")).count_params())
+    return int(keras.models.load_model(run.paths.fusion_encoder).count_params())
 
 
 def _teacher_mflops(run: Run) -> float:
@@ -144,7 +145,7 @@ def _all_layers(model):
 def _web_lines(run: Run) -> list[str]:
     """The browser page (export/web/, face_transfer.deploy.web): a link and how to open it, or how to build it."""
     serve = f"python -m export.serve_web --run_dir={run.dir}"
-    if os.path.exists(run.p("export", "web", "index.html")):
+    if os.path.exists(run.paths.web_index):
         return ["### In a browser", "",
                 "[`export/web/index.html`](export/web/index.html): pick a photo; the page finds and aligns the face "
                 "(MTCNN as TFLite) and runs the int8 analyser on the device with LiteRT.js (WebAssembly, no "
@@ -180,7 +181,7 @@ def data_section(run: Run) -> list[str]:
     L = ["## Data", ""]
     src = inputs.image_source(run)
     if d.faces.sources:
-        man = read_json(run.p(inputs.FACES_DIR, "manifest.json"))
+        man = read_json(run.paths.faces_manifest)
         rep = man.get("report", {})
         L.append(f"- Unlabelled faces: {', '.join(d.faces.sources)} ({'MTCNN-aligned' if d.faces.align else 'centre crop'}): "
                  f"{rep.get('found', '?')} found, {rep.get('kept', '?')} kept, {rep.get('corrupt', 0)} corrupt, "
@@ -194,7 +195,7 @@ def data_section(run: Run) -> list[str]:
         L.append(f"- SynthFaces task suite: {d.eval_set_size} rendered faces per eval set.")
     for i, ts in enumerate(d.task_sets):
         name = inputs.task_set_name(run, i)
-        meta = read_json(run.p("data", name, "taskset.json"))
+        meta = read_json(run.paths.taskset_json(name))
         ntasks = [t.name for t in inputs.run_tasks(run) if t.eval_set == name]
         rep = meta.get("report", {})
         L.append(f"- Dataset `{name}` ({ts.format}, `{ts.path}`, {meta.get('selection', '')}): "
@@ -207,8 +208,9 @@ def data_section(run: Run) -> list[str]:
     return L
 
 
+@register_stage
 def run(run: Run, ctx) -> dict:
-    return {**write_report(run, wall_s=ctx.wall_s()), "outputs": [run.p("report.md")]}
+    return {**write_report(run, wall_s=ctx.wall_s()), "outputs": [run.paths.report_md]}
 
 
 def write_report(run: Run, wall_s: float | None = None) -> dict:
@@ -217,10 +219,10 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
     h = headline(run)
     cfg = run.cfg
     teachers = teacher_records(run)
-    fus = read_json(run.p("fusion", "fusion.json"))
-    table = read_json(run.p("metrics", "transfer.json"))
+    fus = read_json(run.paths.fusion_json)
+    table = read_json(run.paths.transfer_json)
     groups = table["groups"]
-    ex = read_json(run.p("export", "export.json")) if os.path.exists(run.p("export", "export.json")) else None
+    ex = read_json(run.paths.export_json) if os.path.exists(run.paths.export_json) else None
     g = lambda rep, k="mean_novel": groups.get(rep, {}).get(k)  # noqa: E731
     bt = groups["best_teacher"]
     L = [f"# face-transfer run report: preset `{cfg.preset}`", ""]
@@ -252,7 +254,7 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
           "", "Standardisation before the AE: " + ", ".join(
               f"`{r}` {groups[r]['mean_novel']:.1f} ± {groups[r]['std_novel']:.1f}" for r in groups if r.startswith("ae"))
           + f" (mean novel score; `ae` uses {fus['config']['standardize']}).",
-          "", "![compression curve](metrics/compression_curve.png)", ""]
+          "", f"![compression curve]({run.paths.rel(run.paths.compression_curve_png)})", ""]
     if "student.params" in h:
         L += ["## Student", "",
               f"{cfg.student.arch}, width {cfg.student.width}, input {cfg.student.input_size}: "
@@ -268,19 +270,19 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
                      f"GFLOP/s achieved (the ensemble's forward plus the student's forward and backward), "
                      f"{100 * h['student.flop_utilisation']:.0f}% of the cores' measured fp32 matmul throughput.")
         L.append("")
-        for rep in student_dirs(run):
+        for rep in student_variants(run):
             if f"student.final_loss.{rep}" in h:
                 L.append(f"- `{rep}`: final training loss {_fmt(h[f'student.final_loss.{rep}'], 4)}")
-        L += ["", "![student embedding](metrics/student_embedding_2d.png)", ""]
+        L += ["", f"![student embedding]({run.paths.rel(run.paths.student_embedding_png)})", ""]
     L += ["## Transfer to every task (linear probes, mean ± std over seeds, 0-100 scores)", "",
-          open(run.p("metrics", "transfer.md")).read(), "", "![per-task scores](metrics/task_bars.png)", ""]
-    if os.path.exists(run.p("metrics", "ceiling.md")):
+          open(run.paths.transfer_md).read(), "", f"![per-task scores]({run.paths.rel(run.paths.task_bars_png)})", ""]
+    if os.path.exists(run.paths.ceiling_md):
         L += ["## The ceiling: how much of each task is learnable", "",
               "`ceiling` is the student's architecture trained on the labels of every SynthFaces task (source and "
               "novel, faces of every domain) with the student's data budget, then probed like every other "
               "representation. A representation's score as a percentage of it says how much of what this "
               "network could know about a task it holds without seeing that task's labels.", "",
-              open(run.p("metrics", "ceiling.md")).read(), ""]
+              open(run.paths.ceiling_md).read(), ""]
     if ex:
         lat = ex["latency"]
         L += ["## Export", "", "| file | bytes | cosine vs float (mean, worse output) | novel-score drop (`features`) |",
@@ -289,7 +291,7 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
             L.append(f"| student_{mode}.tflite | {b:,} | {ex['cosine'].get(f'student_{mode}', float('nan')):.4f} | "
                      f"{ex['drops'].get(mode, {}).get('mean_novel_drop', float('nan')):+.2f} |")
         L += [""] + _student_outputs_lines(ex, g)
-        L += ["", f"Multi-task analyser (student + {len(json.load(open(run.p('export', 'analyzer_heads.json'))))} "
+        L += ["", f"Multi-task analyser (student + {len(json.load(open(run.paths.analyzer_heads_json)))} "
               f"heads), int8: {ex['analyzer_int8_bytes']:,} bytes. TFLite interpreter: {ex['interpreter']}.", "",
               f"Latency, one face, one thread: int8 student {lat['int8_ptq_ms']:.2f} ms, float32 student "
               f"{lat['float32_ms']:.2f} ms, fused teacher ensemble in TF {lat['ensemble_tf_ms']:.2f} ms "
@@ -355,9 +357,9 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
                   f"({ae:.1f} vs {g('pca'):.1f}).")
     claims.append("- Differences within the seeds' spread are marked in the transfer table's footnote; treat them as ties.")
     L += claims
-    with open(run.p("report.md"), "w") as f:
+    with open(run.paths.report_md, "w") as f:
         f.write("\n".join(L) + "\n")
-    lines = [f"report: {run.p('report.md')}"]
+    lines = [f"report: {run.paths.report_md}"]
     if "params_ratio" in h:
         lines.append(f"parameter ratio (teachers + encoder / student): x{h['params_ratio']:.1f} "
                      f"({h['teachers_plus_encoder.params']:,} / {h['student.params']:,})")
@@ -368,7 +370,7 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
         lines.append(f"int8 TFLite student: {ex['bytes']['int8_ptq']:,} bytes, novel-score drop "
                      f"{ex['drops'].get('int8_ptq', {}).get('mean_novel_drop', float('nan')):+.2f} points "
                      f"(cosine {ex['cosine']['student_int8_ptq']:.4f})")
-    write_json(run.p("metrics", "headline.json"), h)
+    write_json(run.paths.headline_json, h)
     for line in lines:
         summary(line)
     return {"summary_lines": lines, "headline": h}

@@ -1,5 +1,5 @@
-"""A run directory and its configuration: every path the stages use, and the one completeness protocol.
-A stage is complete when `metrics/stages/<stage>.json` exists and every output it lists is on disk.
+"""A run directory, its configuration (its paths: `run.paths`, core.runpaths) and the one completeness protocol.
+A stage is complete when its record `metrics/stages/<stage>.json` exists and every output it lists is on disk.
 """
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import sys
 import time
 
 from face_transfer.configs import ExperimentConfig, same_experiment
-from face_transfer.fileio import dict_differences, read_json, write_json, write_text
-
-CONFIG_JSON = "config.json"
-LOCK_FILE = ".lock"
+from face_transfer.core.errors import CorruptArtifactError
+from face_transfer.core.fileio import dict_differences, read_json, write_json, write_text
+from face_transfer.core.runpaths import RunPaths
 
 
 class RunConfigError(ValueError):
@@ -31,7 +30,7 @@ class RunLock:
     """
 
     def __init__(self, run_dir: str):
-        self.run_dir, self.path, self.fd = run_dir, os.path.join(run_dir, LOCK_FILE), None
+        self.run_dir, self.path, self.fd = run_dir, RunPaths(run_dir).lock, None
 
     def __enter__(self):
         import fcntl
@@ -86,25 +85,27 @@ def summary(line: str):
 
 
 class Run:
-    """A run directory and its config; every path the stages use is named here."""
+    """A run directory, its config and its paths (`paths`: every file a stage reads or writes)."""
 
     def __init__(self, run_dir: str, cfg: ExperimentConfig):
         # absolute: stage records store paths relative to it, and a relative --run_dir (make demo's runs/demo)
         # would otherwise be recorded twice over (runs/demo/runs/demo/...) and never verify on resume
         self.dir, self.cfg = os.path.abspath(run_dir), cfg
+        self.paths = RunPaths(self.dir)
         self._cache: dict = {}  # things loaded once per process (teachers, image source, eval data)
 
-    def p(self, *parts) -> str:
-        return os.path.join(self.dir, *parts)
+    def p(self, rel: str) -> str:
+        """A path a stage record holds (relative to the run directory), made absolute."""
+        return os.path.join(self.dir, rel)
 
     @classmethod
     def open(cls, run_dir: str, cfg: ExperimentConfig, overwrite: bool = False, flags_text: str = ""):
         """Create or resume a run. A run dir made with a different config is never silently reused."""
         import json
-        path = os.path.join(run_dir, CONFIG_JSON)
+        paths = RunPaths(run_dir)
+        path = paths.config_json
         if os.path.exists(path):
             from face_transfer.configs import ConfigError
-            from face_transfer.integrity import CorruptArtifactError
             try:
                 have = ExperimentConfig.from_file(path)
             except ConfigError as e:  # the run's own record of its configuration is damaged
@@ -122,20 +123,17 @@ class Run:
                     + "; pass --overwrite to replace it, or use another --run_dir")
             if overwrite:
                 for entry in os.listdir(run_dir):  # everything but the lock this invocation holds
-                    if entry != LOCK_FILE:
+                    if os.path.join(run_dir, entry) != paths.lock:
                         _remove(os.path.join(run_dir, entry))
         os.makedirs(run_dir, exist_ok=True)
         if not os.access(run_dir, os.W_OK):
             raise PermissionError(f"--run_dir={run_dir} is not writable")
-        for name, text in ((CONFIG_JSON, cfg.to_json()), ("flags.txt", flags_text)):
+        for path, text in ((paths.config_json, cfg.to_json()), (paths.flags_txt, flags_text)):
             if text:
-                write_text(os.path.join(run_dir, name), text)  # workers of one run open it together
+                write_text(path, text)  # workers of one run open it together
         return cls(run_dir, cfg)
 
     # ---- the completeness protocol -----------------------------------------------------------------
-
-    def stage_record_path(self, name: str) -> str:
-        return self.p("metrics", "stages", f"{name}.json")
 
     def stage_done(self, name: str) -> dict | None:
         """The stage's record if it finished and every artifact it recorded is intact, else None.
@@ -144,7 +142,7 @@ class Run:
         completion markers (its `outputs`), and the stage runs again: it rebuilds what is gone.
         """
         from face_transfer.integrity import notice, verify_artifacts
-        path = self.stage_record_path(name)
+        path = self.paths.stage_record(name)
         if not os.path.exists(path):
             return None
         try:
@@ -170,7 +168,7 @@ class Run:
         `cascade`: an upstream stage was rebuilt, so the stage's derived state (its `reset` list: checkpoints,
         caches) is stale too and goes; after its own damage the stage keeps it and resumes from it."""
         if rec is None:
-            path = self.stage_record_path(name)
+            path = self.paths.stage_record(name)
             try:
                 rec = read_json(path) if os.path.exists(path) else {}
             except ValueError:
@@ -180,7 +178,7 @@ class Run:
             stem, ext = os.path.splitext(self.p(rel))
             if ext in (".tfrecord", ".npz"):  # a shard's own sidecar record says it is done: it goes too
                 _remove(stem + ".json")
-        _remove(self.stage_record_path(name))
+        _remove(self.paths.stage_record(name))
 
     def mark_done(self, name: str, record: dict, outputs=(), artifacts=(), reset=()):
         """Write the stage's record last. `outputs`: completion markers (files whose presence makes the stage's
@@ -188,7 +186,7 @@ class Run:
         SHA-256 and verified on resume; `reset`: derived caches to delete when the stage must run again."""
         from face_transfer.integrity import digest_artifacts
         rel = lambda paths: [os.path.relpath(o, self.dir) if os.path.isabs(o) else o for o in paths]  # noqa: E731
-        write_json(self.stage_record_path(name), {
+        write_json(self.paths.stage_record(name), {
             "stage": name, "record": record, "outputs": rel(outputs), "reset": rel(reset),
             "artifacts": digest_artifacts(self.dir, list(outputs) + list(artifacts)), "finished": time.time()})
 

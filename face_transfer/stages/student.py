@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from face_transfer.stages import inputs
+from face_transfer.stages import inputs, register_stage
 from face_transfer.stages.rundir import Run, header, summary
 
 NAME = "student"
@@ -43,10 +43,10 @@ def fused_teacher_builders(run: Run):
         return build_ensemble(inputs.load_teachers(run), image_size=size)
 
     def code_model():
-        return build_fused_teacher(ensemble(), Fusion.load(run.p("fusion")))
+        return build_fused_teacher(ensemble(), Fusion.load(run.paths.fusion_dir))
 
     def concat_model():
-        fusion = Fusion.load(run.p("fusion"))
+        fusion = Fusion.load(run.paths.fusion_dir)
         ens = ensemble()
         from keras import ops
         embs = ens(ens.input)
@@ -57,7 +57,7 @@ def fused_teacher_builders(run: Run):
         return m
 
     def decoder():
-        return Fusion.load(run.p("fusion")).decoder
+        return Fusion.load(run.paths.fusion_dir).decoder
 
     return code_model, concat_model, decoder
 
@@ -72,24 +72,31 @@ def ceiling_distill_config(cfg):
     return dataclasses.replace(cfg.distill, steps=steps, batch_size=batch, checkpoint_every=every)
 
 
-def student_dirs(run: Run) -> dict:
-    """{representation name: directory} of every student variant this config trains."""
-    out = {"student": run.p("student")}
+def student_variants(run: Run) -> dict:
+    """{representation name: its folder in the run (a RunPaths student variant)} of every student this config
+    trains."""
+    out = {"student": "student"}
     for loss in run.cfg.loss_comparison:
         if loss != run.cfg.distill.loss:
-            out[f"student_{loss}"] = run.p(f"student_{loss}")
+            out[f"student_{loss}"] = f"student_{loss}"
     if supervised_control(run):
-        out["supervised_student"] = run.p("student_supervised")
+        out["supervised_student"] = "student_supervised"
     if ceiling_tasks(run):
-        out["ceiling"] = run.p("student_ceiling")
+        out["ceiling"] = "student_ceiling"
     return out
+
+
+def student_dirs(run: Run) -> dict:
+    """{representation name: directory} of every student variant this config trains."""
+    return {rep: run.paths.student_dir(v) for rep, v in student_variants(run).items()}
 
 
 def train_one(run: Run, rep: str, out_dir: str, strategy=None) -> dict:
     """Train (or load, when finished) one of `student_dirs(run)`: the student, a loss-comparison variant, the
     supervised control or the ceiling."""
     from face_transfer.fusion.autoencoder import Fusion
-    from face_transfer.student.distill import distill_student, train_supervised_student
+    from face_transfer.student.distill import distill_student
+    from face_transfer.student.supervised import train_supervised_student
     cfg = run.cfg
     scfg = dataclasses.replace(cfg.student, embedding_dim=cfg.fusion.code_dim)
     if rep == "supervised_student":
@@ -104,7 +111,7 @@ def train_one(run: Run, rep: str, out_dir: str, strategy=None) -> dict:
     dcfg = cfg.distill if rep == "student" else dataclasses.replace(cfg.distill, loss=rep[len("student_"):])
     if rep != "student":
         print(f"  loss comparison: {dcfg.loss}", file=sys.stderr)
-    dims = Fusion.load(run.p("fusion")).standardizer.dims
+    dims = Fusion.load(run.paths.fusion_dir).standardizer.dims
     code_fn, concat_fn, dec_fn = fused_teacher_builders(run)
     return distill_student(scfg, dcfg, inputs.image_source(run, "distill"), code_fn, out_dir, strategy,
                            decoder_fn=dec_fn, dims=dims, target_concat_fn=concat_fn)
@@ -138,11 +145,12 @@ def _train_in_process(run_dir: str, cfg_json: str, rep: str, out_dir: str, threa
     return rec, time.time() - t0
 
 
+@register_stage
 def run(run: Run, ctx) -> dict:
     cfg = run.cfg
     header(f"student: distil the fused teacher into a {cfg.student.arch} (width {cfg.student.width}, "
            f"{cfg.distill.steps} steps, loss {cfg.distill.loss})")
-    dirs = student_dirs(run)
+    dirs, variants = student_dirs(run), student_variants(run)
     records = {}
 
     def done(rep, rec, seconds):
@@ -150,19 +158,19 @@ def run(run: Run, ctx) -> dict:
         summary(f"{rep}: {rec['params']:,} params, {rec['mflops']:.1f} MFLOPs, final loss {rec['final_loss']} "
                 f"({seconds:.0f} s)")
 
-    todo = [r for r in dirs if not os.path.exists(os.path.join(dirs[r], "student.json"))]
+    todo = [r for r in dirs if not os.path.exists(run.paths.student_record(variants[r]))]
     n = parallel_workers(run, ctx.strategy, todo)
     if n > 1:
         # Small-batch training of a small CNN keeps two threads half idle: the networks train side by side,
         # one process each, the cores shared out (results equal the sequential stage's up to float rounding).
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
-        from face_transfer.evaluation.probes import _main_module_hidden, usable_cores
+        from face_transfer.evaluation.probes import main_module_hidden, usable_cores
         threads = max(1, usable_cores() // n)
         order = sorted(todo, key=lambda r: -_relative_cost(run, r))
         summary(f"training {', '.join(order)} in {n} processes of {threads} thread(s)")
         with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
-            with _main_module_hidden():
+            with main_module_hidden():
                 futures = {pool.submit(_train_in_process, run.dir, cfg.to_json(), r, dirs[r], threads): r
                            for r in order}
             for future in as_completed(futures):
@@ -172,6 +180,7 @@ def run(run: Run, ctx) -> dict:
             t0 = time.time()
             done(rep, train_one(run, rep, out_dir, ctx.strategy), time.time() - t0)
     records = {r: records[r] for r in dirs}
-    return {"students": records, "outputs": [os.path.join(d, "student.json") for d in dirs.values()],
-            "artifacts": [os.path.join(d, "model.keras") for d in dirs.values()],
-            "reset": [os.path.join(d, sub) for d in dirs.values() for sub in ("ckpt", "model.keras")]}
+    vs = variants.values()
+    return {"students": records, "outputs": [run.paths.student_record(v) for v in vs],
+            "artifacts": [run.paths.student_model(v) for v in vs],
+            "reset": [p for v in vs for p in (run.paths.student_ckpt(v), run.paths.student_model(v))]}

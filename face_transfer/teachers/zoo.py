@@ -5,13 +5,11 @@ Each teacher is a Keras 3 model over its own preprocessed input (see `InputSpec`
 """
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 import numpy as np
 from keras import layers, ops
 
-from face_transfer.teachers.adapters import InputSpec
+from face_transfer.teachers.config import TeacherSpec
 
 ARCHS = ("resnet", "vgg", "xception")
 # Source task -> label keys of synth.render_faces it needs.
@@ -23,31 +21,6 @@ SOURCE_TASKS = {
 }
 POSE_SCALE = 30.0  # degrees; regression targets are divided by it
 AGE_MEAN, AGE_STD = 45.0, 15.0
-
-
-@dataclasses.dataclass(frozen=True)
-class TeacherSpec:
-    """One zoo teacher: architecture, size, the source task it learns, and its own input spec."""
-
-    name: str
-    arch: str
-    source_task: str
-    widths: tuple[int, ...] = (16, 32, 64)
-    depth: int = 1  # blocks (or convs) per stage
-    embedding_dim: int = 64
-    fc_units: int = 0  # VGG-style fully connected layer before the embedding (0 = global pooling)
-    input_size: int = 64
-    channels: int = 3
-    color_order: str = "rgb"
-
-    @property
-    def input_spec(self) -> InputSpec:
-        # Teachers differ in input like real models do: size, gray vs colour, [0,1] vs [-1,1].
-        if self.arch == "vgg":
-            return InputSpec(size=self.input_size, channels=self.channels, color_order=self.color_order,
-                             scale=1 / 255.0, offset=0.0)
-        return InputSpec(size=self.input_size, channels=self.channels, color_order=self.color_order,
-                         scale=1 / 127.5, offset=-1.0)
 
 
 def _cbr(x, filters, kernel=3, strides=1, name=""):
@@ -242,33 +215,3 @@ def main_score(metrics: dict) -> float:
             return metrics[k]
     return -float(np.mean([v for k, v in metrics.items() if k.endswith("_mae_deg")]))
 
-
-# Presets: a plain dict of the zoo for each pipeline preset. Architectures and input specs differ
-# on purpose, like independently trained real models.
-ZOO_PRESETS: dict[str, tuple[TeacherSpec, ...]] = {
-    "smoke": (
-        TeacherSpec("recognition_resnet", "resnet", "recognition", (8, 16), 1, 32),
-        TeacherSpec("expression_vgg", "vgg", "expression", (8, 16), 1, 32, input_size=48, channels=1),
-        TeacherSpec("pose_xception", "xception", "pose", (8, 16), 1, 32, input_size=56),
-        TeacherSpec("agegender_resnet", "resnet", "age_gender", (8, 16), 1, 32, input_size=48,
-                    color_order="bgr"),
-    ),
-    "demo": (
-        TeacherSpec("recognition_resnet", "resnet", "recognition", (24, 48, 96), 1, 128),
-        TeacherSpec("expression_vgg", "vgg", "expression", (16, 32, 64), 1, 64, fc_units=256,
-                    input_size=48, channels=1),
-        TeacherSpec("pose_xception", "xception", "pose", (16, 32, 64), 1, 64, input_size=56),
-        TeacherSpec("agegender_resnet", "resnet", "age_gender", (16, 32, 64), 1, 64, input_size=48,
-                    color_order="bgr"),
-    ),
-    # Teachers + encoder >= 75x the default student's parameters, as in the paper. Like VGG-Face,
-    # most parameters sit in wide fully connected layers, so the FLOP ratio is much smaller (reported).
-    "paper": (
-        TeacherSpec("recognition_resnet", "resnet", "recognition", (32, 64, 128), 2, 256),
-        TeacherSpec("expression_vgg", "vgg", "expression", (32, 64, 128), 1, 128, fc_units=2048,
-                    input_size=48, channels=1),
-        TeacherSpec("pose_xception", "xception", "pose", (32, 64, 128), 2, 128, input_size=56),
-        TeacherSpec("agegender_vgg", "vgg", "age_gender", (32, 64, 128), 1, 128, fc_units=2048,
-                    color_order="bgr"),
-    ),
-}

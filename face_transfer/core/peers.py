@@ -15,7 +15,7 @@ import socket
 import time
 from typing import Callable
 
-from face_transfer.fileio import read_json, write_json
+from face_transfer.core.fileio import read_json, write_json
 
 WORKERS_DIR = ".workers"
 
