@@ -27,7 +27,19 @@ flags.DEFINE_string("run_dir", os.path.join(ROOT, "runs", "bench", "demo"), "A f
 flags.DEFINE_integer("images", 3000, "Labelled faces of the new task.")
 flags.DEFINE_integer("finetune_steps", None, "Student updates in the fine-tune mode (default: AdaptConfig's).")
 flags.DEFINE_integer("ceiling_steps", 1500, "Steps of the architecture trained from nothing (batch 32).")
+flags.DEFINE_list("tradeoff_keep_weights", [], "Also fine-tune (without export) at each of these keep weights and "
+                  "record the new-task score against forgetting (adapt.finetune_tradeoff).")
 flags.DEFINE_string("work_dir", None, "Where the dataset and the adapted folders go (default: a temp dir).")
+
+
+def _forgetting_spread(scores: dict, prefix: str) -> dict:
+    """The old tasks' mean drop, and their largest gain: a refitted probe moves both ways when the features move,
+    so the largest gain is the scale of change that is not forgetting."""
+    before, after = scores.get("old_before") or {}, scores.get("old_after") or {}
+    d = [before[k] - after[k] for k in before if k in after]
+    if not d:
+        return {}
+    return {f"{prefix}.forgetting_mean": round(sum(d) / len(d), 2), f"{prefix}.largest_gain": round(-min(d), 2)}
 
 
 def main(argv):
@@ -57,9 +69,25 @@ def main(argv):
         out[f"adapt.new_task_score.{mode}"] = round(scores[mode], 2)
         if mode == "finetune":
             out["adapt.forgetting_max"] = rec["forgetting_max"]
+            out.update(_forgetting_spread(rec["scores"], "adapt"))
+            out["adapt.finetune_config"] = {k: rec["config"][k] for k in ("finetune_steps", "learning_rate",
+                                                                         "keep_weight", "replay_faces", "tune_stages")}
             out["adapt.old_tasks_before"] = rec["scores"].get("old_before")
             out["adapt.old_tasks_after"] = rec["scores"].get("old_after")
             out["adapt.seconds_adapt_finetune_without_export"] = rec["seconds_adapt"]
+    # the trade-off: the same fine-tune at other keep weights (adapt only: the export does not change it)
+    rows = []
+    for w in FLAGS.tradeoff_keep_weights:
+        cfg = adapt.AdaptConfig(mode="finetune", keep_weight=float(w),
+                                **({"finetune_steps": FLAGS.finetune_steps} if FLAGS.finetune_steps else {}))
+        t0 = time.time()
+        r = adapt.adapt(bundle, tasks, cfg, progress=False)
+        rows.append({"keep_weight": float(w), "new_task_score": round(r.scores["new"]["face_shape"]["finetune"], 2),
+                     "forgetting_max": round(r.forgetting_max, 2), "seconds": round(time.time() - t0, 1),
+                     **{k.split(".", 1)[1]: v for k, v in _forgetting_spread(r.scores, "x").items()}})
+        print(rows[-1], flush=True)
+    if rows:
+        out["adapt.finetune_tradeoff"] = rows
     # the ceiling: the same architecture from nothing, on the same training images, scored the same way
     if FLAGS.ceiling_steps > 0:  # 0: keep the ceiling already in results.json (it does not depend on the student)
         from face_transfer.student.model import infer_config

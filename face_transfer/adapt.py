@@ -275,7 +275,7 @@ def _finetune(bundle: StudentBundle, new: list[NewTaskData], heads: dict, cfg: A
 
 # ---- old heads: their tasks before and after a fine-tune ----------------------------------------------------
 
-def _run_data(bundle: StudentBundle):
+def run_data(bundle: StudentBundle):
     """(run, {task: Task}, images, labels) of the run the bundle came from; None without one."""
     if bundle.run_dir is None:
         return None
@@ -351,7 +351,7 @@ def adapt(bundle: StudentBundle, task_sets, cfg: AdaptConfig = AdaptConfig(), ck
     student = bundle.student
     old_heads = dict(bundle.heads)
     if cfg.mode == "finetune" and cfg.finetune_steps > 0:
-        data = _run_data(bundle)  # the old heads' own data, when the run is at hand
+        data = run_data(bundle)  # the old heads' own data, when the run is at hand
         if data is not None and measure_forgetting:
             scores["old_before"] = old_task_scores(bundle, data, bundle.features)
         replay = replay_faces(data[0], cfg.replay_faces) if data is not None and cfg.replay_faces > 0 else None

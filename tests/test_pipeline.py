@@ -542,3 +542,38 @@ def test_readme_api_example_runs_on_a_finished_run(smoke_run, tmp_path):
     p = subprocess.run([sys.executable, "-m", "export.infer_tflite", f"--model={tmp_path}/runs/demo_shape/analyzer_int8.tflite",
                         "--synthetic=2"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "face_shape" in p.stdout, p.stderr[-2000:]
+
+
+@pytest.mark.timeout(600)
+def test_finetune_from_a_run_replays_its_faces_scores_forgetting_and_keeps_frozen_stages(smoke_run, tmp_path):
+    """Fine-tuning from a run directory: the keep term also sees the run's own faces (replay_faces), every old
+    head's task is scored before and after, the old heads are refitted, and with tune_stages the earlier stages'
+    weights (so their part of the ladder) are exactly the distilled ones."""
+    from face_transfer import adapt
+    from face_transfer.data import synth
+    from face_transfer.data.synth_datasets import write_folder_csv
+    from face_transfer.data.tasksets import parse_task_flag
+    from face_transfer.deploy.bundle import load_bundle
+    from face_transfer.student.model import stage_outputs
+
+    b = load_bundle(smoke_run[0])
+    assert b.run_dir == smoke_run[0]
+    faces = adapt.replay_faces(adapt.run_data(b)[0], 16)
+    assert faces.shape == (16, b.image_size, b.image_size, 3) and faces.dtype == numpy.uint8
+    write_folder_csv(synth.SynthConfig(image_size=b.image_size), str(tmp_path / "shape"), 120,
+                     columns=("face_shape",), stream="test_replay")
+    ts = [parse_task_flag(f"folder_csv:{tmp_path / 'shape' / 'labels.csv'},name=shape")]
+    cfg = adapt.AdaptConfig(mode="finetune", finetune_steps=4, batch_size=8, replay_faces=32, tune_stages=1,
+                            learning_rate=1e-2)
+    r = adapt.adapt(b, ts, cfg, progress=False)
+    assert set(r.scores["old_before"]) == set(r.scores["old_after"]) and r.scores["old_before"]
+    assert r.forgetting_max is not None
+    ends = stage_outputs(b.student)
+    names = [layer.name for layer in b.student.layers]
+    frozen = set(names[: names.index(ends[-2]) + 1])
+    for layer in b.student.layers:
+        before, after = layer.get_weights(), r.student.get_layer(layer.name).get_weights()
+        same = all(numpy.array_equal(x, y) for x, y in zip(before, after))
+        if layer.name in frozen:
+            assert same, layer.name
+    assert any(not numpy.array_equal(x, y) for x, y in zip(b.student.get_weights(), r.student.get_weights()))

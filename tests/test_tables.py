@@ -137,3 +137,17 @@ def test_ceiling_summary_percentages_and_unsolvable_tasks(results):
     assert "under-trained there): age." in tables.ceiling_table_markdown(w, weak, ["student"])
     with pytest.raises(KeyError, match="ceiling"):
         tables.ceiling_summary(results, TASK_LIST, ["student"])
+
+
+def test_trimmed_mean_leaves_out_the_students_best_novel_tasks_for_every_representation():
+    from face_transfer.stages.report import TRIM_BEST, trimmed_means
+    novel = [f"n{i}" for i in range(TRIM_BEST + 3)]
+    tasks = [{"name": "src", "group": "source"}] + [{"name": t, "group": "novel"} for t in novel]
+    student = {t: {"score_mean": 10.0 * i} for i, t in enumerate(novel)}  # n7..n3 are the student's best five
+    concat = {t: {"score_mean": 50.0} for t in novel}
+    student["src"] = concat["src"] = {"score_mean": 99.0}
+    out = trimmed_means({"tasks": tasks, "results": {"student": student, "concat": concat}})
+    assert out["transfer.mean_novel_trimmed.left_out"] == ["n7", "n6", "n5", "n4", "n3"]
+    assert out["transfer.mean_novel_trimmed.student"] == 10.0  # mean of 0, 10, 20
+    assert out["transfer.mean_novel_trimmed.concat"] == 50.0
+    assert trimmed_means({"tasks": tasks[:3], "results": {"student": student}}) == {}  # too few novel tasks

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
 from face_transfer.core.fileio import read_json, write_json
 from face_transfer.stages import EVERY_STAGE, inputs, register_stage
 from face_transfer.stages.rundir import Run, header, summary
@@ -16,6 +18,25 @@ NAME = "report"
 WORKERS = "chief"  # under multi-worker training only the chief runs it; the others wait for its record
 DEPENDS_ON = EVERY_STAGE  # it reads what every stage wrote, so it comes last
 ALWAYS_RUN = True  # cheap, and it states this invocation's wall time
+
+
+TRIM_BEST = 5  # novel tasks left out of the trimmed mean: the student's best ones, so that no few tasks carry a claim
+LOW_R2 = 0.5  # a teacher whose reconstruction R² is below this is mostly lost by the fusion: the report warns
+
+
+def trimmed_means(table: dict) -> dict:
+    """transfer.mean_novel_trimmed.<rep>: the mean over the novel tasks without the TRIM_BEST the student scores
+    best on (the same tasks left out for every representation), and which tasks those are."""
+    res = table["results"]
+    novel = [t["name"] for t in table["tasks"] if t["group"] == "novel"]
+    if "student" not in res or len(novel) <= TRIM_BEST:
+        return {}
+    best = sorted(novel, key=lambda t: res["student"][t]["score_mean"], reverse=True)[:TRIM_BEST]
+    keep = [t for t in novel if t not in best]
+    out = {f"transfer.mean_novel_trimmed.{rep}": float(np.mean([r[t]["score_mean"] for t in keep]))
+           for rep, r in res.items() if all(t in r for t in keep)}
+    out["transfer.mean_novel_trimmed.left_out"] = best
+    return out
 
 
 def headline(run: Run) -> dict:
@@ -31,6 +52,8 @@ def headline(run: Run) -> dict:
     fus = read_json(run.paths.fusion_json)
     out["fusion.code_dim"] = fus["code_dim"]
     out["fusion.compression_ratio"] = fus["compression_ratio"]
+    for k, v in fus.get("val_r2_per_teacher", {}).items():  # how much of each teacher the code keeps
+        out[f"fusion.val_r2.{k}"] = v
     tpath = run.paths.transfer_json
     if os.path.exists(tpath):
         table = read_json(tpath)
@@ -40,6 +63,7 @@ def headline(run: Run) -> dict:
             out[f"transfer.mean_source.{rep}"] = g["mean_source"]
             out[f"transfer.std_novel.{rep}"] = g["std_novel"]
         out["fusion.retained_fraction"] = groups["ae"]["mean_novel"] / groups["concat"]["mean_novel"]
+        out.update(trimmed_means(table))
         # the two outputs of every exported student file, by name: `features` (the probed view) and `embedding`
         if "student" in groups:
             code = "student_code" if "student_code" in groups else "student"  # embedding view: one and the same
@@ -243,6 +267,9 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
           f"Concatenated (standardised, {fus['config']['standardize']}) teacher embeddings: {fus['concat_dim']} dims "
           f"-> code d = {fus['code_dim']} (compression x{fus['compression_ratio']:.1f}). Validation R² of the "
           "reconstruction per teacher: " + ", ".join(f"{k} {v:.3f}" for k, v in fus["val_r2_per_teacher"].items()) + ".",
+          *([f"**Warning:** the code keeps little of {', '.join(low)} (validation R² below {LOW_R2}): what only "
+             "that teacher knows is mostly lost before the student sees it."]
+            if (low := [k for k, v in fus["val_r2_per_teacher"].items() if v < LOW_R2]) else []),
           "",
           f"Mean novel-task score at d = {fus['code_dim']}: AE {_fmt(g('ae'))}, PCA {_fmt(g('pca'))}, random projection "
           f"{_fmt(g('random_projection'))}, concatenation {_fmt(g('concat'))} (AE keeps "
@@ -355,6 +382,12 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
                   f"smaller than the concatenation, keeping {100 * h['fusion.retained_fraction']:.1f}% of its "
                   f"novel-task score; AE {'beats' if (ae or 0) > (g('pca') or 0) else 'does not beat'} PCA at this d "
                   f"({ae:.1f} vs {g('pca'):.1f}).")
+    if h.get("transfer.mean_novel_trimmed.left_out"):
+        tr = lambda r: h.get(f"transfer.mean_novel_trimmed.{r}")  # noqa: E731
+        claims.append(f"- Without the student's {TRIM_BEST} best novel tasks "
+                      f"({', '.join(h['transfer.mean_novel_trimmed.left_out'])}), so that no few tasks carry the claim: "
+                      f"student {_fmt(tr('student'))}, concatenation {_fmt(tr('concat'))}, AE code {_fmt(tr('ae'))}, "
+                      f"supervised student {_fmt(tr('supervised_student'))} (`transfer.mean_novel_trimmed.*`).")
     claims.append("- Differences within the seeds' spread are marked in the transfer table's footnote; treat them as ties.")
     L += claims
     with open(run.paths.report_md, "w") as f:
