@@ -97,6 +97,10 @@ def main(argv):
                                                                         FLAGS.ceiling_steps), 2)
         out["adapt.seconds_ceiling"] = round(time.time() - t0, 1)
         out["adapt.ceiling_steps"] = FLAGS.ceiling_steps
+        out["adapt.ceiling_date"] = time.strftime("%Y-%m-%d")
+    import sys
+    out["adapt.command"] = "python -m benchmarks.bench_adapt " + " ".join(
+        a for a in sys.argv[1:] if not a.startswith("--work_dir"))
     out.update({"adapt.task": "face_shape (SynthFaces factor outside the registry, regression, 100*R^2)",
                 "adapt.images": FLAGS.images, "adapt.finetune_steps": FLAGS.finetune_steps or adapt.AdaptConfig().finetune_steps,
                 "adapt.run_dir": os.path.relpath(FLAGS.run_dir, ROOT),
@@ -106,6 +110,8 @@ def main(argv):
     res = load_results()
     res.update(out)
     save_results(res)
+    from benchmarks.markdown import _adapt_section, replace_section
+    replace_section(_adapt_section(res))  # BENCHMARKS.md's section, from the figures just saved
     return 0
 
 

@@ -173,7 +173,8 @@ def _adapt_section(res: dict) -> list[str]:
         return []
     before, after = res.get("adapt.old_tasks_before") or {}, res.get("adapt.old_tasks_after") or {}
     L = ["## Adapting the student to a new task (issue 22)", "",
-         f"Command: `python -m benchmarks.bench_adapt --run_dir={res.get('adapt.run_dir')}` (= `face-transfer-adapt`, "
+         f"Command: `{res.get('adapt.command') or 'python -m benchmarks.bench_adapt --run_dir=' + str(res.get('adapt.run_dir'))}` "
+         "(= `face-transfer-adapt`, "
          f"each mode timed back to back; {res.get('adapt.date', '?')}). Machine: "
          f"{_machine_line(res.get('adapt.machine', {}))}; 1-minute load average at the end "
          f"{_f(res.get('adapt.load_average'), 2)} on 2 cores (other jobs make seconds incomparable).", "",
@@ -182,17 +183,42 @@ def _adapt_section(res: dict) -> list[str]:
          "| mode | new-task score | seconds (adapt + export: SavedModel, int8 TFLite, ONNX) |", "|---|---:|---:|",
          f"| linear heads on the frozen `features` | {_f(res.get('adapt.new_task_score.linear'))} | "
          f"{_f(res.get('adapt.seconds_linear'))} (`adapt.seconds_linear`) |",
-         f"| fine-tune, {res.get('adapt.finetune_steps')} steps, LwF term | {_f(res.get('adapt.new_task_score.finetune'))} "
-         f"| {_f(res.get('adapt.seconds_finetune'))} (`adapt.seconds_finetune`) |",
-         f"| ceiling: the architecture from nothing, {res.get('adapt.ceiling_steps')} steps on the same images | "
-         f"{_f(res.get('adapt.new_task_score.ceiling'))} | {_f(res.get('adapt.seconds_ceiling'))} |", "",
-         f"- Forgetting in fine-tune mode: the largest drop of an old head's task, scored with the run's probes "
-         f"(held-out test split, the run's seeds) before and after, is **{_f(res.get('adapt.forgetting_max'), 2)} "
-         f"points** (`adapt.forgetting_max`, target <= 1.0) over {len(after)} tasks."]
+         f"| fine-tune, {res.get('adapt.finetune_steps')} steps, LwF term with replay | "
+         f"{_f(res.get('adapt.new_task_score.finetune'))} | {_f(res.get('adapt.seconds_finetune'))} (`adapt.seconds_finetune`) |",
+         f"| ceiling: the architecture from nothing, {res.get('adapt.ceiling_steps')} steps on the same images "
+         f"({'measured ' + res['adapt.ceiling_date'] if res.get('adapt.ceiling_date') else 'kept from an earlier run'}"
+         "; `--ceiling_steps=0` keeps it: it does not depend on the student) | "
+         f"{_f(res.get('adapt.new_task_score.ceiling'))} | {_f(res.get('adapt.seconds_ceiling'))} |", ""]
+    cfg = res.get("adapt.finetune_config")
+    if cfg:
+        L.append(f"Fine-tune settings (AdaptConfig defaults): {', '.join(f'{k} {v}' for k, v in cfg.items())}.")
+        L.append("")
+    L.append(f"- Forgetting in fine-tune mode: the largest drop of an old head's task, scored with the run's probes "
+             f"(held-out test split, the run's seeds) before and after, is **{_f(res.get('adapt.forgetting_max'), 2)} "
+             f"points** (`adapt.forgetting_max`, target <= 1.0: "
+             f"{'met' if (res.get('adapt.forgetting_max') or 0) <= 1.0 else 'not met'}) over {len(after)} tasks; their "
+             f"mean drop is {_f(res.get('adapt.forgetting_mean'), 2)} points (`adapt.forgetting_mean`) and the largest "
+             f"*gain* of one of them {_f(res.get('adapt.largest_gain'), 2)} (`adapt.largest_gain`): a probe refitted on "
+             "moved features moves both ways, so only a drop well beyond that gain is forgetting the seeds cannot "
+             "explain.")
     if before:
         worst = sorted(before, key=lambda k: before[k] - after.get(k, before[k]), reverse=True)[:3]
         L.append("- Largest drops: " + ", ".join(f"{k} {before[k]:.1f} -> {after.get(k, float('nan')):.1f}"
                                                  for k in worst) + ".")
+    rows = res.get("adapt.finetune_tradeoff")
+    if rows:
+        L += ["", "The keep weight trades the new task's gain against the old tasks' drop (the same fine-tune, "
+              "`--tradeoff_keep_weights`, adapt only):", "",
+              "| keep weight | new-task score | forgetting max | mean drop of the old tasks | largest gain |",
+              "|---:|---:|---:|---:|---:|"]
+        pts = sorted(rows + ([{"keep_weight": cfg["keep_weight"], "new_task_score": res.get("adapt.new_task_score.finetune"),
+                               "forgetting_max": res.get("adapt.forgetting_max"),
+                               "forgetting_mean": res.get("adapt.forgetting_mean"),
+                               "largest_gain": res.get("adapt.largest_gain")}] if cfg else []),
+                     key=lambda r: r["keep_weight"])
+        for r in pts:
+            L.append(f"| {_f(r['keep_weight'])} | {_f(r['new_task_score'])} | {_f(r['forgetting_max'], 2)} | "
+                     f"{_f(r.get('forgetting_mean'), 2)} | {_f(r.get('largest_gain'), 2)} |")
     return L + [""]
 
 

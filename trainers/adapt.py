@@ -33,6 +33,8 @@ flags.DEFINE_float("keep_weight", DEFAULT.keep_weight, "Weight of the term keepi
                    "the frozen ones (Learning without Forgetting).")
 flags.DEFINE_integer("replay_faces", DEFAULT.replay_faces, "Faces of the run's own unlabelled source that the "
                      "keep term also sees in --mode=finetune (from a run directory; 0: the new images only).")
+flags.DEFINE_integer("tune_stages", DEFAULT.tune_stages, "In --mode=finetune, train only the last N resolution "
+                     "stages of the student (the earlier ones stay as distilled); 0: all of it.")
 flags.DEFINE_boolean("replace_heads", False, "A new task named like an existing head replaces it (else an error).")
 flags.DEFINE_integer("ceiling_steps", 0, "If > 0, also train the student's architecture from nothing on each new "
                      "task for this many steps and report its score (the ceiling).")
@@ -53,7 +55,8 @@ def main(argv):
         task_sets = [parse_task_flag(t) for t in FLAGS.tasks]
         cfg = adapt.AdaptConfig(mode=FLAGS.mode, finetune_steps=FLAGS.finetune_steps,
                                 learning_rate=FLAGS.finetune_learning_rate, keep_weight=FLAGS.keep_weight,
-                                replay_faces=FLAGS.replay_faces, replace_heads=FLAGS.replace_heads)
+                                replay_faces=FLAGS.replay_faces, tune_stages=FLAGS.tune_stages,
+                                replace_heads=FLAGS.replace_heads)
         adapt.check_out_dir(FLAGS.out, FLAGS.student)
     except ValueError as e:
         raise app.UsageError(str(e), exitcode=common.EXIT_USAGE) from None
