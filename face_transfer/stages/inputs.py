@@ -3,6 +3,10 @@ No stage calls SynthFaces or a reader directly; they ask here, and here the conf
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+from typing import Callable
+
 from face_transfer.core.fileio import read_json
 from face_transfer.data import tasks as task_registry
 from face_transfer.stages.rundir import Run
@@ -10,38 +14,46 @@ from face_transfer.stages.rundir import Run
 
 # ---- teachers -----------------------------------------------------------------------------------------
 
-def teacher_names(run: Run) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class TeacherSource:
+    """One teacher of the run, whatever it came from (a zoo teacher trained in the run, a built-in pretrained
+    model, a user's file): its name, how to load it frozen, and the tasks it was trained on."""
+
+    name: str
+    load: Callable[[], object]  # -> teachers.adapters.Teacher
+    source_tasks: tuple[str, ...]
+
+
+def teacher_sources(run: Run) -> list[TeacherSource]:
+    """Every teacher of the run, in the config's order: the zoo, then the built-in models, then the user's files.
+    A user's file is checked against the size and SHA-256 recorded in config.json when it is loaded."""
+    from face_transfer.teachers.real import REAL_TEACHERS, load_real_teacher
+    from face_transfer.teachers.refs import load_teacher_ref
+    from face_transfer.teachers.train import load_zoo_teacher
     cfg = run.cfg
-    return [s.name for s in cfg.teachers] + list(cfg.real_teachers) + [r.name for r in cfg.teacher_files]
+    return ([TeacherSource(s.name, functools.partial(load_zoo_teacher, run.paths.teacher_dir(s.name)),
+                           tuple(task_registry.ZOO_SOURCE_TASKS.get(s.source_task, (s.source_task,))))
+             for s in cfg.teachers]
+            + [TeacherSource(n, functools.partial(load_real_teacher, n),
+                             tuple(REAL_TEACHERS[n].get("source_tasks", ()))) for n in cfg.real_teachers]
+            + [TeacherSource(r.name, functools.partial(load_teacher_ref, r), tuple(r.source_tasks))
+               for r in cfg.teacher_files])
+
+
+def teacher_names(run: Run) -> list[str]:
+    return [t.name for t in teacher_sources(run)]
 
 
 def load_teachers(run: Run):
-    """Every frozen teacher of the run: the trained zoo, the built-in pretrained models, the user's files.
-
-    A user's file is checked against the size and SHA-256 recorded in config.json first.
-    """
+    """Every frozen teacher of the run (teacher_sources), loaded once per invocation."""
     if "teachers" not in run._cache:
-        from face_transfer.teachers.real import load_real_teacher
-        from face_transfer.teachers.refs import load_teacher_ref
-        from face_transfer.teachers.train import load_zoo_teacher
-        run._cache["teachers"] = (
-            [load_zoo_teacher(run.paths.teacher_dir(s.name)) for s in run.cfg.teachers]
-            + [load_real_teacher(n) for n in run.cfg.real_teachers]
-            + [load_teacher_ref(r) for r in run.cfg.teacher_files])
+        run._cache["teachers"] = [t.load() for t in teacher_sources(run)]
     return run._cache["teachers"]
 
 
 def declared_source_tasks(run: Run) -> set[str]:
     """Task (or label) names some teacher of this run was trained on: those tasks are *source*, the rest novel."""
-    from face_transfer.teachers.real import REAL_TEACHERS
-    out: set[str] = set()
-    for s in run.cfg.teachers:
-        out.update(task_registry.ZOO_SOURCE_TASKS.get(s.source_task, (s.source_task,)))
-    for n in run.cfg.real_teachers:
-        out.update(REAL_TEACHERS[n].get("source_tasks", ()))
-    for r in run.cfg.teacher_files:
-        out.update(r.source_tasks)
-    return {t.lower() for t in out}
+    return {task.lower() for t in teacher_sources(run) for task in t.source_tasks}
 
 
 # ---- unlabelled faces ------------------------------------------------------------------------------------
