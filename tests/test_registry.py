@@ -47,3 +47,17 @@ def test_built_ins_are_the_modules_of_the_package_and_names_do_not_depend_on_imp
         for m in [m for m in sys.modules if m == "toyplugins" or m.startswith("toyplugins.")]:
             del sys.modules[m]
     assert os.path.exists(pkg / "_private.py")
+
+
+def test_register_instance_names_the_object_and_ordered_sorts_by_its_order():
+    r = Registry("mode")
+
+    @r.register_instance("late")
+    class Late:
+        order = 2
+
+    @r.register_instance("early")
+    class Early:
+        order = 1
+
+    assert [o.name for o in r.ordered()] == ["early", "late"] and isinstance(r.get("late"), Late)

@@ -44,6 +44,22 @@ class Registry:
 
         return add if obj is None else add(obj)
 
+    def register_instance(self, name: str):
+        """Class decorator: registers one instance of the class under `name`, with its `name` attribute set
+        (the extension points whose entries are objects with behaviour: teacher formats, TFLite modes)."""
+
+        def add(cls):
+            obj = cls()
+            obj.name = name
+            self.register(name, obj)
+            return cls
+
+        return add
+
+    def ordered(self, key: str = "order") -> list:
+        """Every entry, sorted by its `key` attribute (then by name)."""
+        return [o for _, o in sorted(self.items(), key=lambda item: (getattr(item[1], key), item[0]))]
+
     def unregister(self, name: str):
         self._items.pop(name, None)
 

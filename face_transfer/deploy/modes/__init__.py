@@ -34,18 +34,11 @@ class TfliteMode:
 
 def register_mode(name: str):
     """Class decorator: registers one instance of a `TfliteMode` subclass under `name`."""
-
-    def add(cls):
-        mode = cls()
-        mode.name = name
-        TFLITE_MODES.register(name, mode)
-        return cls
-
-    return add
+    return TFLITE_MODES.register_instance(name)
 
 
 def modes() -> list[TfliteMode]:
-    return sorted((m for _, m in TFLITE_MODES.items()), key=lambda m: m.order)
+    return TFLITE_MODES.ordered()
 
 
 def mode_names() -> tuple[str, ...]:

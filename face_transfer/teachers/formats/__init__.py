@@ -34,19 +34,12 @@ class TeacherFormat:
 
 def register_format(name: str):
     """Class decorator: registers one instance of a `TeacherFormat` subclass under `name`."""
-
-    def add(cls):
-        fmt = cls()
-        fmt.name = name
-        TEACHER_FORMATS.register(name, fmt)
-        return cls
-
-    return add
+    return TEACHER_FORMATS.register_instance(name)
 
 
 def formats() -> list[TeacherFormat]:
     """Every registered format, in `order`."""
-    return sorted((fmt for _, fmt in TEACHER_FORMATS.items()), key=lambda f: f.order)
+    return TEACHER_FORMATS.ordered()
 
 
 def format_names() -> tuple[str, ...]:
