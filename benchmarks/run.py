@@ -30,6 +30,9 @@ flags.DEFINE_list("presets", ["demo", "paper"], "Pipeline presets to run from no
 flags.DEFINE_boolean("only_synth", False, "Only the synthetic-face throughput benchmark.")
 flags.DEFINE_string("bench_dir", os.path.join(ROOT, "runs", "bench"), "Where the timed runs go.")
 flags.DEFINE_boolean("keep", True, "Keep earlier bench run dirs (moved aside with a timestamp).")
+flags.DEFINE_string("paper_teachers", None, "A zoo folder of given paper teachers (`make zoo-paper`): the paper "
+                    "preset uses them instead of training its own, so pipeline.paper_wall_s counts from given teachers "
+                    "(the paper's setting) and their build time is teachers.build_seconds.")
 flags.DEFINE_boolean("reuse_runs", False, "Resume the existing bench run dirs instead of starting from nothing "
                      "(e.g. after deleting a stage's outputs to recompute it); wall times already recorded are kept.")
 
@@ -58,6 +61,21 @@ def save_results(res: dict):
     write_text(RESULTS, json.dumps(res, indent=1, sort_keys=True))
 
 
+def teacher_build(zoo_dir: str | None) -> dict:
+    """teachers.build_seconds (the given teachers' training time, from their zoo manifest: it is not in the
+    pipeline's wall time) and teachers.given (where they came from); {} when the run trained its own."""
+    if not zoo_dir:
+        return {"teachers.given": None}
+    from face_transfer.core.fileio import read_json
+    from face_transfer.teachers.train import PRETRAINED_MANIFEST
+    teachers = read_json(os.path.join(zoo_dir, PRETRAINED_MANIFEST))["teachers"]
+    return {"teachers.build_seconds": round(sum(t["record"].get("train_seconds_total",
+                                                               t["record"].get("train_seconds_this_run", 0.0))
+                                                for t in teachers.values()), 1),
+            "teachers.build_steps": {n: t["record"].get("steps") for n, t in teachers.items()},
+            "teachers.given": zoo_dir}
+
+
 def run_preset(preset: str) -> tuple[dict, float, str]:
     run_dir = os.path.join(FLAGS.bench_dir, preset)
     if os.path.exists(run_dir) and not FLAGS.reuse_runs:
@@ -66,6 +84,8 @@ def run_preset(preset: str) -> tuple[dict, float, str]:
         else:
             shutil.rmtree(run_dir)
     cmd = [sys.executable, "-m", "trainers.pipeline", f"--preset={preset}", f"--run_dir={run_dir}"]
+    if preset == "paper" and FLAGS.paper_teachers:
+        cmd.append(f"--teacher_pretrained={FLAGS.paper_teachers}")
     print(f"[bench] {' '.join(cmd)}", flush=True)
     t0 = time.time()
     subprocess.run(cmd, cwd=ROOT, check=True)
@@ -95,6 +115,7 @@ def main(argv):
             # The paper preset's figures are the headline keys; other presets keep a prefixed copy.
             if preset == "paper":
                 res.update(head)
+                res.update(teacher_build(FLAGS.paper_teachers))
             res[f"presets.{preset}"] = head
             res[f"presets.{preset}.date"] = datetime.date.today().isoformat()
             res[f"presets.{preset}.machine"] = res["machine"]

@@ -109,7 +109,8 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
     assert proc.returncode == -signal.SIGKILL
     assert not os.path.exists(os.path.join(out, TEACHER_JSON))
     with open(state) as f:
-        killed_at = json.load(f)["epochs_done"]
+        killed = json.load(f)
+    killed_at, killed_seconds = killed["epochs_done"], killed["seconds"]
     total_epochs = RESUME_CFG.steps // RESUME_CFG.checkpoint_every
     assert 1 <= killed_at < total_epochs
 
@@ -134,6 +135,9 @@ def test_resume_after_sigkill(tmp_path, monkeypatch):
         assert json.load(f)["epochs_done"] == total_epochs
     assert record["steps"] == RESUME_CFG.steps and "expression_accuracy" in record["metrics"]
     assert os.path.exists(os.path.join(out, TEACHER_JSON))
+    # the build time counts the killed invocation's training too (teachers.build_seconds reads it)
+    assert record["train_seconds_total"] == pytest.approx(killed_seconds + record["train_seconds_this_run"], abs=0.2)
+    assert killed_seconds > 0
 
 
 def test_pretrained_zoo_is_installed_not_trained_and_checked(trained, tmp_path, monkeypatch):

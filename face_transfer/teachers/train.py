@@ -19,7 +19,7 @@ import tensorflow as tf
 from face_transfer import distribute
 from face_transfer.core.digest import file_digest
 from face_transfer.core.errors import CorruptArtifactError
-from face_transfer.core.fileio import atomic_output, dict_differences, write_json
+from face_transfer.core.fileio import atomic_output, dict_differences, read_json, write_json
 from face_transfer.core.runpaths import MANIFEST_JSON, TEACHER_JSON
 from face_transfer.data import synth
 from face_transfer.data.pipelines import make_stream_dataset
@@ -32,9 +32,10 @@ from face_transfer.teachers.config import InputSpec, TeacherSpec, TeacherTrainCo
 class _EpochCheckpoint(keras.callbacks.Callback):
     """Saves model+optimizer and the epoch reached, atomically, at the end of every epoch."""
 
-    def __init__(self, ckpt_dir, write):
+    def __init__(self, ckpt_dir, write, seconds_before: float = 0.0):
         super().__init__()
         self.ckpt_dir, self.write = ckpt_dir, write
+        self.seconds_before, self.t0 = seconds_before, time.time()  # training time of earlier invocations
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.write:
@@ -47,7 +48,8 @@ class _EpochCheckpoint(keras.callbacks.Callback):
             if os.path.exists(last) and os.path.exists(state):
                 os.replace(last, prev)
                 os.replace(state, prev_state)
-        write_json(state, {"epochs_done": epoch + 1, "time": time.time()})
+        write_json(state, {"epochs_done": epoch + 1, "time": time.time(),
+                           "seconds": round(self.seconds_before + time.time() - self.t0, 1)})
 
 
 def resume_from_checkpoint(ckpt_dir):
@@ -118,11 +120,18 @@ def train_teacher(spec: TeacherSpec, synth_cfg: synth.SynthConfig, cfg: TeacherT
         if model is None:
             model = zoo.build_teacher(spec, synth_cfg.n_train_identities)
             _compile(model, spec, cfg, epochs * spe)
+    seconds_before = 0.0  # the training seconds of the checkpoint resumed from (its state file)
+    if initial_epoch:
+        for name in ("state.json", "prev_state.json"):
+            p = os.path.join(ckpt_dir, name)
+            if os.path.exists(p) and read_json(p).get("epochs_done") == initial_epoch:
+                seconds_before = float(read_json(p).get("seconds", 0.0))
+                break
     start = initial_epoch * spe * cfg.batch_size
     ds = _dataset(spec, synth_cfg, cfg, start, stream=f"teacher:{spec.name}")
     t0 = time.time()
     if initial_epoch < epochs:
-        callbacks = [_EpochCheckpoint(ckpt_dir, write)]
+        callbacks = [_EpochCheckpoint(ckpt_dir, write, seconds_before)]
         if write:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tb"), update_freq=50))
         # A live progress bar on a terminal; one line per epoch in a log file.
@@ -138,6 +147,7 @@ def train_teacher(spec: TeacherSpec, synth_cfg: synth.SynthConfig, cfg: TeacherT
         "params_total": int(model.count_params()),
         "params_embedding": int(zoo.embedding_model(model).count_params()),
         "steps": epochs * spe, "batch_size": cfg.batch_size, "train_seconds_this_run": round(train_s, 1),
+        "train_seconds_total": round(seconds_before + train_s, 1),  # across resumed invocations
         "metrics": metrics, "main_score": zoo.main_score(metrics),
     }
     if write:
