@@ -47,10 +47,10 @@ zoo: $(STAMP)
 	$(PY) -m export.package_zoo --run_dir=$(ZOO_RUN) --out=face_transfer/assets/zoo --overwrite
 
 # The paper preset's expert teachers, built once the way existing models are: each trained on its own source task
-# for ZOO_PAPER_STEPS steps (the expression teacher's accuracy stops rising near 3,000: 83.8 vs 31.7 at the preset's
-# 600), packaged with their SHA-256 into ZOO_PAPER_DIR, not into the package: their embedding layers alone hold
-# 27.8 M parameters (results.json presets.paper teachers.total_params), over 100 MB as float32.
-# Resumable (each teacher checkpoints every 200 steps); about 75 minutes on 2 cores. Use them with
+# for ZOO_PAPER_STEPS steps (the preset trains them for 600, far from saturation), packaged with their SHA-256
+# into ZOO_PAPER_DIR, not into the package: their embedding layers alone hold 27.8 M parameters (results.json
+# presets.paper teachers.total_params), over 100 MB as float32.
+# Resumable (each teacher checkpoints every 200 steps); an estimated 75 minutes on 2 cores. Use them with
 # `--preset=paper --teacher_pretrained=$(ZOO_PAPER_DIR)`, or `make bench PAPER_TEACHERS=$(ZOO_PAPER_DIR)`.
 ZOO_PAPER_RUN ?= runs/zoo_paper
 ZOO_PAPER_DIR ?= $(HOME)/.cache/face-transfer/zoo-paper
