@@ -159,3 +159,19 @@ def test_cli_adapts_into_a_new_folder_and_refuses_the_source(bundle_dir, shape_c
     p = subprocess.run(cmd + [f"--out={out}"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert p.returncode == 0 and "nothing to do" in p.stderr
     assert sorted(os.listdir(bundle_dir)) == before
+
+
+def test_cli_finetune_takes_its_flags_into_the_adaptation(bundle_dir, shape_csv, tmp_path):
+    out = str(tmp_path / "cli_ft")
+    env = {**os.environ, "FACE_TRANSFER_NO_WEB": "1"}
+    p = subprocess.run([sys.executable, "-m", "trainers.adapt", f"--student={bundle_dir}",
+                        f"--tasks=folder_csv:{shape_csv},name=shape", "--replace_heads", f"--out={out}",
+                        "--mode=finetune", "--finetune_steps=4", "--finetune_learning_rate=0.01", "--keep_weight=2",
+                        "--replay_faces=0", "--tune_stages=1"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rec = json.load(open(os.path.join(out, "adapt.json")))
+    assert rec["mode"] == "finetune" and "finetune" in rec["scores"]["new"]["face_shape"]
+    assert {k: rec["config"][k] for k in ("finetune_steps", "learning_rate", "keep_weight", "replay_faces",
+                                          "tune_stages")} == {"finetune_steps": 4, "learning_rate": 0.01,
+                                                              "keep_weight": 2.0, "replay_faces": 0, "tune_stages": 1}
+    assert "old heads: not scored" in p.stdout  # a student folder without its run: no forgetting measured
