@@ -44,6 +44,9 @@ VARIANTS = {
     # the ladder holds linearly what the code reconstructs badly: decoder(code) + linear(ladder)
     "teacher_space_ladder_residual": dict(loss="teacher_space", noise=0.0, heads=False, code_weight=0.0,
                                           ladder_residual=True),
+    # issue 24's levers, each on top of the preset's own distillation (compare with "preset", same seeds)
+    "balanced_angle": dict(loss="balanced_angle"),  # C-RADIOv4's angle per teacher block, no squared error
+    "eupe_proxy": dict(proxy_width=3.4),  # EUPE: a ~10x-parameter proxy (2.38 M vs 0.24 M) from the fusion, then the student from it
     "teacher_space_relational": dict(loss="teacher_space", noise=0.0, heads=False, code_weight=0.0,
                                      relational_weight=1.0),
 }

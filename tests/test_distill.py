@@ -420,3 +420,43 @@ def test_teacher_dropping_and_mixup_tiny_run(tmp_path):
                              decoder_fn=_toy_decoder)
     assert np.isfinite(record["final_loss"]) and record["distill"]["teacher_drop"] == 0.5
     assert load_student(out).output.shape[-1] == 8
+
+
+def test_balanced_angle_loss_is_scale_free_bounded_and_one_per_orthogonal_block():
+    from face_transfer.student.losses import balanced_angle_losses
+    dims = {"a": 2, "b": 4}
+    t = RNG.normal(size=(5, 6)).astype(np.float32)
+    got = np.asarray(balanced_angle_losses(t, t, dims))
+    assert got.shape == (5, 2) and np.all(got < 1e-4)  # 0 at the target
+    # scale free per block: a block 100x too large costs nothing (a squared error would be dominated by it)
+    big = t * np.array([100, 100, 1, 1, 1, 1], np.float32)
+    assert np.all(np.asarray(balanced_angle_losses(big, t, dims)) < 1e-4)
+    # a sign flip costs 2 (pi in units of pi/2), an orthogonal prediction 1, whatever the block's size
+    q = t.copy()
+    q[:, :2] *= -1
+    np.testing.assert_allclose(np.asarray(balanced_angle_losses(q, t, dims))[:, 0], 2.0, atol=1e-4)
+    o = np.stack([-t[:, 1], t[:, 0]], -1)  # a 90-degree rotation of block a
+    np.testing.assert_allclose(np.asarray(balanced_angle_losses(np.concatenate([o, t[:, 2:]], -1), t, dims))[:, 0],
+                               1.0, atol=1e-4)
+
+
+def test_eupe_proxy_two_stages_leave_a_student_of_the_students_size(tmp_path):
+    """proxy_width: a wider proxy is distilled from the fused teacher first (its own folder and record), then the
+    student from the frozen proxy; what is saved is the student's architecture, with the proxy in its record."""
+    dims = {"a": 2, "b": 4}
+    cfg = DistillConfig(steps=4, batch_size=8, checkpoint_every=4, log_every=2, loss="balanced_angle",
+                        code_weight=0.5, proxy_width=2.0)
+    out = str(tmp_path / "eupe")
+    record = distill_student(STUDENT, cfg, SYNTH, _fused, out, dims=dims, target_concat_fn=_concat_targets,
+                             decoder_fn=_toy_decoder)
+    student = load_student(out)
+    assert record["params"] == student.count_params() == build_student(STUDENT).count_params()
+    assert record["proxy"]["params"] == load_student(os.path.join(out, "proxy")).count_params() > record["params"]
+    assert record["distill"]["proxy_width"] == 2.0 and np.isfinite(record["final_loss"])
+    with open(os.path.join(out, STUDENT_JSON)) as f:
+        assert json.load(f)["proxy"]["params"] == record["proxy"]["params"]
+    # a finished run is read back, not retrained
+    assert distill_student(STUDENT, cfg, SYNTH, _fused, out, dims=dims, target_concat_fn=_concat_targets,
+                           decoder_fn=_toy_decoder)["proxy"] == record["proxy"]
+    with pytest.raises(ValueError, match="proxy_width"):
+        DistillConfig(proxy_width=0.5)

@@ -151,3 +151,23 @@ def test_trimmed_mean_leaves_out_the_students_best_novel_tasks_for_every_represe
     assert out["transfer.mean_novel_trimmed.student"] == 10.0  # mean of 0, 10, 20
     assert out["transfer.mean_novel_trimmed.concat"] == 50.0
     assert trimmed_means({"tasks": tasks[:3], "results": {"student": student}}) == {}  # too few novel tasks
+
+
+def test_source_margins_compare_each_teacher_with_the_supervised_control_on_its_own_source_tasks():
+    from face_transfer.stages.report import source_margins
+    tasks = [{"name": n, "group": "source"} for n in ("identity", "age", "gender")] + [{"name": "hat", "group": "novel"}]
+    sc = lambda **kw: {t: {"score_mean": v} for t, v in kw.items()}  # noqa: E731
+    results = {"recognition": sc(identity=80.0, age=10.0, gender=50.0, hat=40.0),
+               "agegender": sc(identity=30.0, age=60.0, gender=95.0, hat=30.0),
+               "supervised_student": sc(identity=75.0, age=64.0, gender=90.0, hat=50.0)}
+    sources = {"recognition": ("identity",), "agegender": ("age", "gender"), "user_file": ()}
+    out = source_margins({"tasks": tasks, "results": results}, sources)
+    # only each teacher's own source tasks count; a teacher without declared source tasks has no row
+    assert out["teachers.source_margin_over_supervised"] == {"recognition": {"identity": 5.0},
+                                                             "agegender": {"age": -4.0, "gender": 5.0}}
+    assert out["teachers.min_source_margin_over_supervised"] == -4.0
+    assert out["transfer.source_scores.supervised_student"] == {"identity": 75.0, "age": 64.0, "gender": 90.0}
+    # without a supervised control in the run: the per-task source scores only
+    del results["supervised_student"]
+    out = source_margins({"tasks": tasks, "results": results}, sources)
+    assert "teachers.min_source_margin_over_supervised" not in out and "transfer.source_scores.recognition" in out

@@ -39,6 +39,28 @@ def trimmed_means(table: dict) -> dict:
     return out
 
 
+def source_margins(table: dict, sources: dict[str, tuple[str, ...]], control: str = "supervised_student") -> dict:
+    """Each teacher against the supervised control on the teacher's own source tasks, both probed alike:
+    transfer.source_scores.<rep> ({task: score} for every source task), teachers.source_margin_over_supervised
+    ({teacher: {task: teacher - control}}) and teachers.min_source_margin_over_supervised (the smallest margin:
+    >= 0 means no teacher is weaker than the student's network trained on that teacher's own labels).
+    {} without a control in the run."""
+    res = table["results"]
+    source = [t["name"] for t in table["tasks"] if t["group"] == "source"]
+    out = {f"transfer.source_scores.{rep}": {t: r[t]["score_mean"] for t in source if t in r}
+           for rep, r in res.items()}
+    if control not in res:
+        return out
+    margins = {name: {t: res[name][t]["score_mean"] - res[control][t]["score_mean"]
+                      for t in tasks if t in res.get(name, {}) and t in res[control]}
+               for name, tasks in sources.items()}
+    margins = {n: m for n, m in margins.items() if m}
+    if margins:
+        out["teachers.source_margin_over_supervised"] = margins
+        out["teachers.min_source_margin_over_supervised"] = min(v for m in margins.values() for v in m.values())
+    return out
+
+
 def headline(run: Run) -> dict:
     """The figures the issues name (benchmarks/results.json keys), read back from the run directory."""
     tasks = inputs.run_tasks(run)
@@ -64,6 +86,7 @@ def headline(run: Run) -> dict:
             out[f"transfer.std_novel.{rep}"] = g["std_novel"]
         out["fusion.retained_fraction"] = groups["ae"]["mean_novel"] / groups["concat"]["mean_novel"]
         out.update(trimmed_means(table))
+        out.update(source_margins(table, {t.name: t.source_tasks for t in inputs.teacher_sources(run)}))
         # the two outputs of every exported student file, by name: `features` (the probed view) and `embedding`
         if "student" in groups:
             code = "student_code" if "student_code" in groups else "student"  # embedding view: one and the same
@@ -262,6 +285,17 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
         L.append(f"| {n} | {r['arch']} | {r['source_task']} | {sp['size']}x{sp['size']}x{sp['channels']} "
                  f"{sp['color_order']} | {r['params_embedding']:,} | "
                  + ", ".join(f"{k} {v:.2f}" for k, v in r["metrics"].items()) + " |")
+    margins = h.get("teachers.source_margin_over_supervised")
+    if margins:
+        sup = h["transfer.source_scores.supervised_student"]
+        L += ["", "Each teacher on its own source tasks against `supervised_student` (the student's network trained "
+              "on the source tasks' labels with the student's faces), both probed alike (0-100 scores): a teacher "
+              "below it is weaker than what its own labels teach a small network.", "",
+              "| teacher | task | teacher | supervised_student | margin |", "|---|---|---:|---:|---:|"]
+        for n, m in margins.items():
+            for t, v in m.items():
+                L.append(f"| {n} | {t} | {sup[t] + v:.1f} | {sup[t]:.1f} | {v:+.1f} |")
+        L += ["", f"Smallest margin: {h['teachers.min_source_margin_over_supervised']:+.1f}."]
     c99 = table.get("compression_99") or {}
     L += ["", "## Fusion auto-encoder", "",
           f"Concatenated (standardised, {fus['config']['standardize']}) teacher embeddings: {fus['concat_dim']} dims "

@@ -80,13 +80,14 @@ class StudentConfig:
 FEATURE_VIEWS = ("embedding", "ladder")
 
 
-LOSSES = ("l2", "cosine", "teacher_space", "cos_sl1")
+LOSSES = ("l2", "cosine", "teacher_space", "cos_sl1", "balanced_angle")
 
 
 CODE_LOSSES = ("l2", "cosine")  # on the AE code itself
 
 
-BLOCK_LOSSES = ("teacher_space", "cos_sl1")  # per standardised teacher block (decoder or trainable heads)
+# per standardised teacher block (decoder or trainable heads); balanced_angle: C-RADIOv4's balanced summary loss
+BLOCK_LOSSES = ("teacher_space", "cos_sl1", "balanced_angle")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,11 @@ class DistillConfig:
     # Teacher dropping (UNIC), block losses only: per face, every teacher but the one the student
     # imitates worst leaves the loss with this probability. 0 = off.
     teacher_drop: float = 0.0
+    # EUPE's two-stage recipe (small students cannot absorb several large teachers directly): 0 = off; > 0 first
+    # distils a proxy, the student's architecture at proxy_width times its width (a mid-size network), from the
+    # fused teachers with this same config, then the student from the frozen proxy (its code, and the teacher
+    # blocks the frozen decoder reads from it). Each stage takes `steps`.
+    proxy_width: float = 0.0
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -158,6 +164,9 @@ class DistillConfig:
         if self.ladder_residual and (self.loss not in BLOCK_LOSSES or self.heads):
             raise ValueError(f"DistillConfig.ladder_residual=True needs a block loss {BLOCK_LOSSES} through the "
                              f"frozen decoder (heads=False); got loss={self.loss!r}, heads={self.heads!r}")
+        if self.proxy_width < 0 or (0 < self.proxy_width <= 1):
+            raise ValueError(f"DistillConfig.proxy_width={self.proxy_width!r}; expected 0 (off) or a width multiplier "
+                             "> 1 (the proxy is larger than the student)")
         if self.head_hidden < 1 or self.code_weight < 0:
             raise ValueError(f"DistillConfig: head_hidden={self.head_hidden!r} must be >= 1 and "
                              f"code_weight={self.code_weight!r} >= 0")

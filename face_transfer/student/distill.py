@@ -13,13 +13,15 @@ import time
 
 import keras
 import tensorflow as tf
+
+from face_transfer.core.fileio import write_json
 from keras import ops
 
 from face_transfer import distribute
 from face_transfer.student.augment import augment_batch, degrade, mix_faces
 from face_transfer.student.config import BLOCK_LOSSES, CODE_LOSSES, DistillConfig, StudentConfig
-from face_transfer.student.losses import (block_sq_losses, build_ladder_residual, build_teacher_heads,
-                                          cos_smooth_l1_losses, cosine_code_loss, l2_code_loss, relational_loss,
+from face_transfer.student.losses import (balanced_angle_losses, block_sq_losses, build_ladder_residual,
+                                          build_teacher_heads, cos_smooth_l1_losses, cosine_code_loss, l2_code_loss, relational_loss,
                                           teacher_dropping)
 from face_transfer.student.model import build_student, count_params, feature_model
 from face_transfer.student.training import (STUDENT_JSON, StepProgress, as_source, final_loss, make_optimizer,
@@ -68,6 +70,10 @@ def _student_only_noise(cfg: DistillConfig) -> bool:
     return cfg.noise > 0 and not cfg.consistent_noise
 
 
+BLOCK_LOSS_FNS = {"teacher_space": block_sq_losses, "cos_sl1": cos_smooth_l1_losses,
+                  "balanced_angle": balanced_angle_losses}  # [B, teachers] each; keys: config.BLOCK_LOSSES
+
+
 def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
                     build_targets_fn, out_dir: str, strategy=None, decoder_fn=None, dims=None,
                     target_concat_fn=None) -> dict:
@@ -87,6 +93,9 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
     if os.path.exists(done):
         with open(done) as f:
             return json.load(f)
+    if cfg.proxy_width > 0:
+        return distill_via_proxy(student_cfg, cfg, source, build_targets_fn, out_dir, strategy, decoder_fn, dims,
+                                 target_concat_fn)
     keras.utils.set_random_seed(cfg.seed)
     os.makedirs(out_dir, exist_ok=True)
     source = as_source(source, cfg)
@@ -145,8 +154,7 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
             blocks = models["heads"](pred, training=True) if cfg.heads else models["decoder"](pred, training=False)
         if residual:
             blocks = blocks + models["residual"](out["features"], training=True)
-        per_teacher = block_sq_losses(blocks, target, dims) if cfg.loss == "teacher_space" else \
-            cos_smooth_l1_losses(blocks, target, dims)
+        per_teacher = BLOCK_LOSS_FNS[cfg.loss](blocks, target, dims)
         if cfg.teacher_drop > 0:
             # The draw is a function of the batch (its targets' bits), so a resumed run draws the same.
             bits = tf.bitcast(tf.reduce_sum(target, axis=0)[:2], tf.int32)
@@ -176,6 +184,48 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
         "kind": "distilled", "distill": dataclasses.asdict(cfg), "final_loss": final_loss(hist, out_dir, strategy),
         "train_seconds_this_run": round(time.time() - t0, 1), "resumed_from_step": hist["start_step"], **extra})
     return record
+
+
+def distill_via_proxy(student_cfg: StudentConfig, cfg: DistillConfig, source, build_targets_fn, out_dir: str,
+                      strategy=None, decoder_fn=None, dims=None, target_concat_fn=None) -> dict:
+    """EUPE's two-stage recipe: a proxy (the student's architecture, cfg.proxy_width times wider) distilled from
+    the fused teachers into `<out_dir>/proxy/`, then the student distilled from the frozen proxy with the same
+    loss: its code is the code target, and decoder(proxy code) the teacher blocks (block losses; the AE code
+    anchor then reads encoder(decoder(proxy code))). Both stages resumable; the record holds the proxy's."""
+    from face_transfer.student.training import load_student
+    one_stage = dataclasses.replace(cfg, proxy_width=0.0)
+    proxy_cfg = dataclasses.replace(student_cfg, width=student_cfg.width * cfg.proxy_width)
+    proxy_dir = os.path.join(out_dir, "proxy")
+    print(f"  EUPE stage 1: proxy (width x{cfg.proxy_width}) from the fused teachers", flush=True)
+    proxy_rec = distill_student(proxy_cfg, one_stage, source, build_targets_fn, proxy_dir, strategy,
+                                decoder_fn, dims, target_concat_fn)
+    size = student_cfg.input_size
+
+    def proxy_model(decode: bool):
+        proxy = load_student(proxy_dir)
+        proxy.trainable = False
+        images = keras.Input((size, size, 3), dtype="uint8", name="image")
+        out = proxy(ops.cast(images, "float32"), training=False)
+        if decode:
+            dec = decoder_fn()
+            dec.trainable = False
+            out = dec(out, training=False)
+        m = keras.Model(images, out, name="proxy_concat" if decode else "proxy_code")
+        m.trainable = False
+        return m
+
+    block = cfg.loss in BLOCK_LOSSES
+    print(f"  EUPE stage 2: the student from the frozen proxy ({proxy_rec['params']:,} params)", flush=True)
+    rec = distill_student(student_cfg, one_stage, source,
+                          build_targets_fn if block else (lambda: proxy_model(False)), out_dir, strategy,
+                          decoder_fn, dims, (lambda: proxy_model(True)) if block else None)
+    rec = {**rec, "distill": dataclasses.asdict(cfg),
+           "proxy": {k: proxy_rec.get(k) for k in ("params", "mflops", "final_loss", "train_seconds_this_run")}}
+    rec["train_seconds_this_run"] = round(rec.get("train_seconds_this_run", 0.0)
+                                          + (proxy_rec.get("train_seconds_this_run") or 0.0), 1)
+    if distribute.is_chief(strategy or tf.distribute.get_strategy()):
+        write_json(os.path.join(out_dir, STUDENT_JSON), rec)
+    return rec
 
 
 def find_encoder(fused: keras.Model, concat_dim: int, code_dim: int) -> keras.Model:

@@ -79,6 +79,26 @@ def cos_smooth_l1_loss(pred_concat, target_concat, dims: dict, w_cos: float = 0.
     return ops.mean(cos_smooth_l1_losses(pred_concat, target_concat, dims, w_cos, w_sl1), axis=-1)
 
 
+def balanced_angle_losses(pred_concat, target_concat, dims: dict):
+    """[B, teachers]: C-RADIOv4's balanced summary loss, per teacher block the angle between the student's
+    prediction and the teacher's (standardised) embedding, in units of pi/2.
+
+    An angle is scale free and bounded, so a teacher whose block has a large error in norm (a block the code
+    reconstructs badly, or one whose features are spread wide) cannot dominate the sum as it does in a squared
+    error; every teacher's term lies in [0, 2] with 1 for an orthogonal (uninformative) prediction.
+    """
+    out = []
+    for (p, _), (t, _) in zip(_blocks(pred_concat, dims), _blocks(target_concat, dims)):
+        u = p / (ops.norm(p, axis=-1, keepdims=True) + 1e-6)
+        v = t / (ops.norm(t, axis=-1, keepdims=True) + 1e-6)
+        # Kahan's angle 2 atan2(|u - v|, |u + v|): accurate near 0 and pi where arccos(cos) loses float32 digits
+        # and its slope is infinite; the 1e-12 keeps the gradient finite at an exact match
+        diff = ops.sqrt(ops.sum(ops.square(u - v), -1) + 1e-12)
+        summ = ops.sqrt(ops.sum(ops.square(u + v), -1) + 1e-12)
+        out.append(2.0 * ops.arctan2(diff, summ) / (0.5 * np.pi))
+    return ops.stack(out, axis=-1)
+
+
 def teacher_dropping(losses, drop_prob: float, seed):
     """UNIC's teacher dropping, per example: [B, T] per-teacher losses -> [B] loss.
 
