@@ -45,6 +45,42 @@ def _preset_rows(h: dict) -> list[str]:
     return rows
 
 
+def _teacher_lines(res: dict, preset: str, h: dict) -> list[str]:
+    """Given teachers' build, each teacher against the supervised control on its own source tasks, and how much
+    of each teacher the fusion's code keeps."""
+    L = []
+    if preset == "paper" and res.get("teachers.given"):
+        L.append(f"- Teachers given, not trained in this run (`teachers.given` = `{res['teachers.given']}`, "
+                 "`make zoo-paper`): built in " + _f(res.get("teachers.build_seconds"), 0) + " s (`teachers.build_seconds`; "
+                 + ", ".join(f"{k} {_f(v)} steps" for k, v in (res.get("teachers.build_steps") or {}).items())
+                 + "), outside `pipeline.paper_wall_s`")
+    margins = h.get("teachers.source_margin_over_supervised")
+    if margins:
+        sup = h.get("transfer.source_scores.supervised_student", {})
+        L.append("- Each teacher on its own source tasks vs `supervised_student`, both probed alike "
+                 "(`transfer.source_scores.*`): " + "; ".join(
+                     f"{n} {t} {_f(sup[t] + v)} vs {_f(sup[t])} ({v:+.1f})" for n, m in margins.items()
+                     for t, v in m.items())
+                 + f"; smallest margin **{h['teachers.min_source_margin_over_supervised']:+.1f}** "
+                 "(`teachers.min_source_margin_over_supervised`, target >= 0)")
+    r2 = {k.split(".", 2)[2]: v for k, v in h.items() if k.startswith("fusion.val_r2.")}
+    if r2:
+        L.append("- Fusion: validation R² of each teacher's reconstruction from the code (`fusion.val_r2.*`): "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in r2.items()))
+    return L
+
+
+def _trimmed_lines(h: dict) -> list[str]:
+    left = h.get("transfer.mean_novel_trimmed.left_out")
+    if not left:
+        return []
+    reps = [r for r in ("student", "supervised_student", "concat", "ae", "pca", "best_teacher", "ceiling")
+            if f"transfer.mean_novel_trimmed.{r}" in h]
+    return [f"Without the {len(left)} novel tasks the student scores best on ({', '.join(left)}; "
+            "`transfer.mean_novel_trimmed.*`): " + ", ".join(
+                f"{r} {_f(h[f'transfer.mean_novel_trimmed.{r}'])}" for r in reps) + ".", ""]
+
+
 def _machine_line(m: dict) -> str:
     return (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, ISA {' '.join(m.get('isa', [])) or '?'}, "
             f"single-thread fp32 matmul {_f(m.get('matmul_gflops_one_thread'))} GFLOP/s")
@@ -296,6 +332,7 @@ def preset_section(res: dict, preset: str) -> list[str]:
                   for k, v in (h.get("teachers.source_scores") or {}).items())
               + (" (pretrained teachers shipped with the package, `make zoo`; not trained in this run)"
                  if _pretrained(res, preset) else ""),
+              *_teacher_lines(res, preset, h),
               f"- Embedding cache: {_f(h.get('cache.images_per_s'), 0)} images/s through all teachers",
               f"- Fusion: concat -> d = {h.get('fusion.code_dim')} (x{_f(h.get('fusion.compression_ratio'))}), "
               f"AE keeps {_f(100 * h['fusion.retained_fraction'] if h.get('fusion.retained_fraction') else None)}% of "
@@ -315,7 +352,7 @@ def preset_section(res: dict, preset: str) -> list[str]:
                  f"backward), {_f(100 * h['student.flop_utilisation'], 0)}% of the cores' fp32 matmul throughput "
                  "(`student.distill_images_per_s`, `student.flop_utilisation`)"]
                 if h.get("student.distill_images_per_s") else []), "",
-              "Transfer (linear probes, 0-100 scores, mean over seeds):", ""] + _preset_rows(h) + [""]
+              "Transfer (linear probes, 0-100 scores, mean over seeds):", ""] + _preset_rows(h) + [""] + _trimmed_lines(h)
         metrics = os.path.join(ROOT, res.get("runs", {}).get(preset, ""), "metrics")
         for name, title in (("ceiling.md", "Per-task ceiling: every representation as % of it"),
                             ("transfer.md", "Full per-task table")):
@@ -361,6 +398,30 @@ def update_readme(res: dict, path: str = os.path.join(ROOT, "README.md")):
     _, tail = rest.split(end, 1)
     with open(path, "w") as f:
         f.write(head + start + "\n" + readme_results(res) + end + tail)
+
+
+def _split(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """(the text before the first `## ` section, [(title line, the section's text)] in order)."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    bounds = starts + [len(lines)]
+    return ("".join(lines[:bounds[0]]),
+            [(lines[i].rstrip("\n"), "".join(lines[i:j])) for i, j in zip(bounds, bounds[1:])])
+
+
+def keep_other_sections(new: str, old: str, keep_old: tuple[str, ...] = ()) -> str:
+    """`new` (a full rewrite of BENCHMARKS.md) with every section of `old` that it does not write itself (an
+    ablation's write-up, a one-off measurement) put back before the first preset section, in their old order.
+    The sections titled in `keep_old` (a preset whose run directory is not on this machine, so that its per-task
+    tables cannot be re-read) stay as they were."""
+    _, olds = _split(old)
+    olds_by_title = dict(olds)
+    head, sections = _split(new)
+    sections = [(t, olds_by_title.get(t, body) if t in keep_old else body) for t, body in sections]
+    titles = {t for t, _ in sections}
+    kept = [(t, body if body.endswith("\n\n") else body + "\n") for t, body in olds if t not in titles]
+    j = next((k for k, (t, _) in enumerate(sections) if t.startswith("## Preset")), len(sections))
+    return head + "".join(body for _, body in sections[:j] + kept + sections[j:])
 
 
 def replace_section(section_lines: list[str], path: str = os.path.join(ROOT, "BENCHMARKS.md")) -> None:

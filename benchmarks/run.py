@@ -131,9 +131,13 @@ def main(argv):
 
 
 def write_markdown(res: dict):
-    from benchmarks.markdown import benchmarks_markdown, update_readme
-    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
-        f.write(benchmarks_markdown(res))
+    from benchmarks.markdown import benchmarks_markdown, keep_other_sections, update_readme
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    old = open(path).read() if os.path.exists(path) else ""
+    # a preset whose run directory is gone (another checkout) keeps its section: its per-task tables live there
+    missing = tuple(f"## Preset `{p}` (run dir `{d}`)" for p, d in res.get("runs", {}).items()
+                    if isinstance(d, str) and not os.path.isdir(os.path.join(ROOT, d)))
+    write_text(path, keep_other_sections(benchmarks_markdown(res), old, missing))
     update_readme(res)
 
 

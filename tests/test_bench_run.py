@@ -13,3 +13,17 @@ def test_teacher_build_sums_each_teachers_total_training_seconds(tmp_path):
     assert got["teachers.build_seconds"] == 125.5
     assert got["teachers.build_steps"] == {"a": 3000, "b": 3000} and got["teachers.given"] == str(tmp_path)
     assert teacher_build(None) == {"teachers.given": None}
+
+
+def test_a_full_benchmarks_rewrite_keeps_the_sections_it_does_not_write():
+    from benchmarks.markdown import keep_other_sections
+    old = ("# Benchmarks\n\nold intro\n\n## Data\n\nold data\n\n## Ablation (hand-written)\n\nrows\n\n"
+           "## Preset `demo` (run dir `runs/bench/demo`)\n\nold demo tables\n\n"
+           "## Preset `paper` (run dir `runs/bench/paper`)\n\nold paper\n")
+    new = ("# Benchmarks\n\nnew intro\n\n## Data\n\nnew data\n\n## Preset `demo` (run dir `runs/bench/demo`)\n\n"
+           "new demo, no tables\n\n## Preset `paper` (run dir `runs/bench/paper`)\n\nnew paper\n")
+    out = keep_other_sections(new, old, keep_old=("## Preset `demo` (run dir `runs/bench/demo`)",))
+    assert out.index("new data") < out.index("## Ablation (hand-written)\n\nrows") < out.index("old demo tables")
+    assert "new intro" in out and "old intro" not in out and "old data" not in out
+    assert "new paper" in out and "old paper" not in out and "new demo, no tables" not in out
+    assert keep_other_sections(new, "") == new
