@@ -59,12 +59,8 @@ zoo-paper: $(STAMP)
 	$(PY) -m trainers.pipeline --preset=paper --run_dir=$(ZOO_PAPER_RUN) --until=teachers --teacher_steps=$(ZOO_PAPER_STEPS) --teacher_pretrained=
 	$(PY) -m export.package_zoo --run_dir=$(ZOO_PAPER_RUN) --out=$(ZOO_PAPER_DIR) --overwrite
 
-# The benchmark's paper preset runs from the expert teachers of `make zoo-paper` (built first when the folder has
-# none: about 75 minutes on 2 cores, once); PAPER_TEACHERS= (empty) lets the preset train its own 600-step teachers.
-PAPER_TEACHERS ?= $(ZOO_PAPER_DIR)
-$(ZOO_PAPER_DIR)/manifest.json:
-	$(MAKE) zoo-paper
-bench: $(STAMP) $(if $(filter $(ZOO_PAPER_DIR),$(PAPER_TEACHERS)),$(ZOO_PAPER_DIR)/manifest.json)
+PAPER_TEACHERS ?=
+bench: $(STAMP)
 	$(PY) -m benchmarks.run $(if $(PAPER_TEACHERS),--paper_teachers=$(PAPER_TEACHERS))
 
 clean:

@@ -30,9 +30,13 @@ flags.DEFINE_list("presets", ["demo", "paper"], "Pipeline presets to run from no
 flags.DEFINE_boolean("only_synth", False, "Only the synthetic-face throughput benchmark.")
 flags.DEFINE_string("bench_dir", os.path.join(ROOT, "runs", "bench"), "Where the timed runs go.")
 flags.DEFINE_boolean("keep", True, "Keep earlier bench run dirs (moved aside with a timestamp).")
+# Where `make zoo-paper` puts the paper preset's expert teachers (the Makefile's ZOO_PAPER_DIR).
+PAPER_ZOO_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "face-transfer", "zoo-paper")
 flags.DEFINE_string("paper_teachers", None, "A zoo folder of given paper teachers (`make zoo-paper`): the paper "
                     "preset uses them instead of training its own, so pipeline.paper_wall_s counts from given teachers "
-                    "(the paper's setting) and their build time is teachers.build_seconds.")
+                    "(the paper's setting) and their build time is teachers.build_seconds. Default: "
+                    f"{PAPER_ZOO_CACHE} when `make zoo-paper` has built it; an empty value (--paper_teachers=) makes "
+                    "the preset train its own 600-step teachers.")
 flags.DEFINE_boolean("reuse_runs", False, "Resume the existing bench run dirs instead of starting from nothing "
                      "(e.g. after deleting a stage's outputs to recompute it); wall times already recorded are kept.")
 
@@ -76,6 +80,18 @@ def teacher_build(zoo_dir: str | None) -> dict:
             "teachers.given": zoo_dir}
 
 
+def paper_teachers() -> str | None:
+    """The given paper teachers: --paper_teachers, else the `make zoo-paper` cache when it is built."""
+    from face_transfer.teachers.train import PRETRAINED_MANIFEST
+    if FLAGS.paper_teachers is not None:
+        return FLAGS.paper_teachers or None
+    if os.path.exists(os.path.join(PAPER_ZOO_CACHE, PRETRAINED_MANIFEST)):
+        return PAPER_ZOO_CACHE
+    print(f"[bench] no expert paper teachers in {PAPER_ZOO_CACHE} (`make zoo-paper` builds them, about 75 minutes "
+          "on 2 cores): the paper preset trains its own 600-step teachers", flush=True)
+    return None
+
+
 def run_preset(preset: str) -> tuple[dict, float, str]:
     run_dir = os.path.join(FLAGS.bench_dir, preset)
     if os.path.exists(run_dir) and not FLAGS.reuse_runs:
@@ -84,8 +100,8 @@ def run_preset(preset: str) -> tuple[dict, float, str]:
         else:
             shutil.rmtree(run_dir)
     cmd = [sys.executable, "-m", "trainers.pipeline", f"--preset={preset}", f"--run_dir={run_dir}"]
-    if preset == "paper" and FLAGS.paper_teachers:
-        cmd.append(f"--teacher_pretrained={FLAGS.paper_teachers}")
+    if preset == "paper" and paper_teachers():
+        cmd.append(f"--teacher_pretrained={paper_teachers()}")
     print(f"[bench] {' '.join(cmd)}", flush=True)
     t0 = time.time()
     subprocess.run(cmd, cwd=ROOT, check=True)
@@ -115,7 +131,7 @@ def main(argv):
             # The paper preset's figures are the headline keys; other presets keep a prefixed copy.
             if preset == "paper":
                 res.update(head)
-                res.update(teacher_build(FLAGS.paper_teachers))
+                res.update(teacher_build(paper_teachers()))
             res[f"presets.{preset}"] = head
             res[f"presets.{preset}.date"] = datetime.date.today().isoformat()
             res[f"presets.{preset}.machine"] = res["machine"]

@@ -27,3 +27,21 @@ def test_a_full_benchmarks_rewrite_keeps_the_sections_it_does_not_write():
     assert "new intro" in out and "old intro" not in out and "old data" not in out
     assert "new paper" in out and "old paper" not in out and "new demo, no tables" not in out
     assert keep_other_sections(new, "") == new
+
+
+def test_the_paper_preset_takes_the_zoo_paper_cache_when_it_is_built(tmp_path, monkeypatch):
+    from absl import flags
+
+    import benchmarks.run as bench
+    flags.FLAGS(["bench"])  # parse the defaults (--paper_teachers unset)
+    monkeypatch.setattr(bench, "PAPER_ZOO_CACHE", str(tmp_path))
+    assert bench.paper_teachers() is None  # not built: the preset trains its own teachers
+    (tmp_path / "manifest.json").write_text("{}")
+    assert bench.paper_teachers() == str(tmp_path)
+    try:
+        flags.FLAGS.paper_teachers = ""  # --paper_teachers= : its own teachers, even when the cache is built
+        assert bench.paper_teachers() is None
+        flags.FLAGS.paper_teachers = "/elsewhere"
+        assert bench.paper_teachers() == "/elsewhere"
+    finally:
+        flags.FLAGS.paper_teachers = None
