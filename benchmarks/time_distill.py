@@ -6,6 +6,10 @@ first. Used for BENCHMARKS.md's step-overhead figures:
 
     .venv/bin/python -m benchmarks.time_distill --run_dir=runs/bench/demo --set=steps=300,steps_per_execution=1
 
+`--profile=DIR` runs the distillation under TensorFlow's profiler (trace in DIR, viewable in TensorBoard's profile
+tab) and prints where the CPU time went: self time per op type, summed over every thread of the host plane,
+read from the trace's XSpace proto with TensorFlow's own protobuf classes.
+
 `--split` times the parts of a step instead (the teachers' forward pass, the student's training step with stock and
 with fused batch normalisation), which is where BENCHMARKS.md's "where the distillation's time goes" comes from.
 """
@@ -30,6 +34,9 @@ def main(argv=None):
                     "batch (the teachers' forward pass; the student's training step with stock and with fused "
                     "batch normalisation), each timed alone for --split_seconds")
     ap.add_argument("--split_seconds", type=float, default=8.0)
+    ap.add_argument("--profile", default="", help="a directory: trace the distillation with the TF profiler there "
+                    "and print the self time per op type")
+    ap.add_argument("--top", type=int, default=20, help="--profile: op types listed")
     args = ap.parse_args(argv)
     if args.threads:
         import tensorflow as tf
@@ -56,14 +63,65 @@ def main(argv=None):
     for rep in range(args.repeats):
         out = tempfile.mkdtemp(prefix="time_distill_")
         try:
+            if args.profile:
+                import tensorflow as tf
+                tf.profiler.experimental.start(args.profile)
             t0 = time.time()
             rec = distill_student(scfg, dcfg, src, code_fn, out, decoder_fn=dec_fn, dims=dims,
                                   target_concat_fn=concat_fn)
             print(f"[time_distill] {args.set or 'the run'} threads={args.threads or 'default'} repeat {rep}: "
                   f"{time.time() - t0:.1f} s in all, {rec['train_seconds_this_run']} s training, "
                   f"final loss {rec['final_loss']:.4f}", flush=True)
+            if args.profile:
+                tf.profiler.experimental.stop()
+                print_op_times(op_self_times(args.profile), args.top)
         finally:
             shutil.rmtree(out, ignore_errors=True)
+
+
+def op_self_times(profile_dir: str) -> dict[str, float]:
+    """{op type: self seconds} over every line (thread) of the host CPU planes of the newest trace in
+    `profile_dir`: an event's self time is its duration minus that of the events nested in it on its line."""
+    import glob
+    import os
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    paths = sorted(glob.glob(os.path.join(profile_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+    if not paths:
+        raise SystemExit(f"--profile={profile_dir}: no *.xplane.pb trace was written there")
+    space = xplane_pb2.XSpace()
+    with open(paths[-1], "rb") as f:
+        space.ParseFromString(f.read())
+    totals: dict[str, float] = {}
+    for plane in space.planes:
+        if "host" not in plane.name.lower() and "cpu" not in plane.name.lower():
+            continue
+        names = {k: (m.display_name or m.name) for k, m in plane.event_metadata.items()}
+        for line in plane.lines:
+            events = sorted(((e.offset_ps, e.duration_ps, names.get(e.metadata_id, "?")) for e in line.events),
+                            key=lambda e: (e[0], -e[1]))
+            stack: list[list] = []  # [end_ps, name, self_ps]
+            for start, dur, name in events:
+                while stack and stack[-1][0] <= start:
+                    end, n, own = stack.pop()
+                    totals[n] = totals.get(n, 0.0) + own
+                if stack:
+                    stack[-1][2] -= dur
+                stack.append([start + dur, _op_type(name), dur])
+            for end, n, own in stack:
+                totals[n] = totals.get(n, 0.0) + own
+    return {k: v / 1e12 for k, v in totals.items()}
+
+
+def _op_type(name: str) -> str:
+    """'student/block3_dw/depthwise:DepthwiseConv2dNative' -> 'DepthwiseConv2dNative'; other events unchanged."""
+    return name.rsplit(":", 1)[-1] if ":" in name and "/" in name.split(":")[0] else name
+
+
+def print_op_times(totals: dict[str, float], top: int):
+    total = sum(totals.values()) or 1.0
+    print(f"[time_distill] self time by op type (all host threads, {total:.1f} s in all):")
+    for name, sec in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {100 * sec / total:5.1f}%  {sec:8.2f} s  {name}")
 
 
 def split_step(scfg, dcfg, src, concat_fn, dec_fn, dims, args):

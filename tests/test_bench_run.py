@@ -45,3 +45,24 @@ def test_the_paper_preset_takes_the_zoo_paper_cache_when_it_is_built(tmp_path, m
         assert bench.paper_teachers() == "/elsewhere"
     finally:
         flags.FLAGS.paper_teachers = None
+
+
+def test_profile_self_times_subtract_nested_events_per_thread(tmp_path):
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    from benchmarks.time_distill import op_self_times
+    space = xplane_pb2.XSpace()
+    plane = space.planes.add(name="/host:CPU")
+    for i, name in ((1, "train_step"), (2, "student/conv1/Conv2D:Conv2D"), (3, "student/act:Relu")):
+        plane.event_metadata[i].name = name
+    line = plane.lines.add(name="thread 1")
+    # train_step [0, 10) holds a Conv2D [1, 5) and a Relu [6, 8); ps units
+    for mid, off, dur in ((1, 0, 10), (2, 1, 4), (3, 6, 2)):
+        line.events.add(metadata_id=mid, offset_ps=off * 10 ** 12, duration_ps=dur * 10 ** 12)
+    other = plane.lines.add(name="thread 2")
+    other.events.add(metadata_id=2, offset_ps=0, duration_ps=3 * 10 ** 12)
+    space.planes.add(name="/device:GPU:0").lines.add().events.add(metadata_id=1, duration_ps=99 * 10 ** 12)
+    (tmp_path / "plugins" / "profile" / "run").mkdir(parents=True)
+    (tmp_path / "plugins" / "profile" / "run" / "host.xplane.pb").write_bytes(space.SerializeToString())
+    got = op_self_times(str(tmp_path))
+    assert got == {"train_step": 4.0, "Conv2D": 7.0, "Relu": 2.0}  # the GPU plane is not the host's
