@@ -24,6 +24,8 @@ VARIANTS = {
     "plain": dict(relational_weight=0.0),  # reconstruction only (the paper's auto-encoder)
     "relational": dict(relational_weight=6.0),  # similarity preservation on the code
     "longer": dict(epochs=120, patience=12),
+    "pca_init": dict(pca_init=True),  # starts at whitened PCA (linear map + zero-initialised MLP branch per side)
+    "free": dict(pca_init=False),  # a free AE from a random start (the default before 2026-12-07)
 }
 
 

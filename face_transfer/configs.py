@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 # Fields added after runs were written: an older config.json without them reads with their default.
 # FusionConfig fields whose default changed after run directories existed: a config.json written without them
 # describes a fusion trained with these values (a resumed run keeps meaning what it meant).
-_LEGACY_FUSION = {"relational_weight": 0.0}
+_LEGACY_FUSION = {"relational_weight": 0.0, "pca_init": False}  # a run dir written before each field
 _OPTIONAL_FIELDS = {"teacher_files", "ceiling", "student_view", "ceiling_budget", "ceiling_batch_size",
                     "student_workers"}
 

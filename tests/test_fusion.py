@@ -176,3 +176,31 @@ def test_relational_fusion_keeps_the_teachers_geometry_better_and_saves_plain_mo
     back = Fusion.load(str(tmp_path / "rel"))
     np.testing.assert_allclose(back.encode(test), rel.encode(test), atol=1e-5)
     assert back.record["config"]["relational_weight"] == 20.0
+
+
+def test_pca_init_starts_the_auto_encoder_at_whitened_pca():
+    import dataclasses
+
+    from sklearn.decomposition import PCA
+
+    from face_transfer.fusion.autoencoder import pca_basis
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(400, 6)) @ rng.normal(size=(6, 20)) + rng.normal(size=20)).astype(np.float32)
+    cfg = FusionConfig(code_dim=4, hidden=16, pca_init=True)
+    _, enc, dec = build_autoencoder(20, {"a": 8, "b": 12}, cfg, pca_basis(x, 4))
+    ref = PCA(n_components=4, whiten=True).fit(x)
+    code = np.asarray(enc.predict(x, verbose=0))
+    # the code BN's inference at its initial statistics divides by sqrt(1 + eps) only
+    np.testing.assert_allclose(np.abs(code), np.abs(ref.transform(x)), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(np.asarray(dec.predict(ref.transform(x).astype(np.float32), verbose=0)),
+                               ref.inverse_transform(ref.transform(x)), rtol=1e-3, atol=1e-3)
+    # trained, it keeps at least PCA's validation reconstruction: it starts there and keeps the start when no
+    # epoch improves on it
+    fus = train_fusion({"a": x[:, :8], "b": x[:, 8:]}, dataclasses.replace(cfg, epochs=5, relational_weight=0.0))
+    z = fus.standardizer.concat({"a": x[:, :8], "b": x[:, 8:]})
+    n_val = int(len(z) * cfg.val_fraction)
+    xv = z[np.random.default_rng(cfg.seed).permutation(len(z))[:n_val]]
+    mean, comps, _ = pca_basis(z[np.random.default_rng(cfg.seed).permutation(len(z))[n_val:]], 4)
+    pca_err = np.mean(np.sum(((xv - mean) @ comps.T @ comps + mean - xv) ** 2, -1))
+    ae_err = np.mean(np.sum((np.asarray(fus.decoder.predict(fus.encoder.predict(xv, verbose=0), verbose=0)) - xv) ** 2, -1))
+    assert ae_err <= pca_err * 1.01 and "kept_pca_start" in fus.record

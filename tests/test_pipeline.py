@@ -139,6 +139,7 @@ def test_bad_flag_exits_nonzero_before_any_work(tmp_path):
     (["--preset=smoke", "--distill_consistent_noise"], "ValidationError", "consistent_noise"),
     (["--preset=smoke", "--distill_loss=l2", "--distill_teacher_drop=0.5"], "ValidationError", "teacher_drop"),
     (["--preset=smoke", "--student_head_channels=-2"], "ValidationError", "--student_head_channels"),
+    (["--preset=smoke", "--distill_proxy_width=0.5"], "ValidationError", "--distill_proxy_width"),
 ])
 def test_bad_flags_are_named(tmp_path, argv, error, needle):
     from absl import flags
@@ -355,6 +356,12 @@ def test_distillation_lever_flags_reach_the_config(tmp_path):
                      "--fusion_relational_weight=0"])
         cfg = common.config_from_flags()
     assert cfg.distill.ladder_residual and cfg.fusion.relational_weight == 0.0
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--fusion_pca_init",
+                     "--distill_loss=balanced_angle", "--distill_proxy_width=3.4"])
+        cfg = common.config_from_flags()
+    assert (cfg.fusion.pca_init, cfg.distill.loss, cfg.distill.proxy_width) == (True, "balanced_angle", 3.4)
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--distill_mixup=0.5",

@@ -33,9 +33,13 @@ def define_run_flags():
     flags.DEFINE_integer("num_cpu_replicas", None, "With --strategy=mirrored and no GPU: split the CPU into N "
                          "logical devices (testing multi-replica code on a laptop).")
     flags.DEFINE_integer("code_dim", None, "Fusion code dimension d (= student embedding size).")
-    flags.DEFINE_enum("distill_loss", None, ["l2", "cosine", "teacher_space", "cos_sl1"],
+    flags.DEFINE_enum("distill_loss", None, ["l2", "cosine", "teacher_space", "cos_sl1", "balanced_angle"],
                       "Distillation loss: l2 / cosine on the AE code (the paper: l2), teacher_space through the frozen "
-                      "decoder, cos_sl1 (0.5 cosine + 0.5 smooth-L1 per teacher block).")
+                      "decoder, cos_sl1 (0.5 cosine + 0.5 smooth-L1 per teacher block), balanced_angle (the angle "
+                      "per teacher block, C-RADIOv4's balanced summary loss).")
+    flags.DEFINE_float("distill_proxy_width", None, "EUPE's two-stage recipe: distil a proxy of this many times the "
+                       "student's width (> 1; 3.4 is about 10x its parameters) from the fused teachers first, then "
+                       "the student from the proxy. 0: off (one stage).")
     flags.DEFINE_integer("distill_steps", None, "Student distillation steps.")
     flags.DEFINE_boolean("distill_heads", None, "Block losses (teacher_space, cos_sl1) through trainable per-teacher "
                          "MLP heads (dropped at inference) instead of the frozen decoder.")
@@ -54,6 +58,9 @@ def define_run_flags():
                        "and each teacher's batch cosine-similarity matrices matched. 0: off.")
     flags.DEFINE_boolean("distill_ladder_residual", None, "Block losses through the frozen decoder: predict the "
                          "teachers as decoder(code) + a linear map of the student's ladder (trained, then dropped).")
+    flags.DEFINE_boolean("fusion_pca_init", None, "Start the fusion auto-encoder at whitened PCA (a linear map "
+                         "plus a zero-initialised MLP branch on each side; training keeps only what improves on "
+                         "PCA's validation loss). Default: the preset's (off).")
     flags.DEFINE_float("fusion_relational_weight", None, "Weight (>= 0) of the fusion's similarity-preservation "
                        "term: the code's batch cosine similarities matched to every teacher's. 0: plain "
                        "reconstruction (the paper's). Default: the preset's.")
@@ -125,8 +132,9 @@ _FLAG_OVERRIDES = (
     ("distill_loss", ("distill.loss",), "set"),
     *((f"distill_{k}", (f"distill.{k}",), None) for k in (
         "heads", "noise", "code_weight", "heads_view", "relational_weight", "ladder_residual", "mixup",
-        "consistent_noise", "teacher_drop")),
+        "consistent_noise", "teacher_drop", "proxy_width")),
     ("fusion_relational_weight", ("fusion.relational_weight",), None),
+    ("fusion_pca_init", ("fusion.pca_init",), None),
     ("student_view", ("student_view",), None),
     ("ceiling", ("ceiling",), None),
     ("ceiling_budget", ("ceiling_budget",), None),

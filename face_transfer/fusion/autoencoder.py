@@ -23,28 +23,50 @@ from face_transfer.fusion.standardize import Standardizer
 from face_transfer.student.training import recalibrate_batchnorm
 
 
-def build_autoencoder(input_dim: int, dims: dict[str, int], cfg: FusionConfig):
-    """(autoencoder, encoder, decoder) Keras models; the decoder outputs the concatenation."""
+def build_autoencoder(input_dim: int, dims: dict[str, int], cfg: FusionConfig, pca=None):
+    """(autoencoder, encoder, decoder) Keras models; the decoder outputs the concatenation.
+
+    `pca` (cfg.pca_init; `pca_basis`: mean [D], components [d, D], explained variance [d]): each side is PCA's
+    linear map plus a zero-initialised MLP branch, so the untrained AE is whitened PCA."""
     inp = keras.Input((input_dim,), name="teachers_concat")
     x = layers.GaussianNoise(cfg.input_noise * np.sqrt(1.0 / max(1, len(dims))), name="noise")(inp)
     enc_in = keras.Input((input_dim,), name="enc_in")
-    h = enc_in
-    for i in range(cfg.depth):
-        h = layers.Dense(cfg.hidden, activation="relu", name="enc_hidden" + (f"{i}" if i else ""))(h)
+    code = _mlp(enc_in, cfg, cfg.code_dim, "enc", "enc_code", zero_out=pca is not None)
+    if pca is not None:
+        mean, comps, var = pca
+        scale = 1.0 / np.sqrt(np.maximum(var, 1e-12))
+        lin = layers.Dense(cfg.code_dim, name="enc_pca")
+        code = layers.Add(name="enc_sum")([lin(enc_in), code])
+        lin.set_weights([(comps.T * scale).astype(np.float32), (-(mean @ comps.T) * scale).astype(np.float32)])
     # Code normalised to zero mean / unit variance per dim: a well-scaled regression target.
-    code = layers.BatchNormalization(center=False, scale=False, name="code_bn")(layers.Dense(cfg.code_dim, name="enc_code")(h))
+    code = layers.BatchNormalization(center=False, scale=False, name="code_bn")(code)
     encoder = keras.Model(enc_in, code, name="encoder")
     dec_in = keras.Input((cfg.code_dim,), name="code")
-    g = dec_in
-    for i in range(cfg.depth):
-        g = layers.Dense(cfg.hidden, activation="relu", name="dec_hidden" + (f"{i}" if i else ""))(g)
-    recon = layers.Dense(input_dim, name="dec_out")(g)
+    recon = _mlp(dec_in, cfg, input_dim, "dec", "dec_out", zero_out=pca is not None)
+    if pca is not None:
+        lin = layers.Dense(input_dim, name="dec_pca")
+        recon = layers.Add(name="dec_sum")([lin(dec_in), recon])
+        lin.set_weights([(comps * np.sqrt(np.maximum(var, 1e-12))[:, None]).astype(np.float32),
+                         mean.astype(np.float32)])
     decoder = keras.Model(dec_in, recon, name="decoder")
     code_x = encoder(x)
     if cfg.relational_weight > 0:
         code_x = SimilarityPreservation(dims, cfg.relational_weight, name="similarity_preservation")([code_x, inp])
     auto = keras.Model(inp, decoder(code_x), name="fusion_autoencoder")
     return auto, encoder, decoder
+
+
+def _mlp(x, cfg: FusionConfig, out_dim: int, side: str, out_name: str, zero_out: bool):
+    for i in range(cfg.depth):
+        x = layers.Dense(cfg.hidden, activation="relu", name=f"{side}_hidden" + (f"{i}" if i else ""))(x)
+    return layers.Dense(out_dim, kernel_initializer="zeros" if zero_out else "glorot_uniform", name=out_name)(x)
+
+
+def pca_basis(x: np.ndarray, d: int, seed: int = 0):
+    """(mean [D], components [d, D], explained variance [d]) of PCA fitted on x."""
+    from sklearn.decomposition import PCA
+    p = PCA(n_components=d, random_state=seed).fit(x)
+    return p.mean_, p.components_, p.explained_variance_
 
 
 def _cosine_matrix(x):
@@ -162,7 +184,8 @@ def train_fusion(embeddings: dict[str, np.ndarray], cfg: FusionConfig, out_dir: 
     if cfg.code_dim >= x.shape[1]:
         raise ValueError(f"fusion code_dim={cfg.code_dim} must be smaller than the concatenated "
                          f"teacher dimension {x.shape[1]} (dims {std.dims})")
-    auto, encoder, decoder = build_autoencoder(x.shape[1], std.dims, cfg)
+    auto, encoder, decoder = build_autoencoder(x.shape[1], std.dims, cfg,
+                                               pca_basis(xt, cfg.code_dim, cfg.seed) if cfg.pca_init else None)
     auto.compile(optimizer=keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay),
                  loss=BalancedReconstructionLoss(std.dims))
     callbacks = [keras.callbacks.EarlyStopping(patience=cfg.patience, restore_best_weights=True),
@@ -172,8 +195,13 @@ def train_fusion(embeddings: dict[str, np.ndarray], cfg: FusionConfig, out_dir: 
         callbacks += [keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "ckpt", "best.weights.h5"),
                                                       save_best_only=True, save_weights_only=True),
                       keras.callbacks.TensorBoard(os.path.join(out_dir, "tb"))]
+    if cfg.pca_init:  # the validation loss at the start, PCA's: training keeps only what improves on it
+        start_loss, start_weights = float(auto.evaluate(xv, xv, verbose=0)), auto.get_weights()
     hist = auto.fit(xt, xt, validation_data=(xv, xv), epochs=cfg.epochs, batch_size=cfg.batch_size,
                     callbacks=callbacks, verbose=cfg.verbose)
+    kept_start = cfg.pca_init and min(hist.history["val_loss"]) > start_loss
+    if kept_start:
+        auto.set_weights(start_weights)
     # The code's normalisation: exact training-set statistics, not moving averages that lag a short fit (an
     # off-centre code skews every cosine computed on it, and the student imitates it).
     recalibrate_batchnorm(encoder, (xt[i:i + 4096] for i in range(0, len(xt), 4096)))
@@ -187,7 +215,8 @@ def train_fusion(embeddings: dict[str, np.ndarray], cfg: FusionConfig, out_dir: 
               "compression_ratio": std.total_dim / cfg.code_dim,
               "raw_dims": {k: int(v.shape[1]) for k, v in embeddings.items()},
               "epochs_run": len(hist.history["loss"]), "best_val_loss": float(min(hist.history["val_loss"])),
-              "val_r2_per_teacher": r2, "n_train": int(len(xt)), "n_val": int(n_val)}
+              "val_r2_per_teacher": r2, "n_train": int(len(xt)), "n_val": int(n_val),
+              **({"kept_pca_start": bool(kept_start)} if cfg.pca_init else {})}
     fusion = Fusion(std, encoder, decoder, record)
     if out_dir:
         fusion.save(out_dir)

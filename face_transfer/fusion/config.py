@@ -26,6 +26,15 @@ class FusionConfig:
     patience: int = 8
     seed: int = 0
     verbose: int = 0
+    # Start from PCA: the encoder is the whitened PCA projection of the training split plus a zero-initialised
+    # MLP branch, the decoder PCA's back-projection plus another, so that training begins exactly at PCA's
+    # code and reconstruction and early stopping (on the validation split) only keeps what improves on it.
+    # With few faces (a user's cache of a few thousand) a free AE can end below PCA: in the `real` preset (fer,
+    # dlib age and gender) the AE code scored 41.8 against PCA's 43.8, and 43.9 from PCA (validation R² of fer
+    # 0.49 -> 0.66, age 0.20 -> 0.45); in `demo` 51.9 -> 53.0, as high as 120 epochs of the free AE for a quarter
+    # of its seconds (BENCHMARKS.md, "Fusion from PCA"). Off by default until the presets' figures are re-measured
+    # with it; `--set` / a config file turns it on.
+    pca_init: bool = False
 
     def __post_init__(self):
         if not self.relational_weight >= 0:
