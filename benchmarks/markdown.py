@@ -331,7 +331,7 @@ def preset_section(res: dict, preset: str) -> list[str]:
                   f"{k}: " + ", ".join(f"{mk} {_f(mv, 2)}" for mk, mv in v.items())
                   for k, v in (h.get("teachers.source_scores") or {}).items())
               + (" (pretrained teachers shipped with the package, `make zoo`; not trained in this run)"
-                 if _pretrained(res, preset) else ""),
+                 if _pretrained(res, preset) and not (preset == "paper" and res.get("teachers.given")) else ""),
               *_teacher_lines(res, preset, h),
               f"- Embedding cache: {_f(h.get('cache.images_per_s'), 0)} images/s through all teachers",
               f"- Fusion: concat -> d = {h.get('fusion.code_dim')} (x{_f(h.get('fusion.compression_ratio'))}), "

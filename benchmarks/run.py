@@ -127,6 +127,9 @@ def main(argv):
             head, wall, run_dir = run_preset(preset)
             if not FLAGS.reuse_runs:
                 res[f"pipeline.{preset}_wall_s"] = round(wall, 1)
+                # a run from nothing: an earlier run's hand-written note and resumed stages no longer apply
+                for stale in ("note", "reused_stages"):
+                    res.pop(f"presets.{preset}.{stale}", None)
             res.setdefault("runs", {})[preset] = os.path.relpath(run_dir, ROOT)
             # The paper preset's figures are the headline keys; other presets keep a prefixed copy.
             if preset == "paper":
