@@ -349,8 +349,9 @@ def preset_section(res: dict, preset: str) -> list[str]:
               f"x{_f(h.get('latency.float_over_int8'), 2)}",
               *([f"- Distillation: {_f(h['student.distill_images_per_s'], 0)} images/s, "
                  f"{_f(h.get('student.distill_gflops'))} GFLOP/s achieved (ensemble forward + student forward and "
-                 f"backward), {_f(100 * h['student.flop_utilisation'], 0)}% of the cores' fp32 matmul throughput "
-                 "(`student.distill_images_per_s`, `student.flop_utilisation`)"]
+                 f"backward), {_f(100 * h['student.flop_utilisation'], 0)}% of the fp32 matmul throughput of the "
+                 f"{_f(h.get('student.distill_threads')) if h.get('student.distill_threads') else 'machine'}"
+                 " core(s) it trained on (`student.distill_images_per_s`, `student.flop_utilisation`)"]
                 if h.get("student.distill_images_per_s") else []), "",
               "Transfer (linear probes, 0-100 scores, mean over seeds):", ""] + _preset_rows(h) + [""] + _trimmed_lines(h)
         metrics = os.path.join(ROOT, res.get("runs", {}).get(preset, ""), "metrics")

@@ -171,3 +171,14 @@ def test_source_margins_compare_each_teacher_with_the_supervised_control_on_its_
     del results["supervised_student"]
     out = source_margins({"tasks": tasks, "results": results}, sources)
     assert "teachers.min_source_margin_over_supervised" not in out and "transfer.source_scores.recognition" in out
+
+
+def test_flop_utilisation_is_measured_against_the_cores_the_student_trained_on():
+    from face_transfer.stages.report import distill_flop_utilisation
+    # 100 images/s of a 400-MFLOP ensemble and a 10-MFLOP student: 2 * (400 + 30) MFLOP * 100 = 86 GFLOP/s
+    gf, one = distill_flop_utilisation(100.0, 400.0, 10.0, gflops_one_thread=100.0, threads=1)
+    assert abs(gf - 86.0) < 1e-9 and abs(one - 0.86) < 1e-9
+    _, two = distill_flop_utilisation(100.0, 400.0, 10.0, gflops_one_thread=100.0, threads=2)
+    assert abs(two - one / 2) < 1e-12  # the same throughput on twice the cores is half the utilisation
+    _, zero = distill_flop_utilisation(100.0, 400.0, 10.0, gflops_one_thread=100.0, threads=0)
+    assert zero == one  # no thread count recorded: at least one core

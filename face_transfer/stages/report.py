@@ -122,18 +122,19 @@ def headline(run: Run) -> dict:
         if secs and not st.get("resumed_from_step"):  # a resumed run's seconds cover only part of the steps
             d = st["distill"]
             out["student.distill_images_per_s"] = d["steps"] * d["batch_size"] / secs
-            # FLOP utilisation: the ensemble's forward (the targets) plus the student's forward and backward
-            # (~3x its forward), 2 FLOPs per multiply-add, over the cores' measured fp32 matmul throughput
-            # the export stage's measurement of this machine when there is one (else measured here)
+            # FLOP utilisation (distill_flop_utilisation) against the export stage's measurement of this machine's
+            # matmul throughput when there is one (else measured here)
             epath = run.paths.export_json
             gflops = read_json(epath)["latency"].get("cpu_fp32_gflops_one_thread") if os.path.exists(epath) else None
             if gflops is None:
                 from face_transfer.machine import matmul_gflops_one_thread
                 gflops = matmul_gflops_one_thread()
-            flops = 2e6 * (out["teachers_plus_encoder.mflops"] + 3 * st["mflops"]) * out["student.distill_images_per_s"]
-            peak = gflops * 1e9 * (os.cpu_count() or 1)
-            out["student.distill_gflops"] = flops / 1e9
-            out["student.flop_utilisation"] = flops / peak
+            threads = st.get("threads")  # side by side with the stage's other networks it trains on fewer cores
+            gf, util = distill_flop_utilisation(out["student.distill_images_per_s"],
+                                                out["teachers_plus_encoder.mflops"], st["mflops"], gflops,
+                                                threads or os.cpu_count() or 1)
+            out["student.distill_gflops"], out["student.flop_utilisation"] = gf, util
+            out["student.distill_threads"] = threads
     epath = run.paths.export_json
     if os.path.exists(epath):
         ex = read_json(epath)
@@ -152,6 +153,15 @@ def headline(run: Run) -> dict:
         if "flop_bound_ms" in ex["latency"]:
             out["latency.flop_bound_ms"] = ex["latency"]["flop_bound_ms"]
     return out
+
+
+def distill_flop_utilisation(images_per_s: float, targets_mflops: float, student_mflops: float,
+                             gflops_one_thread: float, threads: int) -> tuple[float, float]:
+    """(GFLOP/s achieved, fraction of peak) of a distillation: the targets' forward plus the student's forward and
+    backward (~3x its forward), 2 FLOPs per multiply-add, over the fp32 matmul throughput of the `threads` cores
+    the student trained with (one thread's measured GFLOP/s times `threads`)."""
+    flops = 2e6 * (targets_mflops + 3 * student_mflops) * images_per_s
+    return flops / 1e9, flops / (gflops_one_thread * 1e9 * max(1, int(threads)))
 
 
 def _encoder_params(run: Run) -> int:
@@ -329,7 +339,8 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
         if "student.distill_images_per_s" in h:
             L.append(f"Distillation: {h['student.distill_images_per_s']:.0f} images/s, {h['student.distill_gflops']:.1f} "
                      f"GFLOP/s achieved (the ensemble's forward plus the student's forward and backward), "
-                     f"{100 * h['student.flop_utilisation']:.0f}% of the cores' measured fp32 matmul throughput.")
+                     f"{100 * h['student.flop_utilisation']:.0f}% of the measured fp32 matmul throughput of the "
+                     f"core(s) it trained on ({h.get('student.distill_threads') or 'all'}).")
         L.append("")
         for rep in student_variants(run):
             if f"student.final_loss.{rep}" in h:

@@ -182,8 +182,18 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
              if k in hist["models"]}
     record = save_student(student, student_cfg, out_dir, strategy, {
         "kind": "distilled", "distill": dataclasses.asdict(cfg), "final_loss": final_loss(hist, out_dir, strategy),
-        "train_seconds_this_run": round(time.time() - t0, 1), "resumed_from_step": hist["start_step"], **extra})
+        "train_seconds_this_run": round(time.time() - t0, 1), "resumed_from_step": hist["start_step"],
+        "threads": training_threads(), **extra})
     return record
+
+
+def training_threads() -> int:
+    """CPU threads this process trains with: TensorFlow's intra-op limit (set when networks train side by side,
+    one process each) or, unset, every usable core. The distillation's FLOP utilisation is measured against them."""
+    import tensorflow as tf
+    from face_transfer.evaluation.probes import usable_cores
+    limit = tf.config.threading.get_intra_op_parallelism_threads()
+    return min(limit, usable_cores()) if limit > 0 else usable_cores()
 
 
 def distill_via_proxy(student_cfg: StudentConfig, cfg: DistillConfig, source, build_targets_fn, out_dir: str,
