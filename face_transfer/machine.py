@@ -2,6 +2,7 @@
 Speed figures are only comparable next to these (int8 kernels with VNNI run several times faster than AVX2)."""
 from __future__ import annotations
 
+import os
 import platform
 import time
 
@@ -9,6 +10,15 @@ import numpy as np
 
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
              "amx_tile", "amx_int8", "neon", "asimd", "asimddp", "sve")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may use (os.sched_getaffinity, so a container's or a job scheduler's CPU limit is
+    respected)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def cpu_isa_flags() -> list[str]:
@@ -56,7 +66,6 @@ def describe() -> dict:
     """{cpu, isa, matmul_gflops_one_thread, cores}: recorded next to every speed figure."""
     info = {"machine": platform.machine(), "isa": cpu_isa_flags(),
             "matmul_gflops_one_thread": round(matmul_gflops_one_thread(), 1)}
-    import os
     # instruction-set limits set on purpose (an AVX2-only machine emulated on a newer CPU): oneDNN (TensorFlow),
     # OpenBLAS and numpy's SIMD dispatch then run the older ISA's kernels, and the figures must say so
     limits = {k: os.environ[k] for k in ISA_LIMIT_VARIABLES if os.environ.get(k)}

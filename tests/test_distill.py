@@ -87,7 +87,7 @@ def test_distill_student_tiny_run_writes_outputs_and_resumes(tmp_path):
     assert record["kind"] == "distilled" and record["resumed_from_step"] == 0
     assert np.isfinite(record["final_loss"]) and record["final_loss"] > 0
     assert record["params"] > 0 and record["config"]["embedding_dim"] == 8
-    from face_transfer.evaluation.probes import usable_cores
+    from face_transfer.machine import usable_cores
     assert 1 <= record["threads"] <= usable_cores()  # the cores its FLOP utilisation is measured against
     assert os.listdir(os.path.join(out, "ckpt"))
     student = load_student(out)

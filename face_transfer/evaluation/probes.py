@@ -51,6 +51,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from face_transfer.data.tasks import KINDS, Task
+from face_transfer.machine import usable_cores
 
 # Keys of a probe result that are chosen hyper-parameters, not metrics.
 HPARAM_KEYS = ("C", "alpha", "threshold")
@@ -542,16 +543,6 @@ def group_means(results_for_rep: dict, tasks: list[Task]) -> dict:
         out[f"std_{g}"] = _std(per_seed)
         out[f"scores_{g}"] = [float(s) for s in per_seed]
     return out
-
-
-def usable_cores() -> int:
-    """CPU cores this process may use (os.sched_getaffinity, so a container's or a job scheduler's CPU limit is
-    respected)."""
-    import os
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def probe_workers(n_reps: int, workers: int | None = None) -> int:

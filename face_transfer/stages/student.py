@@ -165,7 +165,8 @@ def run(run: Run, ctx) -> dict:
         # one process each, the cores shared out (results equal the sequential stage's up to float rounding).
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
-        from face_transfer.evaluation.probes import main_module_hidden, usable_cores
+        from face_transfer.evaluation.probes import main_module_hidden
+        from face_transfer.machine import usable_cores
         threads = max(1, usable_cores() // n)
         order = sorted(todo, key=lambda r: -_relative_cost(run, r))
         summary(f"training {', '.join(order)} in {n} processes of {threads} thread(s)")

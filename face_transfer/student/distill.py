@@ -191,7 +191,7 @@ def training_threads() -> int:
     """CPU threads this process trains with: TensorFlow's intra-op limit (set when networks train side by side,
     one process each) or, unset, every usable core. The distillation's FLOP utilisation is measured against them."""
     import tensorflow as tf
-    from face_transfer.evaluation.probes import usable_cores
+    from face_transfer.machine import usable_cores
     limit = tf.config.threading.get_intra_op_parallelism_threads()
     return min(limit, usable_cores()) if limit > 0 else usable_cores()
 
