@@ -129,10 +129,11 @@ def headline(run: Run) -> dict:
             if gflops is None:
                 from face_transfer.machine import matmul_gflops_one_thread
                 gflops = matmul_gflops_one_thread()
+            from face_transfer.machine import usable_cores
             threads = st.get("threads")  # side by side with the stage's other networks it trains on fewer cores
             gf, util = distill_flop_utilisation(out["student.distill_images_per_s"],
                                                 out["teachers_plus_encoder.mflops"], st["mflops"], gflops,
-                                                threads or os.cpu_count() or 1)
+                                                threads or usable_cores())
             out["student.distill_gflops"], out["student.flop_utilisation"] = gf, util
             out["student.distill_threads"] = threads
     epath = run.paths.export_json
