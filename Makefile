@@ -55,8 +55,11 @@ zoo: $(STAMP)
 ZOO_PAPER_RUN ?= runs/zoo_paper
 ZOO_PAPER_DIR ?= $(HOME)/.cache/face-transfer/zoo-paper
 ZOO_PAPER_STEPS ?= 3000
+# Train an already built zoo further instead (a warm restart on new faces: ZOO_PAPER_STEPS more steps each, a fresh
+# learning-rate cycle; the build seconds add up): ZOO_PAPER_FROM=<a zoo folder> with a new ZOO_PAPER_RUN.
+ZOO_PAPER_FROM ?=
 zoo-paper: $(STAMP)
-	$(PY) -m trainers.pipeline --preset=paper --run_dir=$(ZOO_PAPER_RUN) --until=teachers --teacher_steps=$(ZOO_PAPER_STEPS) --teacher_pretrained=
+	$(PY) -m trainers.pipeline --preset=paper --run_dir=$(ZOO_PAPER_RUN) --until=teachers --teacher_steps=$(ZOO_PAPER_STEPS) $(if $(ZOO_PAPER_FROM),--teacher_warm_start=$(ZOO_PAPER_FROM),--teacher_pretrained=)
 	$(PY) -m export.package_zoo --run_dir=$(ZOO_PAPER_RUN) --out=$(ZOO_PAPER_DIR) --overwrite
 
 PAPER_TEACHERS ?=

@@ -76,7 +76,8 @@ def teacher_build(zoo_dir: str | None) -> dict:
     return {"teachers.build_seconds": round(sum(t["record"].get("train_seconds_total",
                                                                t["record"].get("train_seconds_this_run", 0.0))
                                                 for t in teachers.values()), 1),
-            "teachers.build_steps": {n: t["record"].get("steps") for n, t in teachers.items()},
+            "teachers.build_steps": {n: t["record"].get("steps_total", t["record"].get("steps"))
+                                     for n, t in teachers.items()},
             "teachers.given": zoo_dir}
 
 

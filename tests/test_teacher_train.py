@@ -175,6 +175,38 @@ def test_pretrained_zoo_is_installed_not_trained_and_checked(trained, tmp_path, 
     assert not os.path.exists(str(tmp_path / "damaged" / TEACHER_JSON))
 
 
+def test_warm_start_trains_a_packaged_teacher_further_on_new_faces(trained, tmp_path, monkeypatch):
+    """warm_start: the packaged weights start the run (not random ones), training goes on for `steps` more on the
+    faces after the ones the teacher saw, and the record adds up the steps and seconds of both trainings."""
+    import dataclasses
+    out, record, _ = trained
+    zoo_dir = str(tmp_path / "zoo")
+    teacher_train.package_pretrained({"t": out}, zoo_dir, SYNTH, note="test")
+    starts = []
+    real_dataset = teacher_train._dataset
+
+    def spy(spec, synth_cfg, cfg, start_index, stream):
+        starts.append(start_index)
+        return real_dataset(spec, synth_cfg, cfg, start_index, stream)
+
+    def no_build(*a, **k):
+        raise AssertionError("a warm-started teacher was built from random weights")
+    monkeypatch.setattr(teacher_train, "_dataset", spy)
+    monkeypatch.setattr(teacher_train.zoo, "build_teacher", no_build)
+    cfg = dataclasses.replace(CFG, steps=3, warm_start=zoo_dir)
+    rec = train_teacher(SPEC, SYNTH, cfg, str(tmp_path / "warm"))
+    assert starts == [6 * CFG.batch_size]  # after the 6 steps of 8 faces the packaged teacher trained on
+    assert rec["steps"] == 3 and rec["steps_total"] == 9 and rec["warm_start"]["steps_total"] == 6
+    assert rec["train_seconds_total"] > record["train_seconds_total"]
+    before = load_zoo_teacher(out)
+    after = load_zoo_teacher(str(tmp_path / "warm"))
+    images, _ = synth.render_faces(SYNTH, np.arange(4), stream="test")
+    moved = np.abs(after.embed(images) - before.embed(images)).mean() / np.abs(before.embed(images)).mean()
+    assert 0 < moved < 1.0  # trained further from the packaged weights, not replaced by a fresh network
+    with pytest.raises(ValueError, match="give one of the two"):
+        dataclasses.replace(CFG, pretrained=zoo_dir, warm_start=zoo_dir)
+
+
 def test_the_shipped_zoo_is_the_demo_presets_teachers_and_intact(tmp_path):
     """face_transfer/assets/zoo (`make zoo`) holds every teacher of the demo preset, as that preset specifies
     it, with the recorded checksums: a preset change that forgets to rebuild the zoo fails here."""

@@ -84,6 +84,9 @@ def define_run_flags():
     flags.DEFINE_string("teacher_pretrained", None, "Zoo teachers already trained, used instead of training them: "
                         "'package' (the ones shipped with face-transfer, `make zoo`), a directory written by "
                         "export.package_zoo, or '' to train every zoo teacher from nothing. Default: the preset's.")
+    flags.DEFINE_string("teacher_warm_start", None, "Zoo teachers already trained ('package' or an "
+                        "export.package_zoo directory) to train further: --teacher_steps more steps on new faces, "
+                        "with a fresh learning-rate cycle (implies --teacher_pretrained=''). Default: none.")
     flags.DEFINE_integer("batch_size", None, "Global batch size for teachers and student.")
     flags.DEFINE_float("student_width", None, "Student width multiplier.")
     flags.DEFINE_integer("student_head_channels", None, "Channels of the student's last 1x1 conv before pooling "
@@ -196,6 +199,19 @@ def config_from_flags():
         if where and where != "package":
             where = os.path.abspath(where)
         put("teacher_pretrained", ("teacher_train.pretrained",), where)
+    if FLAGS.teacher_warm_start:
+        from face_transfer.teachers.train import PRETRAINED_MANIFEST, pretrained_dir
+        where = FLAGS.teacher_warm_start
+        if not os.path.isfile(os.path.join(pretrained_dir(where), PRETRAINED_MANIFEST)):
+            raise flags.ValidationError(f"--teacher_warm_start={where}: no {PRETRAINED_MANIFEST} in "
+                                        f"{pretrained_dir(where)} (expected 'package' or a directory written by "
+                                        "export.package_zoo)")
+        if FLAGS.teacher_pretrained:
+            raise flags.ValidationError(f"--teacher_warm_start={where} trains the zoo teachers further and "
+                                        f"--teacher_pretrained={FLAGS.teacher_pretrained} uses them as they are; "
+                                        "give one of the two")
+        put("teacher_warm_start", ("teacher_train.warm_start",), where if where == "package" else os.path.abspath(where))
+        put("teacher_warm_start", ("teacher_train.pretrained",), "")
     if FLAGS.real_teachers is not None:
         from face_transfer.teachers.real import REAL_TEACHERS, available_real_teachers
         names = tuple(n for n in FLAGS.real_teachers if n)

@@ -137,6 +137,15 @@ class TeacherTrainConfig:
     # (manifest.json + <name>/model.keras), or "package" for the ones that ship with face-transfer
     # (face_transfer/assets/zoo, built by `make zoo`). "" trains every teacher from nothing.
     pretrained: str = ""
+    # Trained zoo teachers (a `package_pretrained` directory, or "package") to continue training from: their
+    # weights start the run, with a fresh optimizer and learning-rate cycle of `steps` more steps on faces they
+    # have not seen (a warm restart, as one fine-tunes an existing model). "" starts from random weights.
+    warm_start: str = ""
+
+    def __post_init__(self):
+        if self.pretrained and self.warm_start:
+            raise ValueError(f"TeacherTrainConfig: pretrained={self.pretrained!r} uses the teachers as they are and "
+                             f"warm_start={self.warm_start!r} trains them further; give one of the two")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -117,8 +117,14 @@ def train_teacher(spec: TeacherSpec, synth_cfg: synth.SynthConfig, cfg: TeacherT
         model = None
         if os.path.exists(state) and os.path.exists(os.path.join(ckpt_dir, "last.keras")):
             model, initial_epoch = resume_from_checkpoint(ckpt_dir)
+        warm = _warm_start(spec, cfg.warm_start) if cfg.warm_start else None
         if model is None:
-            model = zoo.build_teacher(spec, synth_cfg.n_train_identities)
+            if warm:
+                model = load_keras_model(warm["from"], "warm-start teacher", compile=False)
+                for layer in model.layers:  # saved frozen: `zoo.embedding_model` froze the layers it shares
+                    layer.trainable = True
+            else:
+                model = zoo.build_teacher(spec, synth_cfg.n_train_identities)
             _compile(model, spec, cfg, epochs * spe)
     seconds_before = 0.0  # the training seconds of the checkpoint resumed from (its state file)
     if initial_epoch:
@@ -127,7 +133,9 @@ def train_teacher(spec: TeacherSpec, synth_cfg: synth.SynthConfig, cfg: TeacherT
             if os.path.exists(p) and read_json(p).get("epochs_done") == initial_epoch:
                 seconds_before = float(read_json(p).get("seconds", 0.0))
                 break
-    start = initial_epoch * spe * cfg.batch_size
+    # a warm-started teacher goes on to faces it has not seen: the stream continues after its earlier training's
+    steps_before = warm["steps_total"] if warm else 0
+    start = (steps_before + initial_epoch * spe) * cfg.batch_size
     ds = _dataset(spec, synth_cfg, cfg, start, stream=f"teacher:{spec.name}")
     t0 = time.time()
     if initial_epoch < epochs:
@@ -146,14 +154,25 @@ def train_teacher(spec: TeacherSpec, synth_cfg: synth.SynthConfig, cfg: TeacherT
         "embedding_layer": "embedding", "embedding_dim": spec.embedding_dim,
         "params_total": int(model.count_params()),
         "params_embedding": int(zoo.embedding_model(model).count_params()),
-        "steps": epochs * spe, "batch_size": cfg.batch_size, "train_seconds_this_run": round(train_s, 1),
-        "train_seconds_total": round(seconds_before + train_s, 1),  # across resumed invocations
+        "steps": epochs * spe, "steps_total": steps_before + epochs * spe, "batch_size": cfg.batch_size,
+        "train_seconds_this_run": round(train_s, 1),
+        # across resumed invocations, and the warm start's own training
+        "train_seconds_total": round((warm["train_seconds_total"] if warm else 0.0) + seconds_before + train_s, 1),
+        **({"warm_start": warm} if warm else {}),
         "metrics": metrics, "main_score": zoo.main_score(metrics),
     }
     if write:
         model.save(os.path.join(out_dir, "model.keras"))
         write_json(done, record)
     return record
+
+
+def _warm_start(spec: TeacherSpec, where: str) -> dict:
+    """What a warm-started teacher starts from: the verified file and the training it already had."""
+    src, entry, _, sha = verified_pretrained(spec, where)
+    rec = entry["record"]
+    return {"from": src, "sha256": sha, "steps_total": int(rec.get("steps_total", rec["steps"])),
+            "train_seconds_total": float(rec.get("train_seconds_total", 0.0)), "metrics": rec.get("metrics", {})}
 
 
 def evaluate_teacher(model, spec, synth_cfg, cfg) -> dict:
@@ -214,15 +233,14 @@ def package_pretrained(teacher_dirs: dict, out_dir: str, synth_cfg: synth.SynthC
     return manifest
 
 
-def install_pretrained(spec: TeacherSpec, where: str, out_dir: str, write: bool = True) -> dict:
-    """Put the pretrained teacher `spec.name` of `where` into `out_dir` (model.keras + teacher.json), after
-    checking that it is the architecture the config asks for and that its file is intact; its record."""
-
+def verified_pretrained(spec: TeacherSpec, where: str) -> tuple[str, dict, dict, str]:
+    """The model file of the pretrained teacher `spec.name` in `where`, its manifest entry, the manifest and the
+    file's SHA-256, after checking that it is the architecture the config asks for and that the file is intact."""
     root = pretrained_dir(where)
     mpath = os.path.join(root, PRETRAINED_MANIFEST)
     if not os.path.exists(mpath):
-        raise FileNotFoundError(f"{mpath}: no such file (teacher_train.pretrained={where!r} expects a directory "
-                                "written by `make zoo` / export.package_zoo; '' trains the teachers instead)")
+        raise FileNotFoundError(f"{mpath}: no such file ({where!r} should be a directory written by `make zoo` / "
+                                "export.package_zoo, or 'package')")
     with open(mpath) as f:
         manifest = json.load(f)
     entry = manifest.get("teachers", {}).get(spec.name)
@@ -242,6 +260,13 @@ def install_pretrained(spec: TeacherSpec, where: str, out_dir: str, write: bool 
         raise CorruptArtifactError(f"{src}: {size:,} bytes, SHA-256 {sha[:12]}..., but {mpath} records "
                                    f"{entry['bytes']:,} bytes, {entry['sha256'][:12]}...; the file is damaged or was "
                                    "replaced: restore it (git checkout) or rebuild the zoo with `make zoo`")
+    return src, entry, manifest, sha
+
+
+def install_pretrained(spec: TeacherSpec, where: str, out_dir: str, write: bool = True) -> dict:
+    """Put the pretrained teacher `spec.name` of `where` into `out_dir` (model.keras + teacher.json), after
+    `verified_pretrained`'s checks; its record."""
+    src, entry, manifest, sha = verified_pretrained(spec, where)
     record = {**entry["record"], "pretrained": {"from": src, "sha256": sha, "note": manifest.get("note", ""),
                                                 "synth": manifest.get("synth")},
               "train_seconds_this_run": 0.0}
