@@ -11,7 +11,7 @@ tab) and prints where the CPU time went: self time per op type, summed over ever
 read from the trace's XSpace proto with TensorFlow's own protobuf classes.
 
 `--split` times the parts of a step instead (the teachers' forward pass, the student's training step with stock and
-with fused batch normalisation), which is where BENCHMARKS.md's "where the distillation's time goes" comes from.
+with fused batch normalisation, and the fused one compiled by XLA), which is where BENCHMARKS.md's "where the distillation's time goes" comes from.
 """
 from __future__ import annotations
 
@@ -146,19 +146,20 @@ def split_step(scfg, dcfg, src, concat_fn, dec_fn, dims, args):
         return n / (time.time() - t0)
 
     out = {"teachers_forward": rate(forward, images)}
-    for fused in (False, True):
+    for fused, xla in ((False, False), (True, False), (True, True)):
         student = build_student(scfg, train_fast=fused)
         opt = make_optimizer(dcfg)
         opt.build(student.trainable_variables)
 
-        @tf.function
         def step(x, t, student=student, opt=opt):
             with tf.GradientTape() as tape:
                 loss = tf.reduce_mean(block_sq_loss(decoder(student(x, training=True), training=False), t, dims))
             grads = tape.gradient(loss, student.trainable_variables)
             opt.apply_gradients(zip(grads, student.trainable_variables))
             return loss
-        out["student_step_" + ("fused_bn" if fused else "stock_bn")] = rate(step, images, targets)
+        # the XLA variant: the same step compiled whole by XLA's CPU backend (fused kernels, no per-op dispatch)
+        name = "student_step_" + ("fused_bn" if fused else "stock_bn") + ("_xla" if xla else "")
+        out[name] = rate(tf.function(step, jit_compile=xla), images, targets)
     print(f"[time_distill] batch {b}, threads={args.threads or 'default'}: " +
           ", ".join(f"{k} {v:.0f} images/s" for k, v in out.items()), flush=True)
     return out
