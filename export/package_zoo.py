@@ -40,7 +40,9 @@ def main(argv):
         raise app.UsageError(f"--out={FLAGS.out}: already holds a pretrained zoo; pass --overwrite to replace it")
     manifest = package_pretrained(dirs, FLAGS.out, cfg.data.synth,
                                   note=f"trained by `python -m trainers.pipeline` in {FLAGS.run_dir} "
-                                       f"({cfg.teacher_train.steps} steps each, preset {cfg.preset})")
+                                       f"({cfg.teacher_train.steps} steps each, preset {cfg.preset}"
+                                       + (f", warm-started from {cfg.teacher_train.warm_start}"
+                                          if cfg.teacher_train.warm_start else "") + ")")
     for name, e in manifest["teachers"].items():
         print(f"{name}: {e['bytes']:,} bytes, {e['record']['metrics']}", file=sys.stderr)
     print(os.path.join(FLAGS.out, PRETRAINED_MANIFEST))

@@ -37,7 +37,7 @@ def run(run: Run, ctx) -> dict:
         rec = train_teacher(spec, cfg.data.synth, cfg.teacher_train, run.paths.teacher_dir(spec.name), ctx.strategy)
         records[spec.name] = rec
         summary(f"{spec.name}: {rec['params_total']:,} params, {rec['metrics']} "
-                + (f"(pretrained, {rec['steps']} steps)" if "pretrained" in rec else f"({time.time() - t0:.0f} s)"))
+                + (f"(pretrained, {rec.get('steps_total', rec['steps'])} steps)" if "pretrained" in rec else f"({time.time() - t0:.0f} s)"))
     from face_transfer import distribute
     if ctx.strategy is not None and not distribute.is_chief(ctx.strategy):
         return {"teachers": records, "outputs": []}  # the chief records the imported teachers
