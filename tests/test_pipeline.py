@@ -414,6 +414,20 @@ def test_student_view_and_ceiling_flags_reach_the_config(tmp_path):
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--teacher_pretrained="])
         assert common.config_from_flags().teacher_train.pretrained == ""
+        # warm start: from a built zoo (the demo preset's own default of using it as it is is dropped), never both
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--teacher_warm_start=package"])
+        tt = common.config_from_flags().teacher_train
+        assert (tt.warm_start, tt.pretrained) == ("package", "")
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", f"--teacher_warm_start={tmp_path}"])
+        with pytest.raises(flags.ValidationError, match=rf"--teacher_warm_start={tmp_path}: no manifest.json in"):
+            common.config_from_flags()
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--teacher_warm_start=package",
+                     "--teacher_pretrained=package"])
+        with pytest.raises(flags.ValidationError, match="give one of the two"):
+            common.config_from_flags()
     from face_transfer.configs import preset_config
     assert (preset_config("demo").student_view, preset_config("demo").ceiling) == ("ladder", True)
     with pytest.raises(ValueError, match="student_view='pyramid'"):
