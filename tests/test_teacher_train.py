@@ -48,6 +48,8 @@ def test_train_teacher_writes_record_and_model(trained):
     assert saved == json.loads(json.dumps(record))
     assert record["name"] == "t" and record["source_task"] == "expression" and record["steps"] == 6
     assert record["embedding_dim"] == 8 and 0 < record["params_embedding"] <= record["params_total"]
+    saved_model = keras.models.load_model(os.path.join(out, "model.keras"), compile=False)
+    assert all(layer.trainable for layer in saved_model.layers)  # saved trainable: a user may fine-tune it
     acc = record["metrics"]["expression_accuracy"]
     assert 0.0 <= acc <= 100.0 and record["main_score"] == acc
     with open(os.path.join(out, "ckpt", "state.json")) as f:

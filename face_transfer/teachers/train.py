@@ -153,7 +153,7 @@ def train_teacher(spec: TeacherSpec, synth_cfg: synth.SynthConfig, cfg: TeacherT
         "spec": dataclasses.asdict(spec), "input_spec": dataclasses.asdict(spec.input_spec),
         "embedding_layer": "embedding", "embedding_dim": spec.embedding_dim,
         "params_total": int(model.count_params()),
-        "params_embedding": int(zoo.embedding_model(model).count_params()),
+        "params_embedding": int(zoo.embedding_model(model, freeze=False).count_params()),
         "steps": epochs * spe, "steps_total": steps_before + epochs * spe, "batch_size": cfg.batch_size,
         "train_seconds_this_run": round(train_s, 1),
         # across resumed invocations, and the warm start's own training

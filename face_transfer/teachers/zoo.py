@@ -141,10 +141,12 @@ def build_teacher(spec: TeacherSpec, num_identities: int = 1000) -> keras.Model:
     return keras.Model(inp, outs, name=spec.name)
 
 
-def embedding_model(model: keras.Model) -> keras.Model:
-    """The teacher's frozen feature extractor: same input -> the `embedding` layer's output."""
+def embedding_model(model: keras.Model, freeze: bool = True) -> keras.Model:
+    """The teacher's feature extractor: same input -> the `embedding` layer's output. Frozen by default, which
+    freezes the layers it shares with `model` too: pass freeze=False for a model that may still train or be saved."""
     sub = keras.Model(model.input, model.get_layer("embedding").output, name=f"{model.name}_embedding")
-    sub.trainable = False
+    if freeze:
+        sub.trainable = False
     return sub
 
 
