@@ -189,28 +189,28 @@ def config_from_flags():
             raise flags.ValidationError(f"--code_dim={FLAGS.code_dim}: expected 1 <= d < {concat} (the "
                                         f"concatenated teacher dimension of preset {cfg.preset})")
         put("code_dim", ("fusion.code_dim", "student.embedding_dim"), FLAGS.code_dim)
-    if FLAGS.teacher_pretrained is not None:
+
+    def zoo_folder(flag: str, where: str, expected: str) -> str:
+        """A built zoo's folder as the config keeps it ('package' or absolute), or a flag error naming it."""
         from face_transfer.teachers.train import PRETRAINED_MANIFEST, pretrained_dir
-        where = FLAGS.teacher_pretrained
-        if where and not os.path.isfile(os.path.join(pretrained_dir(where), PRETRAINED_MANIFEST)):
-            raise flags.ValidationError(f"--teacher_pretrained={where}: no {PRETRAINED_MANIFEST} in "
-                                        f"{pretrained_dir(where)} (expected 'package', a directory written by "
-                                        "export.package_zoo, or '' to train the teachers)")
-        if where and where != "package":
-            where = os.path.abspath(where)
-        put("teacher_pretrained", ("teacher_train.pretrained",), where)
-    if FLAGS.teacher_warm_start:
-        from face_transfer.teachers.train import PRETRAINED_MANIFEST, pretrained_dir
-        where = FLAGS.teacher_warm_start
         if not os.path.isfile(os.path.join(pretrained_dir(where), PRETRAINED_MANIFEST)):
-            raise flags.ValidationError(f"--teacher_warm_start={where}: no {PRETRAINED_MANIFEST} in "
-                                        f"{pretrained_dir(where)} (expected 'package' or a directory written by "
-                                        "export.package_zoo)")
+            raise flags.ValidationError(f"--{flag}={where}: no {PRETRAINED_MANIFEST} in {pretrained_dir(where)} "
+                                        f"(expected {expected})")
+        return where if where == "package" else os.path.abspath(where)
+
+    if FLAGS.teacher_pretrained is not None:
+        where = FLAGS.teacher_pretrained
+        put("teacher_pretrained", ("teacher_train.pretrained",), where and zoo_folder(
+            "teacher_pretrained", where, "'package', a directory written by export.package_zoo, or '' to train "
+            "the teachers"))
+    if FLAGS.teacher_warm_start:
+        where = zoo_folder("teacher_warm_start", FLAGS.teacher_warm_start,
+                           "'package' or a directory written by export.package_zoo")
         if FLAGS.teacher_pretrained:
-            raise flags.ValidationError(f"--teacher_warm_start={where} trains the zoo teachers further and "
+            raise flags.ValidationError(f"--teacher_warm_start={FLAGS.teacher_warm_start} trains the zoo teachers further and "
                                         f"--teacher_pretrained={FLAGS.teacher_pretrained} uses them as they are; "
                                         "give one of the two")
-        put("teacher_warm_start", ("teacher_train.warm_start",), where if where == "package" else os.path.abspath(where))
+        put("teacher_warm_start", ("teacher_train.warm_start",), where)
         put("teacher_warm_start", ("teacher_train.pretrained",), "")
     if FLAGS.real_teachers is not None:
         from face_transfer.teachers.real import REAL_TEACHERS, available_real_teachers
