@@ -196,6 +196,8 @@ def train_loop(
     on_step=None,
     max_to_keep=3,
     steps_per_execution=1,
+    prepare_fn=None,
+    echo=1,
 ):
     """A synchronous custom training loop under `strategy`, checkpointed and resumable.
 
@@ -217,13 +219,20 @@ def train_loop(
         `steps_per_execution`), which removes the per-step dispatch and host sync that dominate small batches
         on CPU. A call never crosses a checkpoint boundary, so checkpoints, resume and the per-step loss
         history are the same as one step per call; on_step runs after each call, once per step.
+    prepare_fn(models, batch) -> what loss_fn reads instead of the batch: the expensive part of a step that
+        needs no gradient (a frozen teacher's targets), run once per batch outside the gradient tape.
+    echo: optimizer updates per batch (data echoing, Choi et al. 2019): each prepared batch is trained on this
+        many times in a row, so that a costly prepare_fn (the teachers' forward pass) is paid once for `echo`
+        updates. `steps` counts batches (checkpoints and resume stay per batch); the optimizer makes
+        steps x echo updates, and a step's logged loss is the first update's, on the batch still unseen.
     Returns {"step": [...], "loss": [...], "start_step", "final_step", "checkpoint", "models", "optimizer"}.
     """
-    if steps < 0 or global_batch_size < 1 or checkpoint_every < 1 or steps_per_execution < 1:
+    if steps < 0 or global_batch_size < 1 or checkpoint_every < 1 or steps_per_execution < 1 or \
+            not (isinstance(echo, int) and echo >= 1):
         raise ValueError(
             f"train_loop: steps={steps}, global_batch_size={global_batch_size}, checkpoint_every="
-            f"{checkpoint_every}, steps_per_execution={steps_per_execution}; expected steps >= 0 and positive "
-            "batch size, interval and steps per execution"
+            f"{checkpoint_every}, steps_per_execution={steps_per_execution}, echo={echo!r}; expected steps >= 0 and "
+            "positive batch size, interval, steps per execution and (int) echo"
         )
     if global_batch_size % strategy.num_replicas_in_sync:
         raise ValueError(
@@ -255,7 +264,7 @@ def train_loop(
     dataset = strategy.distribute_datasets_from_function(lambda ctx: dataset_fn(ctx, start_step))
     iterator = iter(dataset)
 
-    def replica_step(batch):
+    def update(batch):
         with tf.GradientTape() as tape:
             per_example = loss_fn(models, batch)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
@@ -265,6 +274,14 @@ def train_loop(
         grads = tape.gradient(loss, variables)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         optimizer.apply_gradients(pairs)
+        return loss
+
+    def replica_step(batch):
+        if prepare_fn is not None:
+            batch = prepare_fn(models, batch)
+        loss = update(batch)
+        for _ in range(echo - 1):  # unrolled: echo is a small int
+            update(batch)
         return loss
 
     @tf.function

@@ -462,3 +462,29 @@ def test_eupe_proxy_two_stages_leave_a_student_of_the_students_size(tmp_path):
                            decoder_fn=_toy_decoder)["proxy"] == record["proxy"]
     with pytest.raises(ValueError, match="proxy_width"):
         DistillConfig(proxy_width=0.5)
+
+
+def test_echo_distils_with_each_teacher_pass_reused(tmp_path):
+    """DistillConfig.echo: the student makes `echo` updates per batch of teacher targets (train_loop's echo, tested
+    in test_distribute); the run counts batches (checkpoints, loss history), its optimizer steps x echo updates, and
+    its learning-rate schedule spans them."""
+    import face_transfer.student.distill as distill_mod
+    from face_transfer.student.training import make_optimizer
+    cfg = dataclasses.replace(TINY, echo=3)
+    orig, hist = distill_mod.distribute.train_loop, {}
+
+    def spy(*a, **k):
+        hist.update(orig(*a, **k))
+        return hist
+    distill_mod.distribute.train_loop = spy
+    try:
+        record = distill_student(STUDENT, cfg, SYNTH, _targets, str(tmp_path / "echo"))
+    finally:
+        distill_mod.distribute.train_loop = orig
+    assert record["distill"]["echo"] == 3 and np.isfinite(record["final_loss"])
+    assert int(hist["optimizer"].iterations.numpy()) == 3 * cfg.steps and len(hist["loss"]) == cfg.steps
+    assert make_optimizer(cfg)._learning_rate.decay_steps == 3 * cfg.steps
+    with pytest.raises(ValueError, match="echo"):
+        DistillConfig(echo=0)
+    with pytest.raises(ValueError, match="echo"):
+        DistillConfig(echo=1.5)

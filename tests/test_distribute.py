@@ -253,3 +253,48 @@ def test_steps_per_execution_matches_one_step_per_call_and_keeps_checkpoints(tmp
     with pytest.raises(ValueError, match="steps_per_execution"):
         distribute.train_loop(tf.distribute.get_strategy(), build, loss_fn, dataset_fn,
                               lambda: keras.optimizers.SGD(0.05), steps=1, global_batch_size=4, steps_per_execution=0)
+
+
+def test_echo_trains_each_prepared_batch_several_times_and_prepares_it_once(tmp_path):
+    """echo=k (data echoing): prepare_fn (the teachers' pass) runs once per batch, the optimizer makes k updates on
+    what it returned, `steps` still counts batches (history, checkpoints), and the weights are those of k plain
+    steps on the same batch repeated; the logged loss is the first update's, on the unseen batch."""
+    keras = tf.keras
+
+    def build():
+        tf.keras.utils.set_random_seed(5)
+        return keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+
+    def dataset_fn(ctx, start):
+        idx = distribute.make_step_index_dataset(ctx, 4, start)
+        return idx.map(lambda i: tf.cast(tf.stack([i % 7, i * 2 % 5, i * 3 % 11], 1), tf.float32) / 10.0)
+
+    calls = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def prepare(model, x):
+        calls.assign_add(1)
+        return x, tf.reduce_sum(x, 1, keepdims=True)  # the "teacher's" target, computed once
+
+    def loss_fn(model, prepared):
+        x, y = prepared
+        return tf.reduce_sum(tf.square(model(x) - y), axis=1)
+
+    h = distribute.train_loop(tf.distribute.get_strategy(), build, loss_fn, dataset_fn,
+                              lambda: keras.optimizers.SGD(0.05), steps=4, global_batch_size=4,
+                              checkpoint_dir=str(tmp_path / "echo"), checkpoint_every=2, prepare_fn=prepare, echo=3)
+    assert int(calls.numpy()) == 4 and h["step"] == [1, 2, 3, 4] and int(h["optimizer"].iterations.numpy()) == 12
+    assert os.path.basename(h["checkpoint"]) == "ckpt-4"
+
+    # the same as 12 plain steps on every batch repeated 3 times in a row
+    def repeated(ctx, start):
+        return dataset_fn(ctx, start).flat_map(lambda x: tf.data.Dataset.from_tensors(x).repeat(3))
+
+    plain = distribute.train_loop(tf.distribute.get_strategy(), build,
+                                  lambda m, x: loss_fn(m, (x, tf.reduce_sum(x, 1, keepdims=True))), repeated,
+                                  lambda: keras.optimizers.SGD(0.05), steps=12, global_batch_size=4)
+    for a, b in zip(h["models"].get_weights(), plain["models"].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(h["loss"], plain["loss"][::3], rtol=1e-5)
+    with pytest.raises(ValueError, match="echo"):
+        distribute.train_loop(tf.distribute.get_strategy(), build, loss_fn, dataset_fn,
+                              lambda: keras.optimizers.SGD(0.05), steps=1, global_batch_size=4, echo=0)

@@ -140,6 +140,7 @@ def test_bad_flag_exits_nonzero_before_any_work(tmp_path):
     (["--preset=smoke", "--distill_loss=l2", "--distill_teacher_drop=0.5"], "ValidationError", "teacher_drop"),
     (["--preset=smoke", "--student_head_channels=-2"], "ValidationError", "--student_head_channels"),
     (["--preset=smoke", "--distill_proxy_width=0.5"], "ValidationError", "--distill_proxy_width"),
+    (["--preset=smoke", "--distill_echo=0"], "ValidationError", "--distill_echo"),
 ])
 def test_bad_flags_are_named(tmp_path, argv, error, needle):
     from absl import flags
@@ -396,6 +397,15 @@ def test_student_view_and_ceiling_flags_reach_the_config(tmp_path):
     c = ceiling_distill_config(cfg)  # the student's batch: the steps and the checkpoints scale with the budget
     assert (c.steps, c.batch_size, c.checkpoint_every) == \
         (round(2.5 * cfg.distill.steps), cfg.distill.batch_size, round(2.5 * cfg.distill.checkpoint_every))
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--distill_echo=3",
+                     "--ceiling_budget=1"])
+        cfg = common.config_from_flags()
+    # echo: the labelled networks make as many updates as the student, each on fresh faces, and echo nothing
+    from face_transfer.stages.student import labelled_distill_config
+    d, c, sup = cfg.distill, ceiling_distill_config(cfg), labelled_distill_config(cfg.distill)
+    assert d.echo == 3 and (sup.steps, sup.echo, c.steps, c.echo) == (3 * d.steps, 1, 3 * d.steps, 1)
     with flagsaver.flagsaver():
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["pipeline", "--preset=demo", f"--run_dir={tmp_path / 'run'}", "--ceiling_batch_size=-8"])

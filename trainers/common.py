@@ -40,7 +40,10 @@ def define_run_flags():
     flags.DEFINE_float("distill_proxy_width", None, "EUPE's two-stage recipe: distil a proxy of this many times the "
                        "student's width (> 1; 3.4 is about 10x its parameters) from the fused teachers first, then "
                        "the student from the proxy. 0: off (one stage).")
-    flags.DEFINE_integer("distill_steps", None, "Student distillation steps.")
+    flags.DEFINE_integer("distill_steps", None, "Student distillation steps (batches of faces the teachers see).")
+    flags.DEFINE_integer("distill_echo", None, "Data echoing: student updates per batch of teacher targets (>= 1; "
+                         "the teachers' pass is paid once for this many updates). The supervised control and the "
+                         "ceiling make as many updates, on fresh faces. Default: the preset's.")
     flags.DEFINE_boolean("distill_heads", None, "Block losses (teacher_space, cos_sl1) through trainable per-teacher "
                          "MLP heads (dropped at inference) instead of the frozen decoder.")
     flags.DEFINE_float("distill_noise", None, "Noisy student: probability in [0, 1] that a face is degraded (colour, "
@@ -144,6 +147,7 @@ _FLAG_OVERRIDES = (
     ("ceiling_batch_size", ("ceiling_batch_size",), None),
     ("student_workers", ("student_workers",), None),
     ("distill_steps", ("distill.steps",), "positive_int"),
+    ("distill_echo", ("distill.echo",), "positive_int"),
     ("teacher_steps", ("teacher_train.steps",), "positive_int"),
     ("batch_size", ("distill.batch_size", "teacher_train.batch_size"), "positive_int"),
     ("distill_batch_size", ("distill.batch_size",), "positive_int"),

@@ -62,14 +62,25 @@ def fused_teacher_builders(run: Run):
     return code_model, concat_model, decoder
 
 
+def labelled_distill_config(distill):
+    """The schedule of a network of the student's architecture trained on labels (the supervised control; the
+    ceiling's base): as many updates as the student makes (steps x echo), each on fresh faces. It has no teachers'
+    pass to save, so it does not echo: it sees at least the student's faces."""
+    if distill.echo == 1:
+        return distill
+    return dataclasses.replace(distill, steps=distill.steps * distill.echo,
+                               checkpoint_every=distill.checkpoint_every * distill.echo, echo=1)
+
+
 def ceiling_distill_config(cfg):
-    """The ceiling's training schedule: `cfg.ceiling_budget` times the student's faces (steps x batch), in
-    batches of `cfg.ceiling_batch_size` (0: the student's)."""
-    batch = cfg.ceiling_batch_size or cfg.distill.batch_size
-    scale = cfg.ceiling_budget * cfg.distill.batch_size / batch
-    steps = max(1, int(round(cfg.distill.steps * scale)))
-    every = max(1, int(round(cfg.distill.checkpoint_every * scale)))
-    return dataclasses.replace(cfg.distill, steps=steps, batch_size=batch, checkpoint_every=every)
+    """The ceiling's training schedule: `cfg.ceiling_budget` times the student's updates in faces (steps x echo x
+    batch), in batches of `cfg.ceiling_batch_size` (0: the student's)."""
+    base = labelled_distill_config(cfg.distill)
+    batch = cfg.ceiling_batch_size or base.batch_size
+    scale = cfg.ceiling_budget * base.batch_size / batch
+    steps = max(1, int(round(base.steps * scale)))
+    every = max(1, int(round(base.checkpoint_every * scale)))
+    return dataclasses.replace(base, steps=steps, batch_size=batch, checkpoint_every=every)
 
 
 def student_variants(run: Run) -> dict:
@@ -102,7 +113,8 @@ def train_one(run: Run, rep: str, out_dir: str, strategy=None) -> dict:
     if rep == "supervised_student":
         print("  control: the same student trained on all source-task labels (multi-task supervised)",
               file=sys.stderr)
-        return train_supervised_student(scfg, cfg.distill, cfg.data.synth, out_dir, strategy, view=cfg.student_view)
+        return train_supervised_student(scfg, labelled_distill_config(cfg.distill), cfg.data.synth, out_dir, strategy,
+                                        view=cfg.student_view)
     if rep == "ceiling":
         print("  ceiling: the same student trained on the labels of every task, source and novel, on fresh "
               "faces of every domain (the per-task reference)", file=sys.stderr)
@@ -118,8 +130,15 @@ def train_one(run: Run, rep: str, out_dir: str, strategy=None) -> dict:
 
 
 def _relative_cost(run: Run, rep: str) -> float:
-    """Faces a network of the stage sees (steps x batch): the longest jobs start first."""
-    d = ceiling_distill_config(run.cfg) if rep == "ceiling" else run.cfg.distill
+    """A network's work in student updates of one face (a distilled network also pays the teachers' pass, about
+    one update's cost, per face): the longest jobs start first."""
+    if rep == "ceiling":
+        d = ceiling_distill_config(run.cfg)
+    elif rep == "supervised_student":
+        d = labelled_distill_config(run.cfg.distill)
+    else:
+        d = run.cfg.distill
+        return float(d.steps * d.batch_size * (d.echo + 1))
     return float(d.steps * d.batch_size)
 
 

@@ -142,6 +142,11 @@ class DistillConfig:
     # fused teachers with this same config, then the student from the frozen proxy (its code, and the teacher
     # blocks the frozen decoder reads from it). Each stage takes `steps`.
     proxy_width: float = 0.0
+    # Data echoing (Choi et al. 2019) of the teachers' targets: each batch of faces and its targets, computed once,
+    # serves this many student updates in a row. The teachers' forward pass costs more than the student's step, so
+    # at equal seconds the student makes more updates on fewer faces. `steps` counts batches (teacher passes):
+    # the student makes steps x echo updates, its learning-rate schedule spans them. 1 = off.
+    echo: int = 1
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -167,6 +172,9 @@ class DistillConfig:
         if self.proxy_width < 0 or (0 < self.proxy_width <= 1):
             raise ValueError(f"DistillConfig.proxy_width={self.proxy_width!r}; expected 0 (off) or a width multiplier "
                              "> 1 (the proxy is larger than the student)")
+        if not (isinstance(self.echo, int) and not isinstance(self.echo, bool) and self.echo >= 1):
+            raise ValueError(f"DistillConfig.echo={self.echo!r}; expected an int >= 1 (student updates per batch "
+                             "of teacher targets; 1 = off)")
         if self.head_hidden < 1 or self.code_weight < 0:
             raise ValueError(f"DistillConfig: head_hidden={self.head_hidden!r} must be >= 1 and "
                              f"code_weight={self.code_weight!r} >= 0")

@@ -134,9 +134,13 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
             extras["encoder"] = enc
         return {"student": student, **extras}
 
-    def loss_fn(models, batch):
+    def prepare(models, batch):
+        # the teachers' forward pass: once per batch, outside the gradient tape (cfg.echo updates reuse it)
         clean, seen = batch if _student_only_noise(cfg) else (batch, batch)
-        target = models["targets"](clean, training=False)
+        return seen, models["targets"](clean, training=False)
+
+    def loss_fn(models, prepared):
+        seen, target = prepared
         if ladder_heads:
             out = models["view"](seen, training=True)
             pred, blocks = out["embedding"], models["heads"](out["features"], training=True)
@@ -174,7 +178,8 @@ def distill_student(student_cfg: StudentConfig, cfg: DistillConfig, source,
         lambda ctx, start: make_source_dataset(source, cfg, ctx, start, gb),
         lambda: make_optimizer(cfg), cfg.steps, gb, checkpoint_dir=os.path.join(out_dir, "ckpt"),
         checkpoint_every=cfg.checkpoint_every,
-        steps_per_execution=cfg.steps_per_execution, on_step=StepProgress(cfg.steps, cfg.log_every, "distill"))
+        steps_per_execution=cfg.steps_per_execution, on_step=StepProgress(cfg.steps, cfg.log_every, "distill"),
+        prepare_fn=prepare, echo=cfg.echo)
     student = stock_student(hist["models"]["student"], student_cfg)
     recalibrate_batchnorm(student, recalibration_batches(source, cfg))
     extra = {key: count_params(hist["models"][k]) for k, key in (("heads", "teacher_heads_params"),

@@ -46,7 +46,9 @@ class StepProgress:
 
 
 def make_optimizer(cfg):
-    sched = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.steps, alpha=0.02)
+    """AdamW with a cosine decay over the run's optimizer updates: steps x echo (DistillConfig.echo)."""
+    updates = cfg.steps * getattr(cfg, "echo", 1)
+    sched = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, updates, alpha=0.02)
     return keras.optimizers.AdamW(sched, weight_decay=cfg.weight_decay)
 
 
