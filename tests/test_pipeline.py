@@ -80,6 +80,12 @@ def test_smoke_pipeline_killed_mid_stage_resumes_and_finishes(smoke_run):
     for key in ("params_ratio", "student.params", "tflite.int8_ptq.bytes", "tflite.int8_ptq.cosine_mean",
                 "latency.int8_ms_per_face", "fusion.retained_fraction"):
         assert key in head, key
+    # what the student holds of every teacher, next to the code it imitates (a fraction of variance)
+    imit = table["imitation_r2"]
+    assert set(imit["student"]) == set(imit["ae"]) == {k[len("fusion.val_r2."):] for k in head
+                                                        if k.startswith("fusion.val_r2.")}
+    assert all(head[f"student.imitation_r2.{t}"] <= 1.0 for t in imit["student"])
+    assert "How much of each teacher the student holds" in report
     for f in ("student_int8_ptq.tflite", "student_float32.tflite", "analyzer_int8.tflite", "parity.json",
               "student_savedmodel/saved_model.pb", "analyzer_savedmodel/saved_model.pb"):
         assert os.path.exists(os.path.join(run_dir, "export", f)), f

@@ -355,3 +355,16 @@ def test_tiny_set_and_unlabelled_regression_name_task_and_size(data):
         probes.probe_task(_task("yaw", "yaw", "regression"), good, {"yaw": yaw}, 0, CFG)
     with pytest.raises(ValueError, match=r"labels\['yaw'\] has dtype <U"):
         probes.probe_task(_task("yaw", "yaw", "regression"), good, {"yaw": np.array(["1.0"] * N)}, 0, CFG)
+
+
+def test_linear_r2_reads_a_linear_embedding_whole_and_noise_not_at_all():
+    """probes.linear_r2: the held-out fraction of a target embedding's variance a representation holds linearly."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 12))
+    linear = x @ rng.normal(size=(12, 5)) * np.array([1, 10, 100, 0.1, 1])  # z-scored: every dim counts alike
+    assert probes.linear_r2(x, linear, 0, ProbeConfig()) > 0.99
+    assert abs(probes.linear_r2(x, rng.normal(size=(600, 5)), 0, ProbeConfig())) < 0.1
+    half = np.concatenate([linear[:, :2], rng.normal(size=(600, 2))], 1)  # two dims held, two not
+    assert 0.4 < probes.linear_r2(x, half, 0, ProbeConfig()) < 0.6
+    with pytest.raises(ValueError, match="target of shape"):
+        probes.linear_r2(x, linear[:10], 0, ProbeConfig())

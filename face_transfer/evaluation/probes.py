@@ -297,6 +297,24 @@ def _ridge_predictions(prep: _PreparedSplit, ytr_std: np.ndarray, alphas) -> tup
     return val, test
 
 
+def linear_r2(features: np.ndarray, target: np.ndarray, seed: int, cfg: ProbeConfig, name: str = "features") -> float:
+    """How much of an embedding `target` [N, D] a representation holds linearly: the held-out fraction of its
+    variance (every dimension z-scored on the train split, as the fusion's per-teacher R²) that ridge on `features`
+    explains, alpha chosen on the validation split; the probes' splits and alpha grid."""
+    y = np.asarray(target, np.float64)
+    if y.ndim != 2 or y.shape[0] != np.shape(features)[0]:
+        raise ValueError(f"linear_r2 {name}: target of shape {y.shape} for {np.shape(features)[0]} images; "
+                         "expected [N, D] with the features' N")
+    with threadpool_limits(limits=cfg.blas_threads):
+        prep = _PreparedSplit(features, seed, cfg, name=name)
+        ytr, yva, yte = (y[i] for i in prep.idx)
+        mu, sd = _standardise_targets(ytr)
+        val, test = _ridge_predictions(prep, (ytr - mu) / sd, cfg.alpha_grid)
+        k = int(np.argmin([np.mean((p - (yva - mu) / sd) ** 2) for p in val]))
+        z = (yte - mu) / sd
+        return float(1.0 - np.sum((z - test[k]) ** 2) / max(np.sum((z - z.mean(axis=0)) ** 2), 1e-12))
+
+
 def _finite_rows(y: np.ndarray) -> np.ndarray:
     return np.all(np.isfinite(y.reshape(y.shape[0], -1)), axis=1)
 

@@ -102,6 +102,23 @@ def rep_groups(run: Run, results: dict, tasks) -> dict:
     return groups
 
 
+# What the student is measured against: its code and features; the AE code it imitates and the supervised control
+# (no teacher) for reference.
+IMITATION_REPS = ("student", "student_code", "ae", "supervised_student")
+
+
+def imitation_r2(run: Run, reps: dict) -> dict:
+    """{rep: {teacher: {eval_set: R²}}}: how much of each frozen teacher's embedding a representation holds
+    linearly on held-out faces of every eval set (probes.linear_r2, first probe seed). The fusion's val R² says what
+    the code keeps of a teacher; this says what the student kept of it, also on the domains it never saw."""
+    from face_transfer.evaluation.probes import linear_r2
+    seed = run.cfg.probe.seeds[0]
+    names = [n for n in inputs.teacher_names(run) if n in reps]
+    return {rep: {t: {s: linear_r2(reps[rep][s], reps[t][s], seed, run.cfg.probe, name=f"{rep} -> {t} ({s})")
+                      for s in reps[rep]} for t in names}
+            for rep in IMITATION_REPS if rep in reps}
+
+
 @register_stage
 def run(run: Run, ctx) -> dict:
     from face_transfer.evaluation import plots, tables
@@ -127,6 +144,7 @@ def run(run: Run, ctx) -> dict:
     table["groups"] = groups
     table["compression_curve"] = curve
     table["compression_99"] = compression_summary(curve)
+    table["imitation_r2"] = imitation_r2(run, reps)
     # the ceiling is a reference, not a competitor: its own table, out of the "best per row" one
     order = ["pixels", "random_student"] + inputs.teacher_names(run) + \
         ["concat", "pca", "random_projection", "ae"] + [r for r in results if r.startswith("ae_")] + \

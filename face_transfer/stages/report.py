@@ -103,6 +103,9 @@ def headline(run: Run) -> dict:
                 out["transfer.mean_novel_pct_of_ceiling.best_teacher"] = \
                     100.0 * groups["best_teacher"]["mean_novel"] / e["ceiling"]
         out["fusion.compression_99"] = table.get("compression_99")
+        for t, by_set in table.get("imitation_r2", {}).get("student", {}).items():
+            # on the first eval set: faces like the ones the student was distilled on
+            out[f"student.imitation_r2.{t}"] = next(iter(by_set.values()))
     spath = run.paths.student_json
     if os.path.exists(spath):
         st = read_json(spath)
@@ -229,6 +232,21 @@ def _student_outputs_lines(ex: dict, g) -> list[str]:
             "Fit new heads on `features`."]
 
 
+def imitation_lines(imit: dict) -> list[str]:
+    """The report's table of evaluate.imitation_r2: per teacher, what each representation holds of it, per eval set."""
+    if not imit.get("student"):
+        return []
+    sets = list(next(iter(imit["student"].values())))
+    L = ["", "How much of each teacher the student holds: held-out R² of a ridge map from a representation to the "
+         "teacher's embedding (its dimensions z-scored), per eval set; `ae` is the code the student imitates, "
+         "`supervised_student` learnt no teacher. The first set's faces are like the ones it was distilled on.", "",
+         "| teacher | representation | " + " | ".join(sets) + " |", "|---|---|" + "---:|" * len(sets)]
+    for t in imit["student"]:
+        for rep in imit:
+            L.append(f"| {t} | {rep} | " + " | ".join(f"{imit[rep][t][s]:.3f}" for s in sets) + " |")
+    return L
+
+
 def _fmt(v, nd=1):
     return "n/a" if v is None else (f"{v:,.{nd}f}" if isinstance(v, float) else f"{v:,}")
 
@@ -346,6 +364,7 @@ def write_report(run: Run, wall_s: float | None = None) -> dict:
         for rep in student_variants(run):
             if f"student.final_loss.{rep}" in h:
                 L.append(f"- `{rep}`: final training loss {_fmt(h[f'student.final_loss.{rep}'], 4)}")
+        L += imitation_lines(table.get("imitation_r2") or {})
         L += ["", f"![student embedding]({run.paths.rel(run.paths.student_embedding_png)})", ""]
     L += ["## Transfer to every task (linear probes, mean ± std over seeds, 0-100 scores)", "",
           open(run.paths.transfer_md).read(), "", f"![per-task scores]({run.paths.rel(run.paths.task_bars_png)})", ""]
