@@ -210,18 +210,22 @@ def test_train_loop_in_process_and_argument_errors(tmp_path):
                               steps=1, global_batch_size=4)
 
 
+def _seeded_dense(seed: int, units: int):
+    tf.keras.utils.set_random_seed(seed)
+    return tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(units)])
+
+
+def _index_batches(ctx, start):
+    """Batches of 4 whose content is a function of the global step (exact resumes)."""
+    idx = distribute.make_step_index_dataset(ctx, 4, start)
+    return idx.map(lambda i: tf.cast(tf.stack([i % 7, i * 2 % 5, i * 3 % 11], 1), tf.float32) / 10.0)
+
+
 def test_steps_per_execution_matches_one_step_per_call_and_keeps_checkpoints(tmp_path):
     """Several steps per tf.function call: the same weights and per-step losses as one step per call, a checkpoint
     at every checkpoint_every boundary (a call never crosses one), and an exact resume from the middle."""
     keras = tf.keras
-
-    def build():
-        tf.keras.utils.set_random_seed(3)
-        return keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-
-    def dataset_fn(ctx, start):
-        idx = distribute.make_step_index_dataset(ctx, 4, start)
-        return idx.map(lambda i: tf.cast(tf.stack([i % 7, i * 2 % 5, i * 3 % 11], 1), tf.float32) / 10.0)
+    build, dataset_fn = (lambda: _seeded_dense(3, 2)), _index_batches
 
     def loss_fn(model, x):
         return tf.reduce_sum(tf.square(model(x) - tf.reduce_sum(x, 1, keepdims=True)), axis=1)
@@ -260,15 +264,7 @@ def test_echo_trains_each_prepared_batch_several_times_and_prepares_it_once(tmp_
     what it returned, `steps` still counts batches (history, checkpoints), and the weights are those of k plain
     steps on the same batch repeated; the logged loss is the first update's, on the unseen batch."""
     keras = tf.keras
-
-    def build():
-        tf.keras.utils.set_random_seed(5)
-        return keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-
-    def dataset_fn(ctx, start):
-        idx = distribute.make_step_index_dataset(ctx, 4, start)
-        return idx.map(lambda i: tf.cast(tf.stack([i % 7, i * 2 % 5, i * 3 % 11], 1), tf.float32) / 10.0)
-
+    build, dataset_fn = (lambda: _seeded_dense(5, 1)), _index_batches
     calls = tf.Variable(0, dtype=tf.int64, trainable=False)
 
     def prepare(model, x):
