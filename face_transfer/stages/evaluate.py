@@ -111,11 +111,12 @@ def imitation_r2(run: Run, reps: dict) -> dict:
     """{rep: {teacher: {eval_set: R²}}}: how much of each frozen teacher's embedding a representation holds
     linearly on held-out faces of every eval set (probes.linear_r2, first probe seed). The fusion's val R² says what
     the code keeps of a teacher; this says what the student kept of it, also on the domains it never saw."""
-    from face_transfer.evaluation.probes import linear_r2
+    from face_transfer.evaluation.probes import MIN_IMAGES, linear_r2
     seed = run.cfg.probe.seeds[0]
     names = [n for n in inputs.teacher_names(run) if n in reps]
-    return {rep: {t: {s: linear_r2(reps[rep][s], reps[t][s], seed, run.cfg.probe, name=f"{rep} -> {t} ({s})")
-                      for s in reps[rep]} for t in names}
+    # a diagnostic: an eval set too small to split (a user's tiny labelled set) is left out, not an error
+    return {rep: {t: {s: linear_r2(x, reps[t][s], seed, run.cfg.probe, name=f"{rep} -> {t} ({s})")
+                      for s, x in reps[rep].items() if len(x) >= MIN_IMAGES} for t in names}
             for rep in IMITATION_REPS if rep in reps}
 
 
