@@ -298,8 +298,9 @@ def _preset(name: str) -> ExperimentConfig:
             compression_dims=(16, 32, 64, 128, 256),
             # Width 1.25 (360k parameters, still x79 fewer than teachers + encoder): with the expert zoo the student
             # under-fits its teachers (held-out R² 0.74-0.86 per teacher against the code's 0.86-0.95), and at a
-            # quarter of the budget the wider student scored +1.8 over width 1.0 (3 seeds: BENCHMARKS.md, "Student
-            # levers on the 4,600-step zoo"). The supervised control and the ceiling share the architecture.
+            # quarter of the budget the wider student scored 66.8 +- 0.5 against 63.6 +- 0.7 at width 1.0 (3 seeds:
+            # BENCHMARKS.md, "Student levers on the 4,600-step zoo"). The supervised control and the ceiling share the
+            # architecture.
             student=StudentConfig(width=1.25, embedding_dim=64),
             # 76,800 faces (doubling the demo's 500 steps of 64 gained +1.6 novel, benchmarks/ablate_distill.py
             # --steps) in batches of 32: 62.5 vs 61.0 in batches of 64 for about the same seconds; batches of 16
