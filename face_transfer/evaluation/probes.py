@@ -297,6 +297,16 @@ def _ridge_predictions(prep: _PreparedSplit, ytr_std: np.ndarray, alphas) -> tup
     return val, test
 
 
+def _ridge_select(prep: _PreparedSplit, y: np.ndarray, alphas) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Ridge on targets z-scored on the train split, alpha chosen by the validation MSE in those units (the mean
+    over outputs of the standardised MSE): (the test prediction, z-scored; the train mean and std; the alpha's index)."""
+    ytr, yva = y[prep.idx[0]], y[prep.idx[1]]
+    mu, sd = _standardise_targets(ytr)
+    val, test = _ridge_predictions(prep, (ytr - mu) / sd, alphas)
+    k = int(np.argmin([np.mean((p - (yva - mu) / sd) ** 2) for p in val]))
+    return test[k], mu, sd, k
+
+
 def linear_r2(features: np.ndarray, target: np.ndarray, seed: int, cfg: ProbeConfig, name: str = "features") -> float:
     """How much of an embedding `target` [N, D] a representation holds linearly: the held-out fraction of its
     variance (every dimension z-scored on the train split, as the fusion's per-teacher R²) that ridge on `features`
@@ -307,12 +317,9 @@ def linear_r2(features: np.ndarray, target: np.ndarray, seed: int, cfg: ProbeCon
                          "expected [N, D] with the features' N")
     with threadpool_limits(limits=cfg.blas_threads):
         prep = _PreparedSplit(features, seed, cfg, name=name)
-        ytr, yva, yte = (y[i] for i in prep.idx)
-        mu, sd = _standardise_targets(ytr)
-        val, test = _ridge_predictions(prep, (ytr - mu) / sd, cfg.alpha_grid)
-        k = int(np.argmin([np.mean((p - (yva - mu) / sd) ** 2) for p in val]))
-        z = (yte - mu) / sd
-        return float(1.0 - np.sum((z - test[k]) ** 2) / max(np.sum((z - z.mean(axis=0)) ** 2), 1e-12))
+        pred, mu, sd, _ = _ridge_select(prep, y, cfg.alpha_grid)
+        z = (y[prep.idx[2]] - mu) / sd
+        return float(1.0 - np.sum((z - pred) ** 2) / max(np.sum((z - z.mean(axis=0)) ** 2), 1e-12))
 
 
 def _finite_rows(y: np.ndarray) -> np.ndarray:
@@ -340,12 +347,8 @@ def _regression(prep: _PreparedSplit, y: np.ndarray, cfg: ProbeConfig, task: Tas
         # Labels undefined for some images (NaN) are left out of every split.
         prep = _subset(prep, ok)
         _check_split_sizes(prep, task, int(ok.sum()))
-    ytr, yva, yte = (y[i] for i in prep.idx)
-    mu, sd = _standardise_targets(ytr)
-    val, test = _ridge_predictions(prep, (ytr - mu) / sd, cfg.alpha_grid)
-    val_mse = [np.mean((p * sd + mu - yva) ** 2 / sd ** 2) for p in val]  # = mean over outputs of standardised MSE
-    k = int(np.argmin(val_mse))
-    pred = test[k] * sd + mu
+    pred, mu, sd, k = _ridge_select(prep, y, cfg.alpha_grid)
+    pred, yte = pred * sd + mu, y[prep.idx[2]]
     r2 = _r2(yte, pred)
     return {"mae": float(np.mean(np.abs(pred - yte))), "r2": r2, "score": 100.0 * max(r2, 0.0),
             "alpha": float(cfg.alpha_grid[k])}
