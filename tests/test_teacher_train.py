@@ -209,6 +209,27 @@ def test_warm_start_trains_a_packaged_teacher_further_on_new_faces(trained, tmp_
         dataclasses.replace(CFG, pretrained=zoo_dir, warm_start=zoo_dir)
 
 
+def test_warm_start_onto_a_new_age_head_keeps_the_trained_network(tmp_path):
+    """A regression age teacher warm-started as a dldl one: the spec check lets the head differ, the network's
+    layers start from the packaged weights, the new head is named in the record, and its metrics read the bins."""
+    import dataclasses
+    reg = TeacherSpec("ag", "resnet", "age_gender", (4, 8), 1, 8, input_size=32)
+    out = str(tmp_path / "reg")
+    train_teacher(reg, SYNTH, CFG, out)
+    zoo_dir = str(tmp_path / "zoo")
+    teacher_train.package_pretrained({"ag": out}, zoo_dir, SYNTH, note="test")
+    dldl = dataclasses.replace(reg, age_head="dldl")
+    with pytest.raises(ValueError, match=r"differs in age_head: 'regression' vs 'dldl'"):
+        train_teacher(dldl, SYNTH, dataclasses.replace(CFG, pretrained=zoo_dir), str(tmp_path / "as_is"))
+    cfg = dataclasses.replace(CFG, steps=2, checkpoint_every=2, warm_start=zoo_dir)
+    rec = train_teacher(dldl, SYNTH, cfg, str(tmp_path / "warm"))
+    assert rec["warm_start"]["head_changed"] == {"age_head": ["regression", "dldl"]}
+    assert rec["warm_start"]["new_layers"] == ["age"] and rec["steps_total"] == 8
+    assert 0 <= rec["metrics"]["age_mae_years"] < 100
+    model = keras.models.load_model(os.path.join(str(tmp_path / "warm"), "model.keras"), compile=False)
+    assert model.get_layer("age").output.shape[-1] == 101
+
+
 def test_the_shipped_zoo_is_the_demo_presets_teachers_and_intact(tmp_path):
     """face_transfer/assets/zoo (`make zoo`) holds every teacher of the demo preset, as that preset specifies
     it, with the recorded checksums: a preset change that forgets to rebuild the zoo fails here."""

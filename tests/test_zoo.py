@@ -1,4 +1,6 @@
 """Teacher zoo: every architecture x source task builds; CosFace head and loss."""
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -102,3 +104,39 @@ def test_targets_and_metrics_for_pose_and_age_gender():
     m = zoo.source_metrics(ag, {"age": np.asarray(t["age"]), "gender": np.array([[-1.0], [2.0]])}, labels)
     assert m["age_mae_years"] < 1e-4 and m["gender_accuracy"] == 100.0
     assert zoo.main_score(m) == 100.0
+
+
+def test_dldl_age_head_learns_a_label_distribution_read_as_its_expectation():
+    """age_head="dldl": a softmax over DEX's one-year bins, trained towards a Gaussian around the age (it sums to
+    1 and peaks at the age), read back as the expectation: logits equal to the log of the target give the age."""
+    labels = {"age": np.array([20.0, 47.0, 79.0]), "gender": np.array([1, 0, 1])}
+    spec = TeacherSpec("a", "resnet", "age_gender", (8,), 1, 8, input_size=16, age_head="dldl")
+    t = np.asarray(zoo.targets_from_labels(spec, labels)["age"])
+    assert t.shape == (3, len(zoo.AGE_BINS))
+    np.testing.assert_allclose(t.sum(axis=1), 1.0, atol=1e-5)
+    assert list(zoo.AGE_BINS[np.argmax(t, axis=1)]) == [20.0, 47.0, 79.0]
+    m = zoo.source_metrics(spec, {"age": np.log(t + 1e-12), "gender": np.array([[1.0], [-1.0], [1.0]])}, labels)
+    assert m["age_mae_years"] < 0.05 and m["gender_accuracy"] == 100.0
+    model = build_teacher(spec)
+    assert model.output["age"].shape[-1] == len(zoo.AGE_BINS)
+    model.compile(optimizer="adam", loss=zoo.losses_for(spec))
+    x = np.random.default_rng(0).normal(size=(3, 16, 16, 3)).astype(np.float32)
+    loss = model.train_on_batch(x, {"age": t, "gender": labels["gender"][:, None].astype(np.float32)})
+    assert np.isfinite(np.asarray(loss)).all()
+    with pytest.raises(ValueError, match="age_head must be one of"):
+        TeacherSpec("a", "resnet", "age_gender", age_head="dex")
+
+
+def test_copy_matching_weights_keeps_the_network_and_names_the_new_head():
+    """A warm start onto a new head: every layer of the same name and shapes takes the trained weights; the
+    changed head is left as initialised and named."""
+    spec = TeacherSpec("a", "resnet", "age_gender", (8,), 1, 8, input_size=16)
+    trained = build_teacher(spec)
+    for w in trained.weights:
+        w.assign(np.random.default_rng(1).normal(size=w.shape).astype(np.float32))
+    fresh = build_teacher(dataclasses.replace(spec, age_head="dldl"))
+    assert zoo.copy_matching_weights(trained, fresh) == ["age"]
+    for layer in fresh.layers:
+        if layer.name != "age":
+            for a, b in zip(layer.get_weights(), trained.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(a, b)

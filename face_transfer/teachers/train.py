@@ -123,6 +123,11 @@ def train_teacher(spec: TeacherSpec, synth_cfg: synth.SynthConfig, cfg: TeacherT
                 model = load_keras_model(warm["from"], "warm-start teacher", compile=False)
                 for layer in model.layers:  # saved frozen: `zoo.embedding_model` froze the layers it shares
                     layer.trainable = True
+                if warm["head_changed"]:
+                    # a new head on the trained network, as one fine-tunes an existing model for a new output
+                    fresh = zoo.build_teacher(spec, synth_cfg.n_train_identities)
+                    warm["new_layers"] = zoo.copy_matching_weights(model, fresh)
+                    model = fresh
             else:
                 model = zoo.build_teacher(spec, synth_cfg.n_train_identities)
             _compile(model, spec, cfg, epochs * spe)
@@ -167,12 +172,19 @@ def train_teacher(spec: TeacherSpec, synth_cfg: synth.SynthConfig, cfg: TeacherT
     return record
 
 
+# Spec fields a warm start may change: they shape a source-task head, not the network that computes the embedding.
+HEAD_FIELDS = ("age_head",)
+
+
 def _warm_start(spec: TeacherSpec, where: str) -> dict:
     """What a warm-started teacher starts from: the verified file and the training it already had."""
-    src, entry, _, sha = verified_pretrained(spec, where)
+    src, entry, _, sha = verified_pretrained(spec, where, may_differ=HEAD_FIELDS)
     rec = entry["record"]
+    was = _recorded_spec(entry, src)
     return {"from": src, "sha256": sha, "steps_total": int(rec.get("steps_total", rec["steps"])),
-            "train_seconds_total": float(rec.get("train_seconds_total", 0.0)), "metrics": rec.get("metrics", {})}
+            "train_seconds_total": float(rec.get("train_seconds_total", 0.0)), "metrics": rec.get("metrics", {}),
+            "head_changed": {f: [getattr(was, f), getattr(spec, f)] for f in HEAD_FIELDS
+                             if getattr(was, f) != getattr(spec, f)}}
 
 
 def evaluate_teacher(model, spec, synth_cfg, cfg) -> dict:
@@ -233,9 +245,19 @@ def package_pretrained(teacher_dirs: dict, out_dir: str, synth_cfg: synth.SynthC
     return manifest
 
 
-def verified_pretrained(spec: TeacherSpec, where: str) -> tuple[str, dict, dict, str]:
+def _recorded_spec(entry: dict, where: str) -> TeacherSpec:
+    """The TeacherSpec a zoo manifest records (fields a zoo older than them does not record take their defaults)."""
+    try:
+        return TeacherSpec(**entry["record"]["spec"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: the recorded spec of {entry['record'].get('name')!r} is not a teacher spec this "
+                         f"face-transfer reads ({e}); rebuild the zoo") from e
+
+
+def verified_pretrained(spec: TeacherSpec, where: str, may_differ: tuple = ()) -> tuple[str, dict, dict, str]:
     """The model file of the pretrained teacher `spec.name` in `where`, its manifest entry, the manifest and the
-    file's SHA-256, after checking that it is the architecture the config asks for and that the file is intact."""
+    file's SHA-256, after checking that it is the architecture the config asks for (but for the spec fields
+    `may_differ`) and that the file is intact."""
     root = pretrained_dir(where)
     mpath = os.path.join(root, PRETRAINED_MANIFEST)
     if not os.path.exists(mpath):
@@ -247,7 +269,8 @@ def verified_pretrained(spec: TeacherSpec, where: str) -> tuple[str, dict, dict,
     if entry is None:
         raise ValueError(f"{mpath}: no pretrained teacher {spec.name!r} (it holds {sorted(manifest.get('teachers', {}))}); "
                          "train it with --teacher_pretrained='' or rebuild the zoo with `make zoo`")
-    diff = dict_differences(entry["record"]["spec"], _spec_json(spec))
+    diff = [d for d in dict_differences(_spec_json(_recorded_spec(entry, mpath)), _spec_json(spec))
+            if d[0] not in may_differ]
     if diff:
         raise ValueError(f"{mpath}: the pretrained {spec.name!r} is not the teacher the config asks for "
                          f"(differs in {', '.join(f'{k}: {a!r} vs {b!r}' for k, a, b in diff)}); "

@@ -20,7 +20,12 @@ SOURCE_TASKS = {
     "age_gender": ("age", "gender"),
 }
 POSE_SCALE = 30.0  # degrees; regression targets are divided by it
-AGE_MEAN, AGE_STD = 45.0, 15.0
+AGE_MEAN, AGE_STD = 45.0, 15.0  # the regression head's target is (age - AGE_MEAN) / AGE_STD
+# The "dldl" age head: DEX's 101 one-year bins (0-100), trained towards a Gaussian over them (DLDL, Gao et al. 2017)
+# and read as the expectation. In a warm-started screen it made the embedding hold more of age linearly than the
+# regression head did at the same steps (BENCHMARKS.md, "An age teacher trained as age models are").
+AGE_BINS = np.arange(101, dtype="float32")
+AGE_SIGMA = 3.0  # years
 
 
 def _cbr(x, filters, kernel=3, strides=1, name=""):
@@ -137,8 +142,28 @@ def build_teacher(spec: TeacherSpec, num_identities: int = 1000) -> keras.Model:
         elif spec.source_task == "pose":
             outs = {"pose": layers.Dense(3, name="pose")(z)}
         else:
-            outs = {"age": layers.Dense(1, name="age")(z), "gender": layers.Dense(1, name="gender")(z)}
+            age_units = len(AGE_BINS) if spec.age_head == "dldl" else 1
+            outs = {"age": layers.Dense(age_units, name="age")(z), "gender": layers.Dense(1, name="gender")(z)}
     return keras.Model(inp, outs, name=spec.name)
+
+
+def copy_matching_weights(source: keras.Model, target: keras.Model) -> list[str]:
+    """Copy into `target` the weights of every layer `source` has under the same name with the same shapes (the
+    network a warm start keeps); the names of `target`'s layers with weights left as initialised (its new heads)."""
+    new = []
+    for layer in target.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        try:
+            old = source.get_layer(layer.name).get_weights()
+        except ValueError:
+            old = None
+        if old is not None and [w.shape for w in old] == [w.shape for w in weights]:
+            layer.set_weights(old)
+        else:
+            new.append(layer.name)
+    return new
 
 
 def embedding_model(model: keras.Model, freeze: bool = True) -> keras.Model:
@@ -159,8 +184,13 @@ def targets_from_labels(spec: TeacherSpec, labels: dict) -> dict:
         return {"expression": labels["expression"]}
     if t == "pose":
         return {"pose": ops.stack([labels["yaw"], labels["pitch"], labels["roll"]], axis=-1) / POSE_SCALE}
-    return {"age": ops.expand_dims((labels["age"] - AGE_MEAN) / AGE_STD, -1),
-            "gender": ops.expand_dims(ops.cast(labels["gender"], "float32"), -1)}
+    age = ops.cast(labels["age"], "float32")
+    if spec.age_head == "dldl":
+        dist = ops.exp(-0.5 * ops.square((ops.expand_dims(age, -1) - AGE_BINS) / AGE_SIGMA))
+        age = dist / ops.sum(dist, axis=-1, keepdims=True)
+    else:
+        age = ops.expand_dims((age - AGE_MEAN) / AGE_STD, -1)
+    return {"age": age, "gender": ops.expand_dims(ops.cast(labels["gender"], "float32"), -1)}
 
 
 @keras.saving.register_keras_serializable(package="face_transfer")
@@ -186,8 +216,9 @@ def losses_for(spec: TeacherSpec, cosface_scale=30.0, cosface_margin=0.2):
         return {"expression": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
     if t == "pose":
         return {"pose": keras.losses.Huber(delta=1.0)}
-    return {"age": keras.losses.Huber(delta=1.0),
-            "gender": keras.losses.BinaryCrossentropy(from_logits=True)}
+    age = (keras.losses.CategoricalCrossentropy(from_logits=True) if spec.age_head == "dldl"
+           else keras.losses.Huber(delta=1.0))
+    return {"age": age, "gender": keras.losses.BinaryCrossentropy(from_logits=True)}
 
 
 def source_metrics(spec: TeacherSpec, outputs: dict, labels: dict) -> dict:
@@ -204,10 +235,19 @@ def source_metrics(spec: TeacherSpec, outputs: dict, labels: dict) -> dict:
         true = np.stack([labels["yaw"], labels["pitch"], labels["roll"]], -1)
         mae = np.mean(np.abs(p - true), 0)
         return {"yaw_mae_deg": float(mae[0]), "pitch_mae_deg": float(mae[1]), "roll_mae_deg": float(mae[2])}
-    age = np.asarray(outputs["age"])[:, 0] * AGE_STD + AGE_MEAN
+    age = predicted_age(spec, outputs["age"])
     gender = (np.asarray(outputs["gender"])[:, 0] > 0).astype(np.int64)
     return {"age_mae_years": float(np.mean(np.abs(age - labels["age"]))),
             "gender_accuracy": float(100 * np.mean(gender == labels["gender"]))}
+
+
+def predicted_age(spec: TeacherSpec, age_output) -> np.ndarray:
+    """Years from the age head's output: the expectation over the bins (dldl) or the de-standardised value."""
+    out = np.asarray(age_output, dtype=np.float64)
+    if spec.age_head == "dldl":
+        p = np.exp(out - out.max(axis=-1, keepdims=True))
+        return (p / p.sum(axis=-1, keepdims=True)) @ AGE_BINS
+    return out[:, 0] * AGE_STD + AGE_MEAN
 
 
 def main_score(metrics: dict) -> float:
