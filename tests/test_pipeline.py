@@ -550,6 +550,27 @@ def test_fusion_ablation_and_distill_timing_run_on_a_finished_run(smoke_run, tmp
     assert row["student_overrides"] == {"head_channels": 40} and 0 <= row["mean_novel"] <= 100
 
 
+def test_teacher_margins_of_a_zoo_are_the_ones_a_run_on_it_reports(smoke_run, tmp_path):
+    """benchmarks.teacher_margins probes a zoo folder's teachers on a finished run's source tasks against that
+    run's supervised control: a zoo packaged from the run's own teachers gives the run's own margins."""
+    run_dir = _copy_run(smoke_run, tmp_path)
+    zoo = str(tmp_path / "zoo")
+    out = subprocess.run([sys.executable, "-m", "export.package_zoo", f"--run_dir={run_dir}", f"--out={zoo}"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = subprocess.run([sys.executable, "-m", "benchmarks.teacher_margins", f"--run_dir={run_dir}", f"--zoo={zoo}"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    saved = json.load(open(os.path.join(run_dir, "teacher_margins", "zoo.json")))
+    head = json.load(open(os.path.join(run_dir, "metrics", "headline.json")))
+    want = head["teachers.source_margin_over_supervised"]
+    assert set(saved["teachers"]) == set(want)
+    for name, margins in want.items():
+        assert saved["teachers"][name]["margin"] == pytest.approx(margins, abs=1e-6), name
+    assert saved["min_source_margin_over_supervised"] == pytest.approx(head["teachers.min_source_margin_over_supervised"])
+    assert "[margins] smallest margin" in out.stdout
+
+
 @pytest.mark.timeout(900)
 def test_readme_api_example_runs_on_a_finished_run(smoke_run, tmp_path):
     """The README's Python example (face_transfer.api), run as written on a copy of the smoke run: create resumes

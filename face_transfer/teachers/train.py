@@ -180,7 +180,7 @@ def _warm_start(spec: TeacherSpec, where: str) -> dict:
     """What a warm-started teacher starts from: the verified file and the training it already had."""
     src, entry, _, sha = verified_pretrained(spec, where, may_differ=HEAD_FIELDS)
     rec = entry["record"]
-    was = _recorded_spec(entry, src)
+    was = recorded_spec(entry, src)
     return {"from": src, "sha256": sha, "steps_total": int(rec.get("steps_total", rec["steps"])),
             "train_seconds_total": float(rec.get("train_seconds_total", 0.0)), "metrics": rec.get("metrics", {}),
             "head_changed": {f: [getattr(was, f), getattr(spec, f)] for f in HEAD_FIELDS
@@ -245,7 +245,7 @@ def package_pretrained(teacher_dirs: dict, out_dir: str, synth_cfg: synth.SynthC
     return manifest
 
 
-def _recorded_spec(entry: dict, where: str) -> TeacherSpec:
+def recorded_spec(entry: dict, where: str) -> TeacherSpec:
     """The TeacherSpec a zoo manifest records (fields a zoo older than them does not record take their defaults)."""
     try:
         return TeacherSpec(**entry["record"]["spec"])
@@ -269,7 +269,7 @@ def verified_pretrained(spec: TeacherSpec, where: str, may_differ: tuple = ()) -
     if entry is None:
         raise ValueError(f"{mpath}: no pretrained teacher {spec.name!r} (it holds {sorted(manifest.get('teachers', {}))}); "
                          "train it with --teacher_pretrained='' or rebuild the zoo with `make zoo`")
-    diff = [d for d in dict_differences(_spec_json(_recorded_spec(entry, mpath)), _spec_json(spec))
+    diff = [d for d in dict_differences(_spec_json(recorded_spec(entry, mpath)), _spec_json(spec))
             if d[0] not in may_differ]
     if diff:
         raise ValueError(f"{mpath}: the pretrained {spec.name!r} is not the teacher the config asks for "
