@@ -58,9 +58,12 @@ ZOO_PAPER_STEPS ?= 3000
 # Train an already built zoo further instead (a warm restart on new faces: ZOO_PAPER_STEPS more steps each, a fresh
 # learning-rate cycle; the build seconds add up): ZOO_PAPER_FROM=<a zoo folder> with a new ZOO_PAPER_RUN.
 ZOO_PAPER_FROM ?=
+# With ZOO_PAPER_FROM, train only some of its teachers further (names, space-separated): ZOO_PAPER_DIR then gets
+# the others unchanged from ZOO_PAPER_FROM (checked against its manifest), so ZOO_PAPER_DIR must be another folder.
+ZOO_PAPER_ONLY ?=
 zoo-paper: $(STAMP)
-	$(PY) -m trainers.pipeline --preset=paper --run_dir=$(ZOO_PAPER_RUN) --until=teachers --teacher_steps=$(ZOO_PAPER_STEPS) $(if $(ZOO_PAPER_FROM),--teacher_warm_start=$(ZOO_PAPER_FROM),--teacher_pretrained=)
-	$(PY) -m export.package_zoo --run_dir=$(ZOO_PAPER_RUN) --out=$(ZOO_PAPER_DIR) --overwrite
+	$(PY) -m trainers.pipeline --preset=paper --run_dir=$(ZOO_PAPER_RUN) --until=teachers --teacher_steps=$(ZOO_PAPER_STEPS) $(if $(ZOO_PAPER_FROM),--teacher_warm_start=$(ZOO_PAPER_FROM),--teacher_pretrained=) $(foreach t,$(ZOO_PAPER_ONLY),--teacher=zoo:$(t))
+	$(PY) -m export.package_zoo --run_dir=$(ZOO_PAPER_RUN) --out=$(ZOO_PAPER_DIR) --overwrite $(if $(ZOO_PAPER_ONLY),--update=$(ZOO_PAPER_FROM))
 
 PAPER_TEACHERS ?=
 bench: $(STAMP)

@@ -4,6 +4,10 @@ config then uses instead of training them (`--teacher_pretrained=<dir>`, or `pac
     python -m trainers.pipeline --preset=demo --run_dir=runs/zoo --until=teachers --teacher_steps=1000 \\
         --teacher_pretrained=
     python -m export.package_zoo --run_dir=runs/zoo --out=face_transfer/assets/zoo
+
+One teacher retrained (a run with `--teacher=zoo:NAME`), the rest of a zoo kept:
+
+    python -m export.package_zoo --run_dir=runs/zoo_age --update=<zoo dir> --out=<new zoo dir>
 """
 import os
 import sys
@@ -15,6 +19,9 @@ from trainers.common import define_verbose_flag, guarded, run_script  # noqa: E4
 flags.DEFINE_string("run_dir", None, "A run whose teachers stage finished.")
 flags.DEFINE_string("out", None, "Where to write the pretrained zoo (its manifest.json and model files).")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing pretrained zoo in --out.")
+flags.DEFINE_string("update", None, "A pretrained zoo (a directory, or 'package') to update: --out gets its other "
+                    "teachers (checked against its manifest) and the run's in place of the same-named ones, so that "
+                    "one retrained teacher (`--teacher=zoo:NAME` in the run) gives a whole zoo.")
 FLAGS = flags.FLAGS
 define_verbose_flag()
 
@@ -38,11 +45,16 @@ def main(argv):
         raise app.UsageError(f"--run_dir={FLAGS.run_dir}: zoo teachers not trained: {missing or 'the config has none'}")
     if os.path.exists(os.path.join(FLAGS.out, PRETRAINED_MANIFEST)) and not FLAGS.overwrite:
         raise app.UsageError(f"--out={FLAGS.out}: already holds a pretrained zoo; pass --overwrite to replace it")
-    manifest = package_pretrained(dirs, FLAGS.out, cfg.data.synth,
-                                  note=f"trained by `python -m trainers.pipeline` in {FLAGS.run_dir} "
-                                       f"({cfg.teacher_train.steps} steps each, preset {cfg.preset}"
-                                       + (f", warm-started from {cfg.teacher_train.warm_start}"
-                                          if cfg.teacher_train.warm_start else "") + ")")
+    note = (f"trained by `python -m trainers.pipeline` in {FLAGS.run_dir} ({cfg.teacher_train.steps} steps each: "
+            f"{', '.join(dirs)}; "
+            f"preset {cfg.preset}" + (f", warm-started from {cfg.teacher_train.warm_start}"
+                                      if cfg.teacher_train.warm_start else "") + ")")
+    try:
+        manifest = package_pretrained(dirs, FLAGS.out, cfg.data.synth, base=FLAGS.update, note=note)
+    except (ValueError, FileNotFoundError) as e:
+        if FLAGS.update is None:
+            raise
+        raise app.UsageError(f"--update={FLAGS.update}: {e}") from None
     for name, e in manifest["teachers"].items():
         print(f"{name}: {e['bytes']:,} bytes, {e['record']['metrics']}", file=sys.stderr)
     print(os.path.join(FLAGS.out, PRETRAINED_MANIFEST))

@@ -177,6 +177,45 @@ def test_pretrained_zoo_is_installed_not_trained_and_checked(trained, tmp_path, 
     assert not os.path.exists(str(tmp_path / "damaged" / TEACHER_JSON))
 
 
+def test_package_update_keeps_the_other_teachers_and_replaces_the_retrained(trained, tmp_path):
+    """package_pretrained(base=...): one teacher retrained gives a whole zoo: the base's other teachers are carried
+    over byte for byte (checked first), the run's replaces its namesake; a damaged base file, another SynthFaces
+    configuration or the base as its own output is refused."""
+    import dataclasses
+    import shutil
+
+    from face_transfer.core.errors import CorruptArtifactError
+    out, record, _ = trained
+    base = str(tmp_path / "base")
+    teacher_train.package_pretrained({"t": out, "u": out}, base, SYNTH, note="base zoo")
+    retrained = str(tmp_path / "retrained")
+    shutil.copytree(out, retrained)
+    with open(os.path.join(retrained, TEACHER_JSON)) as f:
+        rec = json.load(f)
+    with open(os.path.join(retrained, TEACHER_JSON), "w") as f:
+        json.dump({**rec, "steps_total": 99}, f)
+    new = str(tmp_path / "new")
+    manifest = teacher_train.package_pretrained({"u": retrained}, new, SYNTH, note="u retrained", base=base)
+    old = json.load(open(os.path.join(base, teacher_train.PRETRAINED_MANIFEST)))
+    assert manifest["teachers"]["t"] == old["teachers"]["t"]
+    assert manifest["teachers"]["u"]["record"]["steps_total"] == 99
+    assert manifest["updated_from"]["replaced"] == ["u"] and manifest["updated_from"]["note"] == "base zoo"
+    teacher_train.verified_pretrained(SPEC, new)  # the carried-over teacher passes the checks a run makes
+    for name in ("t", "u"):  # and every file matches the new manifest
+        teacher_train._verified_file(new, name, manifest["teachers"][name], "manifest")
+
+    with pytest.raises(ValueError, match="another SynthFaces configuration.*n_train_identities: 20 vs 21"):
+        teacher_train.package_pretrained({"u": retrained}, str(tmp_path / "x"),
+                                         dataclasses.replace(SYNTH, n_train_identities=21), base=base)
+    with pytest.raises(ValueError, match="also the output"):
+        teacher_train.package_pretrained({"u": retrained}, base, SYNTH, base=base)
+    model = os.path.join(base, "t", "model.keras")
+    with open(model, "r+b") as f:
+        f.truncate(os.path.getsize(model) // 2)
+    with pytest.raises(CorruptArtifactError, match=rf"{model}: .*damaged or was replaced"):
+        teacher_train.package_pretrained({"u": retrained}, str(tmp_path / "y"), SYNTH, base=base)
+
+
 def test_warm_start_trains_a_packaged_teacher_further_on_new_faces(trained, tmp_path, monkeypatch):
     """warm_start: the packaged weights start the run (not random ones), training goes on for `steps` more on the
     faces after the ones the teacher saw, and the record adds up the steps and seconds of both trainings."""

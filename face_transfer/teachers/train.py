@@ -226,10 +226,40 @@ def _spec_json(spec) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(spec)))
 
 
-def package_pretrained(teacher_dirs: dict, out_dir: str, synth_cfg: synth.SynthConfig, note: str = "") -> dict:
+def package_pretrained(teacher_dirs: dict, out_dir: str, synth_cfg: synth.SynthConfig, note: str = "",
+                       base: str | None = None) -> dict:
     """Copy trained zoo teachers ({name: run teacher dir}) into `out_dir` with a manifest of their records,
-    sizes and SHA-256: what `install_pretrained` checks before a run uses them."""
+    sizes and SHA-256: what `install_pretrained` checks before a run uses them.
+
+    `base`: an existing zoo folder (or "package") whose other teachers are carried over, each checked against its
+    manifest first, so that retraining one teacher of a zoo gives a whole zoo; the run's teachers replace the
+    same-named ones. Both must have been trained on the same SynthFaces configuration."""
     manifest = {"synth": dataclasses.asdict(synth_cfg), "note": note, "teachers": {}}
+    if base is not None:
+        root = pretrained_dir(base)
+        if os.path.abspath(root) == os.path.abspath(out_dir):
+            raise ValueError(f"{out_dir}: the zoo to update is also the output; write the updated zoo elsewhere")
+        mpath = os.path.join(root, PRETRAINED_MANIFEST)
+        if not os.path.exists(mpath):
+            raise FileNotFoundError(f"{mpath}: no such file ({base!r} should be a directory written by "
+                                    "export.package_zoo, or 'package')")
+        old = read_json(mpath)
+        if old.get("synth") != manifest["synth"]:
+            diff = ", ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in dict_differences(old.get("synth") or {},
+                                                                                   manifest["synth"]))
+            raise ValueError(f"{mpath}: its teachers were trained on another SynthFaces configuration than the run's "
+                             f"({diff}); package the run on its own")
+        for name, entry in old.get("teachers", {}).items():
+            if name in teacher_dirs:
+                continue
+            src = _verified_file(root, name, entry, mpath)
+            os.makedirs(os.path.join(out_dir, name), exist_ok=True)
+            with atomic_output(os.path.join(out_dir, name, "model.keras"), suffix=".keras") as tmp:
+                shutil.copyfile(src, tmp)
+            manifest["teachers"][name] = entry
+        manifest["updated_from"] = {"zoo": os.path.abspath(root), "note": old.get("note", ""),
+                                    "replaced": sorted(n for n in teacher_dirs if n in old.get("teachers", {})),
+                                    "added": sorted(n for n in teacher_dirs if n not in old.get("teachers", {}))}
     for name, src in teacher_dirs.items():
         with open(os.path.join(src, TEACHER_JSON)) as f:
             record = json.load(f)
@@ -243,6 +273,19 @@ def package_pretrained(teacher_dirs: dict, out_dir: str, synth_cfg: synth.SynthC
         manifest["teachers"][name] = {"record": record, "sha256": sha, "bytes": size}
     write_json(os.path.join(out_dir, PRETRAINED_MANIFEST), manifest)
     return manifest
+
+
+def _verified_file(root: str, name: str, entry: dict, mpath: str) -> str:
+    """The model file of zoo teacher `name` under `root`, after checking its size and SHA-256 against `entry`."""
+    src = os.path.join(root, name, "model.keras")
+    if not os.path.exists(src):
+        raise FileNotFoundError(f"{src}: no such file (listed in {mpath})")
+    sha, size = file_digest(src)
+    if (sha, size) != (entry["sha256"], entry["bytes"]):
+        raise CorruptArtifactError(f"{src}: {size:,} bytes, SHA-256 {sha[:12]}..., but {mpath} records "
+                                   f"{entry['bytes']:,} bytes, {entry['sha256'][:12]}...; the file is damaged or was "
+                                   "replaced: restore it (git checkout) or rebuild the zoo with `make zoo`")
+    return src
 
 
 def recorded_spec(entry: dict, where: str) -> TeacherSpec:
@@ -275,15 +318,8 @@ def verified_pretrained(spec: TeacherSpec, where: str, may_differ: tuple = ()) -
         raise ValueError(f"{mpath}: the pretrained {spec.name!r} is not the teacher the config asks for "
                          f"(differs in {', '.join(f'{k}: {a!r} vs {b!r}' for k, a, b in diff)}); "
                          "train it with --teacher_pretrained='' or rebuild the zoo with `make zoo`")
-    src = os.path.join(root, spec.name, "model.keras")
-    if not os.path.exists(src):
-        raise FileNotFoundError(f"{src}: no such file (listed in {mpath})")
-    sha, size = file_digest(src)
-    if (sha, size) != (entry["sha256"], entry["bytes"]):
-        raise CorruptArtifactError(f"{src}: {size:,} bytes, SHA-256 {sha[:12]}..., but {mpath} records "
-                                   f"{entry['bytes']:,} bytes, {entry['sha256'][:12]}...; the file is damaged or was "
-                                   "replaced: restore it (git checkout) or rebuild the zoo with `make zoo`")
-    return src, entry, manifest, sha
+    src = _verified_file(root, spec.name, entry, mpath)
+    return src, entry, manifest, entry["sha256"]
 
 
 def install_pretrained(spec: TeacherSpec, where: str, out_dir: str, write: bool = True) -> dict:
