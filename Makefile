@@ -62,6 +62,8 @@ ZOO_PAPER_FROM ?=
 # the others unchanged from ZOO_PAPER_FROM (checked against its manifest), so ZOO_PAPER_DIR must be another folder.
 ZOO_PAPER_ONLY ?=
 zoo-paper: $(STAMP)
+	$(if $(ZOO_PAPER_ONLY),$(if $(ZOO_PAPER_FROM),,$(error ZOO_PAPER_ONLY=$(ZOO_PAPER_ONLY) needs ZOO_PAPER_FROM=<the zoo whose other teachers are kept>)))
+	$(if $(ZOO_PAPER_ONLY),$(if $(filter $(abspath $(ZOO_PAPER_FROM)),$(abspath $(ZOO_PAPER_DIR))),$(error ZOO_PAPER_DIR=$(ZOO_PAPER_DIR) is ZOO_PAPER_FROM: with ZOO_PAPER_ONLY the updated zoo goes to another folder)))
 	$(PY) -m trainers.pipeline --preset=paper --run_dir=$(ZOO_PAPER_RUN) --until=teachers --teacher_steps=$(ZOO_PAPER_STEPS) $(if $(ZOO_PAPER_FROM),--teacher_warm_start=$(ZOO_PAPER_FROM),--teacher_pretrained=) $(foreach t,$(ZOO_PAPER_ONLY),--teacher=zoo:$(t))
 	$(PY) -m export.package_zoo --run_dir=$(ZOO_PAPER_RUN) --out=$(ZOO_PAPER_DIR) --overwrite $(if $(ZOO_PAPER_ONLY),--update=$(ZOO_PAPER_FROM))
 

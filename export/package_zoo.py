@@ -30,8 +30,9 @@ define_verbose_flag()
 def main(argv):
     del argv
     from face_transfer.configs import ConfigError, ExperimentConfig
+    from face_transfer.core.errors import CorruptArtifactError
     from face_transfer.core.runpaths import RunPaths
-    from face_transfer.teachers.train import PRETRAINED_MANIFEST, package_pretrained
+    from face_transfer.teachers.train import PRETRAINED_MANIFEST, carried_teachers, package_pretrained
     if not FLAGS.run_dir or not FLAGS.out:
         raise app.UsageError("give --run_dir (a run whose teachers are trained) and --out")
     try:
@@ -49,12 +50,16 @@ def main(argv):
             f"{', '.join(dirs)}; "
             f"preset {cfg.preset}" + (f", warm-started from {cfg.teacher_train.warm_start}"
                                       if cfg.teacher_train.warm_start else "") + ")")
-    try:
-        manifest = package_pretrained(dirs, FLAGS.out, cfg.data.synth, base=FLAGS.update, note=note)
-    except (ValueError, FileNotFoundError) as e:
-        if FLAGS.update is None:
+    if FLAGS.update is not None:
+        if not FLAGS.update.strip():
+            raise app.UsageError("--update= is empty: give the zoo folder to update (or 'package')")
+        try:  # the zoo to update, checked before anything is written
+            carried_teachers(FLAGS.update, FLAGS.out, cfg.data.synth, dirs)
+        except CorruptArtifactError:
             raise
-        raise app.UsageError(f"--update={FLAGS.update}: {e}") from None
+        except (ValueError, FileNotFoundError) as e:
+            raise app.UsageError(f"--update={FLAGS.update}: {e}") from None
+    manifest = package_pretrained(dirs, FLAGS.out, cfg.data.synth, base=FLAGS.update, note=note)
     for name, e in manifest["teachers"].items():
         print(f"{name}: {e['bytes']:,} bytes, {e['record']['metrics']}", file=sys.stderr)
     print(os.path.join(FLAGS.out, PRETRAINED_MANIFEST))

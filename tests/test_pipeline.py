@@ -571,6 +571,27 @@ def test_teacher_margins_of_a_zoo_are_the_ones_a_run_on_it_reports(smoke_run, tm
     assert "[margins] smallest margin" in out.stdout
 
 
+def test_package_zoo_update_carries_a_zoo_over(smoke_run, tmp_path):
+    """export.package_zoo --update: a run's teachers packaged over an existing zoo into a new folder (the manifest
+    names what they replaced); the zoo as its own output is a usage error naming --update, and nothing is written."""
+    run_dir = smoke_run[0]
+    zoo, zoo2 = str(tmp_path / "zoo"), str(tmp_path / "zoo2")
+    cmd = [sys.executable, "-m", "export.package_zoo", f"--run_dir={run_dir}"]
+    out = subprocess.run(cmd + [f"--out={zoo}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = subprocess.run(cmd + [f"--out={zoo2}", f"--update={zoo}"], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    first, second = (json.load(open(os.path.join(z, "manifest.json"))) for z in (zoo, zoo2))
+    assert second["updated_from"]["replaced"] == sorted(first["teachers"]) and not second["updated_from"]["added"]
+    assert set(second["teachers"]) == set(first["teachers"])
+    before = os.path.getmtime(os.path.join(zoo, "manifest.json"))
+    bad = subprocess.run(cmd + [f"--out={zoo}", f"--update={zoo}", "--overwrite"], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=800)
+    assert bad.returncode == 2 and f"--update={zoo}" in bad.stderr and "also the output" in bad.stderr, bad.stderr
+    assert os.path.getmtime(os.path.join(zoo, "manifest.json")) == before
+
+
 @pytest.mark.timeout(900)
 def test_readme_api_example_runs_on_a_finished_run(smoke_run, tmp_path):
     """The README's Python example (face_transfer.api), run as written on a copy of the smoke run: create resumes

@@ -197,7 +197,10 @@ def test_package_update_keeps_the_other_teachers_and_replaces_the_retrained(trai
     new = str(tmp_path / "new")
     manifest = teacher_train.package_pretrained({"u": retrained}, new, SYNTH, note="u retrained", base=base)
     old = json.load(open(os.path.join(base, teacher_train.PRETRAINED_MANIFEST)))
-    assert manifest["teachers"]["t"] == old["teachers"]["t"]
+    assert manifest["teachers"]["t"] == {**old["teachers"]["t"], "note": "base zoo"}  # keeps its own note
+    assert manifest["teachers"]["u"]["note"] == "u retrained"
+    assert open(os.path.join(new, "t", "model.keras"), "rb").read() == open(os.path.join(base, "t", "model.keras"),
+                                                                           "rb").read()
     assert manifest["teachers"]["u"]["record"]["steps_total"] == 99
     assert manifest["updated_from"]["replaced"] == ["u"] and manifest["updated_from"]["note"] == "base zoo"
     teacher_train.verified_pretrained(SPEC, new)  # the carried-over teacher passes the checks a run makes
@@ -209,11 +212,14 @@ def test_package_update_keeps_the_other_teachers_and_replaces_the_retrained(trai
                                          dataclasses.replace(SYNTH, n_train_identities=21), base=base)
     with pytest.raises(ValueError, match="also the output"):
         teacher_train.package_pretrained({"u": retrained}, base, SYNTH, base=base)
+    with pytest.raises(FileNotFoundError, match="manifest.json: no such file"):
+        teacher_train.package_pretrained({"u": retrained}, str(tmp_path / "z"), SYNTH, base=str(tmp_path))
     model = os.path.join(base, "t", "model.keras")
     with open(model, "r+b") as f:
         f.truncate(os.path.getsize(model) // 2)
     with pytest.raises(CorruptArtifactError, match=rf"{model}: .*damaged or was replaced"):
         teacher_train.package_pretrained({"u": retrained}, str(tmp_path / "y"), SYNTH, base=base)
+    assert not os.path.exists(tmp_path / "y")  # checked before anything was written
 
 
 def test_warm_start_trains_a_packaged_teacher_further_on_new_faces(trained, tmp_path, monkeypatch):

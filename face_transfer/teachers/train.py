@@ -235,31 +235,19 @@ def package_pretrained(teacher_dirs: dict, out_dir: str, synth_cfg: synth.SynthC
     manifest first, so that retraining one teacher of a zoo gives a whole zoo; the run's teachers replace the
     same-named ones. Both must have been trained on the same SynthFaces configuration."""
     manifest = {"synth": dataclasses.asdict(synth_cfg), "note": note, "teachers": {}}
-    if base is not None:
-        root = pretrained_dir(base)
-        if os.path.abspath(root) == os.path.abspath(out_dir):
-            raise ValueError(f"{out_dir}: the zoo to update is also the output; write the updated zoo elsewhere")
-        mpath = os.path.join(root, PRETRAINED_MANIFEST)
-        if not os.path.exists(mpath):
-            raise FileNotFoundError(f"{mpath}: no such file ({base!r} should be a directory written by "
-                                    "export.package_zoo, or 'package')")
-        old = read_json(mpath)
-        if old.get("synth") != manifest["synth"]:
-            diff = ", ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in dict_differences(old.get("synth") or {},
-                                                                                   manifest["synth"]))
-            raise ValueError(f"{mpath}: its teachers were trained on another SynthFaces configuration than the run's "
-                             f"({diff}); package the run on its own")
-        for name, entry in old.get("teachers", {}).items():
-            if name in teacher_dirs:
-                continue
-            src = _verified_file(root, name, entry, mpath)
+    carried = carried_teachers(base, out_dir, synth_cfg, teacher_dirs) if base is not None else None
+    if carried is not None:  # every base file checked above, before anything is written
+        root, old, entries = carried
+        for name, (src, entry) in entries.items():
             os.makedirs(os.path.join(out_dir, name), exist_ok=True)
             with atomic_output(os.path.join(out_dir, name, "model.keras"), suffix=".keras") as tmp:
                 shutil.copyfile(src, tmp)
+            _verified_file(out_dir, name, entry, "the updated zoo")  # the copy, too
             manifest["teachers"][name] = entry
-        manifest["updated_from"] = {"zoo": os.path.abspath(root), "note": old.get("note", ""),
+        manifest["updated_from"] = {"zoo": os.path.realpath(root), "note": old.get("note", ""),
                                     "replaced": sorted(n for n in teacher_dirs if n in old.get("teachers", {})),
-                                    "added": sorted(n for n in teacher_dirs if n not in old.get("teachers", {}))}
+                                    "added": sorted(n for n in teacher_dirs if n not in old.get("teachers", {})),
+                                    **({"updated_from": old["updated_from"]} if "updated_from" in old else {})}
     for name, src in teacher_dirs.items():
         with open(os.path.join(src, TEACHER_JSON)) as f:
             record = json.load(f)
@@ -270,9 +258,31 @@ def package_pretrained(teacher_dirs: dict, out_dir: str, synth_cfg: synth.SynthC
         with atomic_output(dst, suffix=".keras") as tmp:
             model.save(tmp)
         sha, size = file_digest(dst)
-        manifest["teachers"][name] = {"record": record, "sha256": sha, "bytes": size}
+        manifest["teachers"][name] = {"record": record, "sha256": sha, "bytes": size, "note": note}
     write_json(os.path.join(out_dir, PRETRAINED_MANIFEST), manifest)
     return manifest
+
+
+def carried_teachers(base: str, out_dir: str, synth_cfg: synth.SynthConfig, replaced) -> tuple[str, dict, dict]:
+    """The teachers of the zoo `base` that `replaced` leaves: (its folder, its manifest, {name: (model file, manifest
+    entry with its own note)}), every file checked against its SHA-256 first."""
+    root = pretrained_dir(base)
+    if os.path.exists(out_dir) and os.path.exists(root) and os.path.samefile(root, out_dir):
+        raise ValueError(f"{out_dir}: the zoo to update is also the output folder; write the updated zoo elsewhere")
+    mpath = os.path.join(root, PRETRAINED_MANIFEST)
+    if not os.path.exists(mpath):
+        raise FileNotFoundError(f"{mpath}: no such file ({base!r} should be a directory written by "
+                                "export.package_zoo, or 'package')")
+    old = read_json(mpath)
+    want = dataclasses.asdict(synth_cfg)
+    if old.get("synth") != want:
+        had = old.get("synth")
+        diff = ", ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in dict_differences(had or {}, want)) or f"{had!r} vs {want!r}"
+        raise ValueError(f"{mpath}: its teachers were trained on another SynthFaces configuration than the run's "
+                         f"({diff}); package the run on its own")
+    entries = {name: (_verified_file(root, name, entry, mpath), {**entry, "note": entry.get("note", old.get("note", ""))})
+               for name, entry in old.get("teachers", {}).items() if name not in replaced}
+    return root, old, entries
 
 
 def _verified_file(root: str, name: str, entry: dict, mpath: str) -> str:
@@ -284,7 +294,7 @@ def _verified_file(root: str, name: str, entry: dict, mpath: str) -> str:
     if (sha, size) != (entry["sha256"], entry["bytes"]):
         raise CorruptArtifactError(f"{src}: {size:,} bytes, SHA-256 {sha[:12]}..., but {mpath} records "
                                    f"{entry['bytes']:,} bytes, {entry['sha256'][:12]}...; the file is damaged or was "
-                                   "replaced: restore it (git checkout) or rebuild the zoo with `make zoo`")
+                                   "replaced: restore it (git checkout) or rebuild the zoo (`make zoo`, `make zoo-paper`)")
     return src
 
 
@@ -326,7 +336,7 @@ def install_pretrained(spec: TeacherSpec, where: str, out_dir: str, write: bool 
     """Put the pretrained teacher `spec.name` of `where` into `out_dir` (model.keras + teacher.json), after
     `verified_pretrained`'s checks; its record."""
     src, entry, manifest, sha = verified_pretrained(spec, where)
-    record = {**entry["record"], "pretrained": {"from": src, "sha256": sha, "note": manifest.get("note", ""),
+    record = {**entry["record"], "pretrained": {"from": src, "sha256": sha, "note": entry.get("note", manifest.get("note", "")),
                                                 "synth": manifest.get("synth")},
               "train_seconds_this_run": 0.0}
     if write:
